@@ -1,0 +1,144 @@
+//! Kubernetes' defaulting: the values the API server fills in, so stored
+//! objects look as they would in Kubernetes and a field left out means what
+//! it means there.
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec, Secret};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+
+/// Fills in the defaults of a pod spec (`restartPolicy: Always`, grace
+/// period 30 s, `dnsPolicy: ClusterFirst`, pull policies, protocols …).
+pub fn pod_spec(spec: &mut PodSpec) {
+    spec.restart_policy.get_or_insert_with(|| "Always".into());
+    spec.termination_grace_period_seconds.get_or_insert(30);
+    spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
+    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    spec.security_context.get_or_insert_with(PodSecurityContext::default);
+    spec.enable_service_links.get_or_insert(true);
+    for c in spec.containers.iter_mut() {
+        container(c);
+    }
+    for c in spec.init_containers.iter_mut().flatten() {
+        container(c);
+    }
+}
+
+/// `Always` for `:latest` or untagged images, `IfNotPresent` otherwise, as
+/// Kubernetes decides.
+pub fn image_pull_policy(image: &str) -> &'static str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    if image.contains('@') {
+        return "IfNotPresent";
+    }
+    match last.split_once(':') {
+        Some((_, "latest")) | None => "Always",
+        Some(_) => "IfNotPresent",
+    }
+}
+
+fn container(c: &mut Container) {
+    if c.image_pull_policy.is_none() {
+        let image = c.image.clone().unwrap_or_default();
+        c.image_pull_policy = Some(image_pull_policy(&image).into());
+    }
+    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    for p in c.ports.iter_mut().flatten() {
+        p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+}
+
+/// Deployment defaults: one replica, RollingUpdate 25 %/25 %, ten old
+/// ReplicaSets kept, a 600 s progress deadline.
+pub fn deployment(d: &mut Deployment) {
+    let spec = d.spec.get_or_insert_with(Default::default);
+    spec.replicas.get_or_insert(1);
+    spec.revision_history_limit.get_or_insert(10);
+    spec.progress_deadline_seconds.get_or_insert(600);
+    let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+    let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+    if kind == "RollingUpdate" {
+        let ru = strategy
+            .rolling_update
+            .get_or_insert_with(RollingUpdateDeployment::default);
+        ru.max_surge
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
+        ru.max_unavailable
+            .get_or_insert_with(|| IntOrString::String("25%".into()));
+    }
+    if let Some(t) = spec.template.spec.as_mut() {
+        pod_spec(t);
+    }
+}
+
+/// ReplicaSet defaults: one replica and the pod spec's defaults.
+pub fn replica_set(rs: &mut ReplicaSet) {
+    let spec = rs.spec.get_or_insert_with(Default::default);
+    spec.replicas.get_or_insert(1);
+    if let Some(t) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
+        pod_spec(t);
+    }
+}
+
+/// Secret defaults: type `Opaque`, and `stringData` merged into `data` as
+/// the API server does on write (stringData wins).
+pub fn secret(s: &mut Secret) {
+    s.type_.get_or_insert_with(|| "Opaque".into());
+    if let Some(string_data) = s.string_data.take() {
+        let data = s.data.get_or_insert_with(Default::default);
+        for (k, v) in string_data {
+            data.insert(k, ByteString(v.into_bytes()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policy_follows_the_tag() {
+        assert_eq!(image_pull_policy("busybox"), "Always");
+        assert_eq!(image_pull_policy("busybox:latest"), "Always");
+        assert_eq!(image_pull_policy("busybox:1.36"), "IfNotPresent");
+        assert_eq!(image_pull_policy("127.0.0.1:5000/web"), "Always");
+        assert_eq!(image_pull_policy("127.0.0.1:5000/web:1"), "IfNotPresent");
+        assert_eq!(image_pull_policy("web@sha256:abcd"), "IfNotPresent");
+    }
+
+    #[test]
+    fn deployment_gets_kubernetes_defaults() {
+        let mut d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                "template": {"spec": {"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 80}]}]}}}
+        }))
+        .expect("valid deployment");
+        deployment(&mut d);
+        let spec = d.spec.expect("spec");
+        assert_eq!(spec.replicas, Some(1));
+        assert_eq!(spec.revision_history_limit, Some(10));
+        let ru = spec.strategy.and_then(|s| s.rolling_update).expect("rolling update");
+        assert_eq!(ru.max_surge, Some(IntOrString::String("25%".into())));
+        let pod = spec.template.spec.expect("pod spec");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(pod.containers[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(pod.containers[0].ports.as_ref().expect("ports")[0].protocol.as_deref(), Some("TCP"));
+    }
+
+    #[test]
+    fn string_data_merges_into_data() {
+        let mut s: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "s"}, "data": {"a": "eA=="}, "stringData": {"b": "y"}
+        }))
+        .expect("valid secret");
+        secret(&mut s);
+        let data = s.data.expect("data");
+        assert_eq!(data["a"].0, b"x");
+        assert_eq!(data["b"].0, b"y");
+        assert!(s.string_data.is_none());
+        assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    }
+}

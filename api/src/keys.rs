@@ -1,0 +1,111 @@
+//! The etcd key layout. Every key commitd reads or writes is built here, so
+//! the layout is documented and changed in one place.
+//!
+//! ```text
+//! /commitd/objects/<group>/<Kind>/<namespace>/<name>   namespaced objects (JSON)
+//! /commitd/objects/<group>/<Kind>/<name>               cluster-scoped objects
+//! /commitd/leases/nodes/<node>                         node heartbeats, on a lease
+//! /commitd/source/applied                              the commit now live (JSON)
+//! /commitd/source/rejected                             the newest rejected commit (JSON)
+//! /commitd/history/<seq, 20 digits>                    one record per commit seen
+//! /commitd/leader/<component>                          leader election
+//! ```
+//! The core group is spelled `core` in keys so that every key has the same
+//! number of segments.
+
+use crate::kinds::Kind;
+
+/// Root of everything commitd keeps in etcd.
+pub const ROOT: &str = "/commitd/";
+/// The record of the commit now applied.
+pub const APPLIED: &str = "/commitd/source/applied";
+/// The record of the newest commit that was rejected.
+pub const REJECTED: &str = "/commitd/source/rejected";
+/// Prefix of the per-commit history records.
+pub const HISTORY_PREFIX: &str = "/commitd/history/";
+/// Prefix of node heartbeat keys.
+pub const NODE_LEASE_PREFIX: &str = "/commitd/leases/nodes/";
+
+/// The prefix under which all objects of a kind live.
+pub fn kind_prefix(kind: Kind) -> String {
+    let group = match kind.group() {
+        "" => "core",
+        g => g,
+    };
+    format!("/commitd/objects/{group}/{}/", kind.name())
+}
+
+/// The prefix of the objects of a kind in one namespace (or all of them).
+pub fn namespace_prefix(kind: Kind, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if kind.namespaced() => format!("{}{ns}/", kind_prefix(kind)),
+        _ => kind_prefix(kind),
+    }
+}
+
+/// The key of one object.
+pub fn object_key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) if kind.namespaced() => format!("{}{ns}/{name}", kind_prefix(kind)),
+        _ => format!("{}{name}", kind_prefix(kind)),
+    }
+}
+
+/// The key of one history record; zero-padded so keys sort by sequence.
+pub fn history_key(seq: u64) -> String {
+    format!("{HISTORY_PREFIX}{seq:020}")
+}
+
+/// The heartbeat key of a node.
+pub fn node_lease_key(node: &str) -> String {
+    format!("{NODE_LEASE_PREFIX}{node}")
+}
+
+/// The leader-election key of a component.
+pub fn leader_key(component: &str) -> String {
+    format!("/commitd/leader/{component}")
+}
+
+/// The end of a prefix range for etcd range requests.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_documented_layout() {
+        assert_eq!(
+            object_key(Kind::Deployment, Some("demo"), "web"),
+            "/commitd/objects/apps/Deployment/demo/web"
+        );
+        assert_eq!(
+            object_key(Kind::Pod, Some("default"), "p"),
+            "/commitd/objects/core/Pod/default/p"
+        );
+        assert_eq!(
+            object_key(Kind::Namespace, None, "demo"),
+            "/commitd/objects/core/Namespace/demo"
+        );
+        assert_eq!(
+            object_key(Kind::Node, Some("ignored"), "n1"),
+            "/commitd/objects/core/Node/n1"
+        );
+        assert_eq!(history_key(42), "/commitd/history/00000000000000000042");
+    }
+
+    #[test]
+    fn prefix_end_covers_exactly_the_prefix() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
+    }
+}

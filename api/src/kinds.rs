@@ -1,0 +1,149 @@
+//! The kinds commitd knows, with the facts every layer needs about each:
+//! API group and version, scope, the names people type on the command line.
+
+use std::fmt;
+
+/// A kind of object commitd stores. One enum, so that adding a kind is one
+/// place to change and every `match` points at what else must learn it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    ConfigMap,
+    Secret,
+    Pod,
+    ReplicaSet,
+    Deployment,
+    Node,
+}
+
+impl Kind {
+    /// Every kind, in the order a commit applies them (namespaces first,
+    /// configuration before the workloads that read it).
+    pub const ALL: [Kind; 7] = [
+        Kind::Namespace,
+        Kind::ConfigMap,
+        Kind::Secret,
+        Kind::Node,
+        Kind::Deployment,
+        Kind::ReplicaSet,
+        Kind::Pod,
+    ];
+
+    /// Kinds a manifest in Git may declare.
+    pub const FROM_GIT: [Kind; 6] = [
+        Kind::Namespace,
+        Kind::ConfigMap,
+        Kind::Secret,
+        Kind::Deployment,
+        Kind::ReplicaSet,
+        Kind::Pod,
+    ];
+
+    /// The API group, empty for the core group as in Kubernetes.
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::ReplicaSet | Kind::Deployment => "apps",
+            _ => "",
+        }
+    }
+
+    /// `apiVersion` as written in manifests.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::ReplicaSet | Kind::Deployment => "apps/v1",
+            _ => "v1",
+        }
+    }
+
+    /// The `kind` field value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+            Kind::Pod => "Pod",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::Deployment => "Deployment",
+            Kind::Node => "Node",
+        }
+    }
+
+    /// The lower-case plural used in resource names (`deployments.apps`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespaces",
+            Kind::ConfigMap => "configmaps",
+            Kind::Secret => "secrets",
+            Kind::Pod => "pods",
+            Kind::ReplicaSet => "replicasets",
+            Kind::Deployment => "deployments",
+            Kind::Node => "nodes",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::Node)
+    }
+
+    /// Finds the kind a manifest declares with `apiVersion` and `kind`.
+    pub fn from_type(api_version: &str, kind: &str) -> Option<Kind> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.api_version() == api_version && k.name() == kind)
+    }
+
+    /// Finds a kind by any name kubectl accepts: plural, singular, short
+    /// name or kind, case-insensitively.
+    pub fn from_cli(name: &str) -> Option<Kind> {
+        let n = name.to_ascii_lowercase();
+        let n = n.split('.').next().unwrap_or_default();
+        Kind::ALL.into_iter().find(|k| {
+            let singular = k.name().to_ascii_lowercase();
+            n == singular || n == k.plural() || k.short_names().contains(&n)
+        })
+    }
+
+    fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Namespace => &["ns"],
+            Kind::ConfigMap => &["cm"],
+            Kind::Secret => &[],
+            Kind::Pod => &["po"],
+            Kind::ReplicaSet => &["rs"],
+            Kind::Deployment => &["deploy"],
+            Kind::Node => &["no"],
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_names_resolve_like_kubectl() {
+        assert_eq!(Kind::from_cli("po"), Some(Kind::Pod));
+        assert_eq!(Kind::from_cli("Deployments"), Some(Kind::Deployment));
+        assert_eq!(Kind::from_cli("deploy"), Some(Kind::Deployment));
+        assert_eq!(Kind::from_cli("replicasets.apps"), Some(Kind::ReplicaSet));
+        assert_eq!(Kind::from_cli("cm"), Some(Kind::ConfigMap));
+        assert_eq!(Kind::from_cli("widgets"), None);
+    }
+
+    #[test]
+    fn types_resolve_only_with_their_group() {
+        assert_eq!(
+            Kind::from_type("apps/v1", "Deployment"),
+            Some(Kind::Deployment)
+        );
+        assert_eq!(Kind::from_type("v1", "Deployment"), None);
+        assert_eq!(Kind::from_type("v1", "Namespace"), Some(Kind::Namespace));
+    }
+}

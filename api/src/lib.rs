@@ -1,0 +1,21 @@
+//! The commitd object model: the kinds, loading and validating manifests,
+//! the etcd key layout, a typed store and the list+watch caches every
+//! component builds on.
+
+pub mod backoff;
+pub mod controller;
+pub mod keys;
+pub mod kinds;
+pub mod meta;
+pub mod reflector;
+pub mod store;
+
+pub use k8s_openapi;
+pub use kinds::Kind;
+pub use meta::Object;
+pub use store::{Store, StoreError};
+pub mod diagnostic;
+pub mod field_path;
+pub mod schema;
+pub mod yaml_position;
+pub mod defaults;

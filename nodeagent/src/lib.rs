@@ -1,0 +1,3 @@
+//! The node agent: kubelet and kube-proxy of one node.
+
+pub mod cri;
