@@ -1,1 +1,76 @@
-fn main() {}
+//! `commitd`: the command line. `up` runs a whole cluster on this machine;
+//! one subcommand per component runs it alone; the rest only read.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use commitd::cli;
+
+#[derive(Parser)]
+#[command(name = "commitd", version, about = "A GitOps-native container orchestrator: git push is the deploy.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an all-in-one cluster on this machine (etcd, containerd, reconciler, scheduler, node agent).
+    Up(cli::up::UpArgs),
+    /// Run the reconciler alone against an existing etcd.
+    Reconciler(cli::components::ReconcilerArgs),
+    /// Run the scheduler alone against an existing etcd.
+    Scheduler(cli::components::SchedulerArgs),
+    /// Run a node agent for this machine against an existing etcd and containerd.
+    Nodeagent(cli::components::NodeAgentArgs),
+    /// Show objects, like `kubectl get`.
+    Get(cli::get::GetArgs),
+    /// Show the applied commit, the last rejected one, nodes and workloads.
+    Status(cli::ClusterArgs),
+    /// Show every commit seen, newest first.
+    History(cli::history::HistoryArgs),
+    /// Validate a directory of manifests without a cluster (exit 1 on errors).
+    Validate(ValidateArgs),
+    /// Measure how fast a commit becomes running pods.
+    Bench(cli::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Directory (or file) of manifests.
+    #[arg(default_value = ".")]
+    path: PathBuf,
+}
+
+fn main() -> ExitCode {
+    cli::init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(a) => cli::up::run(a).await,
+            Command::Reconciler(a) => cli::components::reconciler(a).await,
+            Command::Scheduler(a) => cli::components::scheduler(a).await,
+            Command::Nodeagent(a) => cli::components::nodeagent(a).await,
+            Command::Get(a) => cli::get::run(a).await,
+            Command::Status(a) => cli::status::run(a).await,
+            Command::History(a) => cli::history::run(a).await,
+            Command::Validate(a) => cli::validate::run(&a.path),
+            Command::Bench(a) => cli::bench::run(a).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod keys;
 pub mod kinds;
 pub mod meta;
+pub mod quantity;
 pub mod reflector;
 pub mod store;
 
@@ -19,3 +20,8 @@ pub mod field_path;
 pub mod schema;
 pub mod yaml_position;
 pub mod defaults;
+pub mod manifest;
+pub mod selector;
+pub mod unsupported;
+pub mod validation;
+pub mod records;

@@ -21,6 +21,8 @@ use crate::store::{decode, Store};
 struct State<T> {
     items: BTreeMap<String, Arc<T>>,
     ready: bool,
+    /// The newest etcd revision reflected in `items`.
+    revision: i64,
 }
 
 /// The cached objects of one kind, kept current by a background task.
@@ -64,6 +66,26 @@ impl<T: Object> Cache<T> {
         self.state.read().map(|s| s.ready).unwrap_or(false)
     }
 
+    /// The newest etcd revision the cache has caught up with.
+    pub fn revision(&self) -> i64 {
+        self.state.read().map(|s| s.revision).unwrap_or(0)
+    }
+
+    /// Waits until the cache reflects a write made at `revision` (read your
+    /// own writes), or `timeout` passes. Returns whether it caught up.
+    pub async fn wait_for_revision(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.changes.clone();
+        let wait = async {
+            while self.revision() < revision {
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
     /// Waits for the first list.
     pub async fn ready(&self) {
         let mut rx = self.changes.clone();
@@ -86,6 +108,7 @@ pub fn reflect<T: Object>(store: Store, cancel: CancellationToken) -> Cache<T> {
     let state = Arc::new(RwLock::new(State {
         items: BTreeMap::new(),
         ready: false,
+        revision: 0,
     }));
     let (tx, rx) = watch::channel(0u64);
     let task_state = state.clone();
@@ -138,6 +161,7 @@ async fn run<T: Object>(
         if let Ok(mut s) = state.write() {
             s.items = items;
             s.ready = true;
+            s.revision = list.revision;
         }
         notify(&tx);
         debug!(%kind, revision = list.revision, "listed");
@@ -183,6 +207,9 @@ async fn run<T: Object>(
                     if !resp.created() {
                         if let Some(h) = resp.header() {
                             from = from.max(h.revision() + 1);
+                            if let Ok(mut s) = state.write() {
+                                s.revision = s.revision.max(h.revision());
+                            }
                         }
                     }
                     continue;
@@ -192,6 +219,7 @@ async fn run<T: Object>(
                         let Some(kv) = ev.kv() else { continue };
                         let key = String::from_utf8_lossy(kv.key()).into_owned();
                         from = from.max(kv.mod_revision() + 1);
+                        s.revision = s.revision.max(kv.mod_revision());
                         match ev.event_type() {
                             EventType::Put => match decode::<T>(kv) {
                                 Ok(obj) => {

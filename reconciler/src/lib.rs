@@ -1,1 +1,142 @@
-//! placeholder
+//! The reconciler: turns each new commit of the watched repository into
+//! desired state in etcd, keeps Git-owned objects as Git says (drift), and
+//! runs the controllers that derive ReplicaSets and Pods from them.
+
+pub mod apply;
+pub mod controllers;
+pub mod drift;
+pub mod git_source;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use commitd_api::backoff::Backoff;
+use commitd_api::keys;
+use commitd_api::manifest::{self, Manifest};
+use commitd_api::records::AppliedCommit;
+use commitd_api::reflector::sleep_or_cancel;
+use commitd_api::Store;
+use futures::future::select_all;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::apply::{apply_commit, correct_drift, ApplyOutcome};
+use crate::drift::GitKindCaches;
+use crate::git_source::{warn_once, GitSource, GitSourceConfig};
+
+/// The applied commit's manifests, kept to notice and correct drift.
+struct Desired {
+    sha: String,
+    manifests: Vec<Manifest>,
+}
+
+/// Runs the Git source loop (apply new commits, correct drift) and the
+/// controllers until `cancel` fires.
+pub async fn run(store: Store, source: GitSourceConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let controllers = tokio::spawn(controllers::run(store.clone(), cancel.clone()));
+    let result = follow(store, source, cancel.clone()).await;
+    cancel.cancel();
+    match controllers.await {
+        Ok(Err(e)) => warn!(error = %format!("{e:#}"), "controllers stopped with an error"),
+        Err(e) => warn!(error = %e, "controllers task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+/// Follows the branch: applies each new head, keeps the applied state.
+pub async fn follow(store: Store, source: GitSourceConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let git = GitSource::new(source.clone());
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let mut wake = loop {
+        match git.watch(cancel.clone()).await {
+            Ok(rx) => break rx,
+            Err(e) => {
+                warn!(repo = %source.repo.display(), error = %format!("{e:#}"), "cannot watch the repository yet");
+                if sleep_or_cancel(backoff.next_delay(), &cancel).await {
+                    return Ok(());
+                }
+            }
+        }
+    };
+    let caches = GitKindCaches::start(&store, &cancel);
+    let mut drift_triggers = caches.changes();
+    let mut desired: Option<Desired> = None;
+    let mut last_error = None;
+    let mut handled_head: Option<String> = None;
+    info!(repo = %source.repo.display(), path = %source.path, "following the repository");
+    loop {
+        let step = async {
+            let head = git.head().await?;
+            if handled_head.as_deref() != Some(head.as_str()) {
+                let span = info_span!("commit", commit = %&head[..head.len().min(7)]);
+                let snapshot = git.snapshot(&head).instrument(span.clone()).await?;
+                let outcome = apply_commit(&store, &snapshot.commit, snapshot.files)
+                    .instrument(span)
+                    .await?;
+                if let ApplyOutcome::Recorded(r) = &outcome {
+                    for w in &r.warnings {
+                        warn!(commit = r.commit.short_sha(), "{w}");
+                    }
+                    for e in &r.errors {
+                        warn!(commit = r.commit.short_sha(), "{e}");
+                    }
+                }
+                handled_head = Some(head);
+            }
+            refresh_desired(&store, &git, &mut desired).await?;
+            if let Some(d) = &desired {
+                if caches.differs(&d.manifests, &d.sha) {
+                    correct_drift(&store, &d.sha, &d.manifests).await?;
+                }
+            }
+            anyhow::Ok(())
+        };
+        let wait = match step.await {
+            Ok(()) => {
+                backoff.reset();
+                last_error = None;
+                None
+            }
+            Err(e) => {
+                warn_once(&mut last_error, &e);
+                Some(backoff.next_delay())
+            }
+        };
+        for t in drift_triggers.iter_mut() {
+            t.borrow_and_update();
+        }
+        let drift_changed = async {
+            let futs: Vec<_> = drift_triggers.iter_mut().map(|t| Box::pin(t.changed())).collect();
+            let _ = select_all(futs).await;
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = wake.recv() => {}
+            _ = drift_changed => {}
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))) => {}
+        }
+    }
+}
+
+/// Loads the applied commit's manifests when the applied commit changed.
+async fn refresh_desired(store: &Store, git: &GitSource, desired: &mut Option<Desired>) -> anyhow::Result<()> {
+    let applied: Option<AppliedCommit> = store.get_record(keys::APPLIED).await?;
+    let Some(applied) = applied else {
+        *desired = None;
+        return Ok(());
+    };
+    if desired.as_ref().map(|d| d.sha.as_str()) == Some(applied.commit.sha.as_str()) {
+        return Ok(());
+    }
+    let snapshot = git
+        .snapshot(&applied.commit.sha)
+        .await
+        .with_context(|| format!("reading applied commit {}", applied.commit.short_sha()))?;
+    let loaded = manifest::load_files(snapshot.files);
+    *desired = Some(Desired {
+        sha: applied.commit.sha,
+        manifests: loaded.manifests,
+    });
+    Ok(())
+}

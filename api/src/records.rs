@@ -1,0 +1,82 @@
+//! Records about commits that the reconciler writes and the read-only
+//! commands show: the commit now applied, and one history entry per commit
+//! seen (applied, rejected, or a drift correction).
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostic::Diagnostic;
+
+/// Who made a commit and what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitInfo {
+    /// Full hex object id.
+    pub sha: String,
+    pub author: String,
+    pub email: String,
+    /// Commit time, RFC 3339.
+    pub time: String,
+    /// The first line of the message.
+    pub summary: String,
+    pub message: String,
+}
+
+impl CommitInfo {
+    /// The 7-character abbreviation people read.
+    pub fn short_sha(&self) -> &str {
+        self.sha.get(..7).unwrap_or(&self.sha)
+    }
+}
+
+/// The commit now live, at `/commitd/source/applied`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedCommit {
+    pub commit: CommitInfo,
+    /// Sequence number of its history record.
+    pub seq: u64,
+    /// When it was applied, RFC 3339.
+    pub applied_at: String,
+    /// How many objects it declares.
+    pub objects: usize,
+}
+
+/// What happened to a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every object was written.
+    Applied,
+    /// Validation failed; nothing changed.
+    Rejected,
+    /// Objects changed outside Git were put back.
+    DriftCorrected,
+}
+
+/// Counts of what a commit changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub deleted: Vec<String>,
+    pub unchanged: usize,
+}
+
+/// One entry of `/commitd/history/<seq>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryRecord {
+    pub seq: u64,
+    pub commit: CommitInfo,
+    pub outcome: Outcome,
+    /// When the reconciler recorded it, RFC 3339.
+    pub recorded_at: String,
+    #[serde(default)]
+    pub changes: Changes,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Diagnostic>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Diagnostic>,
+    /// Free text for events such as drift corrections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}

@@ -1,0 +1,408 @@
+//! Kubernetes' validation of the kinds commitd stores, with its messages
+//! (`spec.replicas: Invalid value: -1: must be greater than or equal to 0`),
+//! so an error reads the same as `kubectl apply` would print it.
+
+use std::collections::{BTreeMap, HashSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+
+use crate::field_path::FieldPath;
+
+/// Field errors found in one object.
+#[derive(Debug, Default)]
+pub struct FieldErrors(pub Vec<(FieldPath, String)>);
+
+impl FieldErrors {
+    fn add(&mut self, path: FieldPath, msg: impl Into<String>) {
+        self.0.push((path, msg.into()));
+    }
+    fn required(&mut self, path: FieldPath) {
+        self.add(path, "Required value");
+    }
+    fn invalid(&mut self, path: FieldPath, value: impl std::fmt::Display, why: &str) {
+        self.add(path, format!("Invalid value: {value}: {why}"));
+    }
+    fn unsupported(&mut self, path: FieldPath, value: &str, supported: &[&str]) {
+        let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
+        self.add(
+            path,
+            format!("Unsupported value: \"{value}\": supported values: {}", list.join(", ")),
+        );
+    }
+}
+
+const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+
+/// Whether `s` is an RFC 1123 label (namespaces, container names).
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is an RFC 1123 subdomain (most object names).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+fn is_qualified_name(s: &str) -> bool {
+    let (prefix, name) = match s.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, s),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    name_ok && prefix.is_none_or(is_dns1123_subdomain)
+}
+
+fn is_label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
+}
+
+fn is_config_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s != "."
+        && s != ".."
+}
+
+fn is_env_var_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+/// Validates `metadata`: the name (an RFC 1123 label when `label_name`,
+/// else a subdomain), the namespace, labels and annotations.
+fn object_meta(m: &ObjectMeta, namespaced: bool, label_name: bool, errs: &mut FieldErrors) {
+    let p = FieldPath::root().key("metadata");
+    match m.name.as_deref() {
+        None | Some("") => errs.add(p.key("name"), "Required value: name or generateName is required"),
+        Some(n) if label_name && !is_dns1123_label(n) => {
+            errs.invalid(p.key("name"), format!("\"{n}\""), DNS1123_LABEL_MSG)
+        }
+        Some(n) if !is_dns1123_subdomain(n) => {
+            errs.invalid(p.key("name"), format!("\"{n}\""), DNS1123_SUBDOMAIN_MSG)
+        }
+        _ => {}
+    }
+    if namespaced {
+        if let Some(ns) = m.namespace.as_deref() {
+            if !is_dns1123_label(ns) {
+                errs.invalid(p.key("namespace"), format!("\"{ns}\""), DNS1123_LABEL_MSG);
+            }
+        }
+    }
+    labels(m.labels.as_ref(), &p.key("labels"), errs);
+    for k in m.annotations.iter().flatten().map(|(k, _)| k) {
+        if !is_qualified_name(k) {
+            errs.invalid(p.key("annotations"), format!("\"{k}\""), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character");
+        }
+    }
+}
+
+fn labels(l: Option<&BTreeMap<String, String>>, p: &FieldPath, errs: &mut FieldErrors) {
+    for (k, v) in l.into_iter().flatten() {
+        if !is_qualified_name(k) {
+            errs.invalid(p.clone(), format!("\"{k}\""), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')");
+        }
+        if !is_label_value(v) {
+            errs.invalid(p.clone(), format!("\"{v}\""), "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')");
+        }
+    }
+}
+
+/// Validates a pod spec; `only_always` for workloads whose pods must
+/// restart (Deployments, ReplicaSets).
+pub fn pod_spec(spec: &PodSpec, p: &FieldPath, only_always: bool, errs: &mut FieldErrors) {
+    if spec.containers.is_empty() {
+        errs.required(p.key("containers"));
+    }
+    let mut names = HashSet::new();
+    let init = spec.init_containers.iter().flatten();
+    for (i, c) in spec.containers.iter().enumerate() {
+        container(c, &p.key("containers").index(i), &mut names, errs);
+    }
+    for (i, c) in init.enumerate() {
+        container(c, &p.key("initContainers").index(i), &mut names, errs);
+    }
+    if let Some(rp) = spec.restart_policy.as_deref() {
+        if only_always && rp != "Always" {
+            errs.unsupported(p.key("restartPolicy"), rp, &["Always"]);
+        } else if !["Always", "OnFailure", "Never"].contains(&rp) {
+            errs.unsupported(p.key("restartPolicy"), rp, &["Always", "OnFailure", "Never"]);
+        }
+    }
+    if let Some(g) = spec.termination_grace_period_seconds {
+        if g < 0 {
+            errs.invalid(p.key("terminationGracePeriodSeconds"), g, "must be greater than or equal to 0");
+        }
+    }
+    labels(spec.node_selector.as_ref(), &p.key("nodeSelector"), errs);
+}
+
+fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &mut FieldErrors) {
+    if c.name.is_empty() {
+        errs.required(p.key("name"));
+    } else if !is_dns1123_label(&c.name) {
+        errs.invalid(p.key("name"), format!("\"{}\"", c.name), DNS1123_LABEL_MSG);
+    } else if !names.insert(c.name.clone()) {
+        errs.add(p.key("name"), format!("Duplicate value: \"{}\"", c.name));
+    }
+    if c.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+        errs.required(p.key("image"));
+    }
+    if let Some(pp) = c.image_pull_policy.as_deref() {
+        if !["Always", "IfNotPresent", "Never"].contains(&pp) {
+            errs.unsupported(p.key("imagePullPolicy"), pp, &["Always", "IfNotPresent", "Never"]);
+        }
+    }
+    let mut port_names = HashSet::new();
+    for (i, port) in c.ports.iter().flatten().enumerate() {
+        let pp = p.key("ports").index(i);
+        if !(1..=65535).contains(&port.container_port) {
+            errs.invalid(pp.key("containerPort"), port.container_port, "must be between 1 and 65535, inclusive");
+        }
+        if let Some(hp) = port.host_port {
+            if !(0..=65535).contains(&hp) {
+                errs.invalid(pp.key("hostPort"), hp, "must be between 1 and 65535, inclusive");
+            }
+        }
+        if let Some(proto) = port.protocol.as_deref() {
+            if !["TCP", "UDP", "SCTP"].contains(&proto) {
+                errs.unsupported(pp.key("protocol"), proto, &["SCTP", "TCP", "UDP"]);
+            }
+        }
+        if let Some(n) = port.name.as_deref() {
+            let valid = !n.is_empty()
+                && n.len() <= 15
+                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && n.bytes().any(|b| b.is_ascii_lowercase());
+            if !valid {
+                errs.invalid(pp.key("name"), format!("\"{n}\""), "must be no more than 15 characters and contain only lower case alphanumeric characters or '-', with at least one letter");
+            } else if !port_names.insert(n.to_string()) {
+                errs.add(pp.key("name"), format!("Duplicate value: \"{n}\""));
+            }
+        }
+    }
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        if !is_env_var_name(&e.name) {
+            errs.invalid(p.key("env").index(i).key("name"), format!("\"{}\"", e.name), "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')");
+        }
+    }
+    if let Some(r) = &c.resources {
+        for (section, map) in [("requests", &r.requests), ("limits", &r.limits)] {
+            for (k, q) in map.iter().flatten() {
+                let qp = p.key("resources").key(section).key(k);
+                if crate::quantity::parse(&q.0).is_err() {
+                    errs.invalid(qp, format!("\"{}\"", q.0), "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'");
+                }
+            }
+        }
+    }
+}
+
+fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    crate::selector::matches(sel, labels)
+}
+
+fn workload_selector(
+    sel: Option<&LabelSelector>,
+    template_labels: Option<&BTreeMap<String, String>>,
+    kind: &str,
+    errs: &mut FieldErrors,
+) {
+    let spec = FieldPath::root().key("spec");
+    let Some(sel) = sel else {
+        errs.required(spec.key("selector"));
+        return;
+    };
+    let empty = sel.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+        && sel.match_expressions.as_ref().is_none_or(Vec::is_empty);
+    if empty {
+        errs.invalid(spec.key("selector"), "v1.LabelSelector{MatchLabels:map[string]string(nil), MatchExpressions:[]v1.LabelSelectorRequirement(nil)}", &format!("empty selector is invalid for {kind}"));
+        return;
+    }
+    let empty_labels = BTreeMap::new();
+    let labels = template_labels.unwrap_or(&empty_labels);
+    if !selector_matches(sel, labels) {
+        let shown: Vec<String> = labels.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect();
+        errs.invalid(
+            spec.key("template").key("metadata").key("labels"),
+            format!("map[string]string{{{}}}", shown.join(", ")),
+            "`selector` does not match template `labels`",
+        );
+    }
+}
+
+/// An object that Kubernetes validates on create and update.
+pub trait Validate {
+    /// Adds every field error of the object to `errs`.
+    fn validate(&self, errs: &mut FieldErrors);
+}
+
+impl Validate for Namespace {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, false, true, errs);
+    }
+}
+
+impl Validate for ConfigMap {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, true, false, errs);
+        let keys = self.data.iter().flatten().map(|(k, _)| ("data", k));
+        let bin = self.binary_data.iter().flatten().map(|(k, _)| ("binaryData", k));
+        for (section, k) in keys.chain(bin) {
+            if !is_config_key(k) {
+                errs.invalid(FieldPath::root().key(section).key(k), format!("\"{k}\""), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')");
+            }
+        }
+    }
+}
+
+impl Validate for Secret {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, true, false, errs);
+        for k in self.data.iter().flatten().map(|(k, _)| k) {
+            if !is_config_key(k) {
+                errs.invalid(FieldPath::root().key("data").key(k), format!("\"{k}\""), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')");
+            }
+        }
+    }
+}
+
+impl Validate for Pod {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, true, false, errs);
+        match &self.spec {
+            Some(spec) => pod_spec(spec, &FieldPath::root().key("spec"), false, errs),
+            None => errs.required(FieldPath::root().key("spec")),
+        }
+    }
+}
+
+impl Validate for Deployment {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, true, false, errs);
+        let Some(spec) = &self.spec else {
+            errs.required(FieldPath::root().key("spec"));
+            return;
+        };
+        let sp = FieldPath::root().key("spec");
+        if let Some(r) = spec.replicas.filter(|r| *r < 0) {
+            errs.invalid(sp.key("replicas"), r, "must be greater than or equal to 0");
+        }
+        let tmeta = spec.template.metadata.as_ref();
+        workload_selector(Some(&spec.selector), tmeta.and_then(|m| m.labels.as_ref()), "deployment", errs);
+        if let Some(st) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) {
+            if !["RollingUpdate", "Recreate"].contains(&st) {
+                errs.unsupported(sp.key("strategy").key("type"), st, &["Recreate", "RollingUpdate"]);
+            }
+        }
+        match &spec.template.spec {
+            Some(ps) => pod_spec(ps, &sp.key("template").key("spec"), true, errs),
+            None => errs.required(sp.key("template").key("spec")),
+        }
+    }
+}
+
+impl Validate for ReplicaSet {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, true, false, errs);
+        let Some(spec) = &self.spec else {
+            errs.required(FieldPath::root().key("spec"));
+            return;
+        };
+        let sp = FieldPath::root().key("spec");
+        if let Some(r) = spec.replicas.filter(|r| *r < 0) {
+            errs.invalid(sp.key("replicas"), r, "must be greater than or equal to 0");
+        }
+        let tmeta = spec.template.as_ref().and_then(|t| t.metadata.as_ref());
+        workload_selector(Some(&spec.selector), tmeta.and_then(|m| m.labels.as_ref()), "replicaset", errs);
+        match spec.template.as_ref().and_then(|t| t.spec.as_ref()) {
+            Some(ps) => pod_spec(ps, &sp.key("template").key("spec"), true, errs),
+            None => errs.required(sp.key("template").key("spec")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn errors<T: Validate + serde::de::DeserializeOwned>(v: serde_json::Value) -> Vec<String> {
+        let obj: T = serde_json::from_value(v).expect("decodes");
+        let mut errs = FieldErrors::default();
+        obj.validate(&mut errs);
+        errs.0.into_iter().map(|(p, m)| format!("{p}: {m}")).collect()
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_dns1123_label("web-1"));
+        assert!(!is_dns1123_label("Web"));
+        assert!(!is_dns1123_label("-web"));
+        assert!(is_dns1123_subdomain("a.b-c"));
+        assert!(!is_dns1123_subdomain("a..b"));
+        assert!(is_qualified_name("app.kubernetes.io/name"));
+        assert!(!is_qualified_name("-x"));
+    }
+
+    #[test]
+    fn deployment_errors_read_like_kubernetes() {
+        let got = errors::<Deployment>(json!({
+            "metadata": {"name": "Web"},
+            "spec": {"replicas": -1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "other"}},
+                    "spec": {"restartPolicy": "Never", "containers": [
+                        {"name": "a", "image": "x", "ports": [{"containerPort": 70000}]},
+                        {"name": "a"}]}}}
+        }));
+        assert_eq!(got[0], format!("metadata.name: Invalid value: \"Web\": {DNS1123_SUBDOMAIN_MSG}"));
+        assert_eq!(got[1], "spec.replicas: Invalid value: -1: must be greater than or equal to 0");
+        assert_eq!(got[2], "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`");
+        assert!(got.contains(&"spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()));
+        assert!(got.contains(&"spec.template.spec.containers[1].name: Duplicate value: \"a\"".to_string()));
+        assert!(got.contains(&"spec.template.spec.containers[1].image: Required value".to_string()));
+        assert!(got.contains(&"spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"".to_string()));
+    }
+
+    #[test]
+    fn config_keys_and_env_names() {
+        let got = errors::<ConfigMap>(json!({"metadata": {"name": "c"}, "data": {"ok.key": "1", "bad key": "2"}}));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("data[bad key]: Invalid value: \"bad key\""));
+        let got = errors::<Pod>(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "c", "image": "i", "env": [{"name": "1BAD", "value": "x"}],
+             "resources": {"requests": {"cpu": "lots"}}}]}}));
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0].starts_with("spec.containers[0].env[0].name: Invalid value: \"1BAD\""));
+        assert!(got[1].starts_with("spec.containers[0].resources.requests.cpu: Invalid value: \"lots\": quantities must match"));
+    }
+
+    #[test]
+    fn valid_objects_have_no_errors() {
+        assert!(errors::<Namespace>(json!({"metadata": {"name": "demo"}})).is_empty());
+        assert!(errors::<Pod>(json!({"metadata": {"name": "p", "labels": {"app.kubernetes.io/name": "x"}},
+            "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"name": "http", "containerPort": 80}]}]}})).is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! Controllers that turn desired objects into derived ones.

@@ -1,0 +1,112 @@
+//! Noticing drift cheaply: caches of the kinds Git declares are compared in
+//! memory with the applied commit's manifests; only when something differs
+//! does the reconciler run the transactional correction.
+
+use std::sync::Arc;
+
+use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use commitd_api::manifest::Manifest;
+use commitd_api::reflector::{reflect, Cache};
+use commitd_api::{Kind, Object, Store};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::desired_view;
+
+/// Caches of every kind a commit may declare.
+#[derive(Clone)]
+pub struct GitKindCaches {
+    namespaces: Cache<Namespace>,
+    config_maps: Cache<ConfigMap>,
+    secrets: Cache<Secret>,
+    pods: Cache<Pod>,
+    replica_sets: Cache<ReplicaSet>,
+    deployments: Cache<Deployment>,
+}
+
+fn json_of<T: Object>(c: &Cache<T>, ns: Option<&str>, name: &str) -> Option<Value> {
+    c.get(ns, name)
+        .and_then(|o: Arc<T>| serde_json::to_value(o.as_ref()).ok())
+}
+
+impl GitKindCaches {
+    /// Starts the caches.
+    pub fn start(store: &Store, cancel: &CancellationToken) -> GitKindCaches {
+        GitKindCaches {
+            namespaces: reflect(store.clone(), cancel.clone()),
+            config_maps: reflect(store.clone(), cancel.clone()),
+            secrets: reflect(store.clone(), cancel.clone()),
+            pods: reflect(store.clone(), cancel.clone()),
+            replica_sets: reflect(store.clone(), cancel.clone()),
+            deployments: reflect(store.clone(), cancel.clone()),
+        }
+    }
+
+    /// Receivers that wake when any of the caches changes.
+    pub fn changes(&self) -> Vec<watch::Receiver<u64>> {
+        vec![
+            self.namespaces.changes(),
+            self.config_maps.changes(),
+            self.secrets.changes(),
+            self.pods.changes(),
+            self.replica_sets.changes(),
+            self.deployments.changes(),
+        ]
+    }
+
+    fn ready(&self) -> bool {
+        self.namespaces.is_ready()
+            && self.config_maps.is_ready()
+            && self.secrets.is_ready()
+            && self.pods.is_ready()
+            && self.replica_sets.is_ready()
+            && self.deployments.is_ready()
+    }
+
+    fn json(&self, kind: Kind, ns: Option<&str>, name: &str) -> Option<Value> {
+        match kind {
+            Kind::Namespace => json_of(&self.namespaces, ns, name),
+            Kind::ConfigMap => json_of(&self.config_maps, ns, name),
+            Kind::Secret => json_of(&self.secrets, ns, name),
+            Kind::Pod => json_of(&self.pods, ns, name),
+            Kind::ReplicaSet => json_of(&self.replica_sets, ns, name),
+            Kind::Deployment => json_of(&self.deployments, ns, name),
+            Kind::Node => None,
+        }
+    }
+
+    /// Whether some declared object is missing or differs from Git (as far
+    /// as the caches know; the correction re-reads etcd).
+    pub fn differs(&self, manifests: &[Manifest], sha: &str) -> bool {
+        if !self.ready() {
+            return false;
+        }
+        manifests.iter().any(|m| {
+            match self.json(m.kind, m.namespace.as_deref(), &m.name) {
+                None => true,
+                Some(current) => {
+                    let mut desired = m.object.clone();
+                    annotate_for_compare(&mut desired, m, sha);
+                    desired_view(&current) != desired_view(&desired)
+                }
+            }
+        })
+    }
+}
+
+fn annotate_for_compare(v: &mut Value, m: &Manifest, sha: &str) {
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        let ann = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(commitd_api::meta::COMMIT_ANNOTATION.into(), Value::from(sha));
+            a.insert(
+                commitd_api::meta::SOURCE_ANNOTATION.into(),
+                Value::from(m.source.to_string()),
+            );
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The subcommands of `commitd`, one module each, and how they find the
+//! cluster: `--etcd`, then `COMMITD_ETCD`, then the endpoint file that
+//! `commitd up` writes in its state directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use commitd_api::Store;
+
+pub mod bench;
+pub mod components;
+pub mod get;
+pub mod history;
+pub mod status;
+pub mod up;
+pub mod validate;
+
+/// The default state directory of `commitd up`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/commitd";
+/// The file in the state directory that names the running etcd endpoint.
+pub const ENDPOINT_FILE: &str = "etcd.endpoint";
+
+/// How a command finds the cluster.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// etcd endpoints (comma separated), e.g. http://127.0.0.1:2379.
+    #[arg(long, env = "COMMITD_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// State directory of `commitd up`, read for its etcd endpoint.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+impl ClusterArgs {
+    /// The etcd endpoints to use.
+    pub fn endpoints(&self) -> anyhow::Result<Vec<String>> {
+        if !self.etcd.is_empty() {
+            return Ok(self.etcd.clone());
+        }
+        let file = self.state_dir.join(ENDPOINT_FILE);
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "no cluster named: pass --etcd, set COMMITD_ETCD, or run `commitd up` (no {} found)",
+                file.display()
+            )
+        })?;
+        Ok(text.split_whitespace().map(str::to_string).collect())
+    }
+
+    /// Connects to the cluster's etcd.
+    pub async fn connect(&self) -> anyhow::Result<Store> {
+        let endpoints = self.endpoints()?;
+        Store::connect(&endpoints)
+            .await
+            .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))
+    }
+}
+
+/// Writes the endpoint file `commitd up` leaves for the other commands.
+pub fn write_endpoint_file(state_dir: &Path, endpoint: &str) -> anyhow::Result<()> {
+    let path = state_dir.join(ENDPOINT_FILE);
+    std::fs::write(&path, format!("{endpoint}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
