@@ -1,0 +1,288 @@
+//! End to end, through every real layer: `commitd up` starts etcd and
+//! containerd, images come from a real registry, and the test acts only as
+//! a user does — commits to Git, runs the read-only commands, fetches pages
+//! from pod IPs, and asks containerd what runs.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use commitd::cluster::registry::Registry;
+use commitd_nodeagent::cri::Cri;
+use serde_json::Value;
+use support::git::{examples_dir, TestRepo};
+use support::http_get;
+use support::wait::until;
+use tokio::process::{Child, Command};
+
+const WAIT: Duration = Duration::from_secs(90);
+const BIN: &str = env!("CARGO_BIN_EXE_commitd");
+
+/// A running `commitd up` with its repository, registry and state dir.
+struct Cluster {
+    up: Option<Child>,
+    state: tempfile::TempDir,
+    repo_path: PathBuf,
+    registry: Registry,
+}
+
+fn copy_examples(to: &Path, registry: &str) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(examples_dir()).expect("examples") {
+        let entry = entry.expect("entry");
+        let text = std::fs::read_to_string(entry.path()).expect("read example");
+        std::fs::write(to.join(entry.file_name()), text.replace("127.0.0.1:5000", registry))
+            .expect("write example");
+    }
+}
+
+impl Cluster {
+    async fn up() -> Cluster {
+        let registry = Registry::start().await.expect("registry starts");
+        registry
+            .push_demo_images(Path::new(env!("CARGO_MANIFEST_DIR")))
+            .await
+            .expect("demo images pushed");
+        let state = tempfile::tempdir().expect("tempdir");
+        let init = state.path().join("init");
+        copy_examples(&init, &registry.addr);
+        let repo_path = state.path().join("repo");
+        let log = std::fs::File::create(state.path().join("up.log")).expect("log file");
+        let up = Command::new(BIN)
+            .args(["up", "--repo"])
+            .arg(&repo_path)
+            .arg("--init-from")
+            .arg(&init)
+            .arg("--state-dir")
+            .arg(state.path().join("state"))
+            .args(["--bridge", "cde2e0", "--pod-cidr", "10.215.0.0/24", "--node-name", "e2e-node"])
+            .args(["--insecure-registry", &registry.addr])
+            .args(["--poll-interval", "30"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("commitd up starts");
+        Cluster {
+            up: Some(up),
+            state,
+            repo_path,
+            registry,
+        }
+    }
+
+    fn repo(&self) -> TestRepoView<'_> {
+        TestRepoView { path: &self.repo_path }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state.path().join("state")
+    }
+
+    /// Runs a read-only command and returns (exit code, stdout, stderr).
+    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()
+            .await
+            .expect("commitd runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The pods of namespace demo, as `commitd get pods -o json` lists them.
+    async fn pods(&self) -> Result<Vec<Value>, String> {
+        let (code, out, err) = self.cli(&["get", "pods", "-n", "demo", "-o", "json"]).await;
+        if code != 0 {
+            return Err(format!("get pods exited {code}: {err}"));
+        }
+        let list: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until exactly `n` pods run and each answers on its IP; returns
+    /// (pod name, page) pairs.
+    async fn wait_running(&self, n: usize, page_contains: &str) -> Vec<(String, String)> {
+        until(&format!("{n} running pods serving {page_contains:?}"), WAIT, || async {
+            let pods = self.pods().await?;
+            let live: Vec<&Value> = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
+            if live.len() != n || pods.len() != n {
+                return Err(format!("{} pods ({} live)", pods.len(), live.len()));
+            }
+            let mut pages = Vec::new();
+            for p in live {
+                let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                if p["status"]["phase"] != "Running" {
+                    return Err(format!("{name} is {}", p["status"]["phase"]));
+                }
+                let ip = p["status"]["podIP"].as_str().ok_or(format!("{name} has no IP"))?;
+                let page = http_get(&format!("{ip}:80")).await?;
+                if !page.contains(page_contains) {
+                    return Err(format!("{name} serves {page:?}"));
+                }
+                pages.push((name, page));
+            }
+            Ok(pages)
+        })
+        .await
+    }
+
+    async fn cri(&self) -> Cri {
+        Cri::connect(&self.state_dir().join("containerd/containerd.sock"))
+            .await
+            .expect("containerd socket")
+    }
+
+    /// Names of the running containers' pods, as containerd reports them.
+    async fn running_container_pods(&self) -> BTreeSet<String> {
+        let cri = self.cri().await;
+        let containers = cri.list_containers(&Default::default()).await.expect("list containers");
+        let mut running = BTreeSet::new();
+        for c in containers {
+            if c.state == commitd_nodeagent::cri::proto::ContainerState::ContainerRunning as i32 {
+                let sandboxes = cri.list_pod_sandboxes(&Default::default()).await.expect("sandboxes");
+                if let Some(s) = sandboxes.iter().find(|s| s.id == c.pod_sandbox_id) {
+                    running.insert(s.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default());
+                }
+            }
+        }
+        running
+    }
+
+    async fn stop(mut self) {
+        if let Some(mut up) = self.up.take() {
+            if let Some(pid) = up.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let status = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
+            let log = std::fs::read_to_string(self.state.path().join("up.log")).unwrap_or_default();
+            match status {
+                Ok(Ok(s)) => assert!(s.success(), "commitd up exited with {s}; log:\n{log}"),
+                other => panic!("commitd up did not stop: {other:?}; log:\n{log}"),
+            }
+        }
+    }
+}
+
+/// Commits in the cluster's repository as a user would.
+struct TestRepoView<'a> {
+    path: &'a Path,
+}
+
+impl TestRepoView<'_> {
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let p = self.path.join(file);
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(text.contains(from), "{file} does not contain {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).expect("write");
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        std::fs::write(self.path.join(file), text).expect("write");
+    }
+
+    fn remove(&self, file: &str) {
+        std::fs::remove_file(self.path.join(file)).expect("remove");
+    }
+
+    fn commit(&self, message: &str) -> String {
+        let view = TestRepo::open(self.path);
+        view.commit_all(message)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_becomes_running_containers() {
+    let cluster = Cluster::up().await;
+
+    // The first commit deploys 2 replicas; each pod serves its page.
+    let pages = cluster.wait_running(2, "hello from").await;
+    for (name, page) in &pages {
+        assert!(page.contains(name.as_str()), "pod {name} serves another pod's page: {page}");
+    }
+
+    // Scale to 3 with a commit.
+    cluster.repo().edit("web.yaml", "replicas: 2", "replicas: 3");
+    cluster.repo().commit("Scale web to 3");
+    let three = cluster.wait_running(3, "version 1").await;
+    let three_names: BTreeSet<String> = three.iter().map(|(n, _)| n.clone()).collect();
+    assert!(pages.iter().all(|(n, _)| three_names.contains(n)), "scaling up must keep the running pods");
+    let (code, table, _) = cluster.cli(&["get", "pods", "-n", "demo", "-o", "wide"]).await;
+    assert_eq!(code, 0);
+    for header in ["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE"] {
+        assert!(table.contains(header), "missing column {header}: {table}");
+    }
+    assert_eq!(table.matches("e2e-node").count(), 3, "{table}");
+
+    // Broken commits change nothing and are reported with file and line.
+    let running_before = cluster.running_container_pods().await;
+    assert_eq!(running_before, three_names);
+    let broken: [(&str, &str, &str); 3] = [
+        ("web.yaml", "replicas: 3", "replicas: [3"),
+        ("web.yaml", "replicas: 3", "replica: 3"),
+        ("config.yaml", "name: web-config", "name: web-config\n  # dup\n"),
+    ];
+    for (i, (file, from, to)) in broken.iter().enumerate() {
+        let original = std::fs::read_to_string(cluster.repo_path.join(file)).expect("read");
+        cluster.repo().edit(file, from, to);
+        if i == 2 {
+            // Two objects of the same kind and name in two files.
+            cluster.repo().write("dup.yaml", &original);
+        }
+        let sha = cluster.repo().commit(&format!("Broken {i}"));
+        let status = until("the rejected commit in status", WAIT, || async {
+            let (_, out, _) = cluster.cli(&["status"]).await;
+            out.contains(&sha[..7]).then_some(out.clone()).ok_or(out)
+        })
+        .await;
+        let expected_file = if i == 2 { "dup.yaml" } else { "web.yaml" };
+        assert!(status.contains(&format!("{expected_file}:")), "status does not name {expected_file}: {status}");
+        // Restore for the next case.
+        cluster.repo().write(file, &original);
+        if i == 2 {
+            cluster.repo().remove("dup.yaml");
+        }
+        cluster.repo().commit(&format!("Fix {i}"));
+    }
+    assert_eq!(cluster.running_container_pods().await, running_before, "broken commits touched running pods");
+
+    // A new image replaces the pods.
+    cluster.repo().edit("web.yaml", "commitd/web:1", "commitd/web:2");
+    cluster.repo().commit("Web version 2");
+    let v2 = cluster.wait_running(3, "version 2").await;
+    assert!(v2.iter().all(|(n, _)| !three_names.contains(n)), "pods were not replaced");
+
+    // Deleting the file removes pods and their containers.
+    cluster.repo().remove("web.yaml");
+    cluster.repo().commit("Remove web");
+    until("pods gone", WAIT, || async {
+        let pods = cluster.pods().await?;
+        pods.is_empty().then_some(()).ok_or(format!("{} pods", pods.len()))
+    })
+    .await;
+    until("containers gone from containerd", WAIT, || async {
+        let cri = cluster.cri().await;
+        let c = cri.list_containers(&Default::default()).await.map_err(|e| e.to_string())?;
+        let s = cri.list_pod_sandboxes(&Default::default()).await.map_err(|e| e.to_string())?;
+        (c.is_empty() && s.is_empty()).then_some(()).ok_or(format!("{} containers, {} sandboxes", c.len(), s.len()))
+    })
+    .await;
+
+    let (code, history, _) = cluster.cli(&["history"]).await;
+    assert_eq!(code, 0);
+    assert!(history.contains("Remove web") && history.contains("rejected"), "{history}");
+    let _ = &cluster.registry;
+    cluster.stop().await;
+}

@@ -1,0 +1,281 @@
+//! The reconciler against a real etcd: commits are applied whole, pruned,
+//! recorded in history, rejected without any change when broken, drift is
+//! put back, and two reconcilers never interleave.
+
+mod support;
+
+use std::time::Duration;
+
+use commitd::cluster::etcd::{Etcd, EtcdOptions};
+use commitd_api::k8s_openapi::api::apps::v1::Deployment;
+use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use commitd_api::keys;
+use commitd_api::records::{AppliedCommit, HistoryRecord, Outcome};
+use commitd_api::{meta, Store};
+use commitd_reconciler::git_source::GitSourceConfig;
+use support::git::TestRepo;
+use support::wait::until;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const NAMESPACE: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: demo\n";
+const CONFIG: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: demo\ndata:\n  color: blue\n";
+const DEPLOYMENT: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: 127.0.0.1:5000/commitd/web:1
+"#;
+
+struct Harness {
+    _data: tempfile::TempDir,
+    etcd: Option<Etcd>,
+    store: Store,
+    repo: TestRepo,
+    cancel: CancellationToken,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let data = tempfile::tempdir().expect("tempdir");
+        let etcd = Etcd::start(EtcdOptions {
+            data_dir: data.path().join("etcd"),
+            client_port: None,
+        })
+        .await
+        .expect("etcd starts");
+        let store = Store::connect(std::slice::from_ref(&etcd.endpoint))
+            .await
+            .expect("connect");
+        Harness {
+            _data: data,
+            etcd: Some(etcd),
+            store,
+            repo: TestRepo::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn source(&self) -> GitSourceConfig {
+        GitSourceConfig {
+            repo: self.repo.path(),
+            branch: None,
+            path: "manifests".into(),
+            poll_interval: Duration::from_secs(30),
+        }
+    }
+
+    fn follow(&self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        tokio::spawn(commitd_reconciler::follow(
+            self.store.clone(),
+            self.source(),
+            self.cancel.clone(),
+        ))
+    }
+
+    async fn history(&self) -> Vec<HistoryRecord> {
+        let list = self
+            .store
+            .list_prefix(keys::HISTORY_PREFIX)
+            .await
+            .expect("list history");
+        list.items
+            .iter()
+            .map(|kv| serde_json::from_slice(kv.value()).expect("history record decodes"))
+            .collect()
+    }
+
+    async fn wait_for_record(&self, sha: &str) -> HistoryRecord {
+        until("a history record of the commit", WAIT, || async {
+            let h = self.history().await;
+            h.iter()
+                .rev()
+                .find(|r| r.commit.sha == sha)
+                .cloned()
+                .ok_or_else(|| format!("{} records, none for {sha}", h.len()))
+        })
+        .await
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(e) = self.etcd.take() {
+            e.stop().await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_apply_whole_prune_and_reject_without_change() {
+    let h = Harness::start().await;
+    let c1 = h.repo.commit(
+        "Deploy web",
+        &[
+            ("manifests/namespace.yaml", Some(NAMESPACE)),
+            ("manifests/web.yaml", Some(&format!("{CONFIG}---\n{DEPLOYMENT}"))),
+            ("README.md", Some("not a manifest")),
+        ],
+    );
+    let _task = h.follow();
+    let r1 = h.wait_for_record(&c1).await;
+    assert_eq!(r1.outcome, Outcome::Applied);
+    assert_eq!(r1.commit.author, "Test Author");
+    assert_eq!(r1.commit.summary, "Deploy web");
+    assert_eq!(r1.changes.created.len(), 3, "{:?}", r1.changes);
+
+    let d: Deployment = h.store.get(Some("demo"), "web").await.expect("get").expect("deployment exists");
+    assert_eq!(meta::annotation(&d.metadata, meta::COMMIT_ANNOTATION), Some(c1.as_str()));
+    assert_eq!(meta::annotation(&d.metadata, meta::SOURCE_ANNOTATION), Some("manifests/web.yaml:9"));
+    assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(2));
+    assert!(d.metadata.uid.is_some());
+    let applied: AppliedCommit = h.store.get_record(keys::APPLIED).await.expect("read").expect("applied");
+    assert_eq!(applied.commit.sha, c1);
+    assert_eq!(applied.objects, 3);
+
+    // Scale and drop the ConfigMap: one update, one prune, the rest unchanged.
+    let c2 = h.repo.commit(
+        "Scale web to 3, drop settings",
+        &[("manifests/web.yaml", Some(&DEPLOYMENT.replace("replicas: 2", "replicas: 3")))],
+    );
+    let r2 = h.wait_for_record(&c2).await;
+    assert_eq!(r2.outcome, Outcome::Applied);
+    assert_eq!(r2.changes.updated, vec!["Deployment demo/web".to_string()]);
+    assert_eq!(r2.changes.deleted, vec!["ConfigMap demo/settings".to_string()]);
+    assert_eq!(r2.changes.unchanged, 1);
+    let d2: Deployment = h.store.get(Some("demo"), "web").await.expect("get").expect("exists");
+    assert_eq!(d2.spec.as_ref().and_then(|s| s.replicas), Some(3));
+    assert_eq!(d2.metadata.uid, d.metadata.uid, "an update keeps the object's identity");
+    assert_eq!(d2.metadata.generation, Some(2));
+    assert!(h.store.get::<ConfigMap>(Some("demo"), "settings").await.expect("get").is_none());
+
+    // A broken commit (a typo in one file, valid changes in another) changes nothing.
+    let before = h.store.list_prefix("/commitd/objects/").await.expect("list");
+    let c3 = h.repo.commit(
+        "Broken",
+        &[
+            ("manifests/web.yaml", Some(&DEPLOYMENT.replace("replicas: 2", "replica: 5"))),
+            ("manifests/extra.yaml", Some(&CONFIG.replace("settings", "more"))),
+        ],
+    );
+    let r3 = h.wait_for_record(&c3).await;
+    assert_eq!(r3.outcome, Outcome::Rejected);
+    assert_eq!(r3.errors.len(), 1, "{:?}", r3.errors);
+    assert_eq!(
+        r3.errors[0].to_string(),
+        "manifests/web.yaml:8: error: spec.replica: unknown field \"replica\", did you mean \"replicas\"?"
+    );
+    let after = h.store.list_prefix("/commitd/objects/").await.expect("list");
+    let values = |l: &commitd_api::store::List<etcd_client::KeyValue>| {
+        l.items.iter().map(|kv| (kv.key().to_vec(), kv.mod_revision())).collect::<Vec<_>>()
+    };
+    assert_eq!(values(&before), values(&after), "a rejected commit must not touch any object");
+    let applied: AppliedCommit = h.store.get_record(keys::APPLIED).await.expect("read").expect("applied");
+    assert_eq!(applied.commit.sha, c2, "the last good commit stays live");
+    let rejected: HistoryRecord = h.store.get_record(keys::REJECTED).await.expect("read").expect("rejected");
+    assert_eq!(rejected.commit.sha, c3);
+
+    // Deleting every manifest prunes everything Git owned.
+    let c4 = h.repo.commit(
+        "Remove all",
+        &[
+            ("manifests/web.yaml", None),
+            ("manifests/extra.yaml", None),
+            ("manifests/namespace.yaml", None),
+        ],
+    );
+    let r4 = h.wait_for_record(&c4).await;
+    assert_eq!(r4.outcome, Outcome::Applied);
+    assert_eq!(r4.changes.deleted.len(), 2, "{:?}", r4.changes);
+    assert!(h.store.get::<Namespace>(None, "demo").await.expect("get").is_none());
+    let seqs: Vec<u64> = h.history().await.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_put_back_and_recorded() {
+    let h = Harness::start().await;
+    let c1 = h.repo.commit(
+        "Config",
+        &[("manifests/all.yaml", Some(&format!("{NAMESPACE}---\n{CONFIG}")))],
+    );
+    let _task = h.follow();
+    h.wait_for_record(&c1).await;
+
+    // Someone edits the ConfigMap by hand.
+    h.store
+        .modify::<ConfigMap, _>(Some("demo"), "settings", |cm| {
+            cm.data.get_or_insert_with(Default::default).insert("color".into(), "red".into());
+            true
+        })
+        .await
+        .expect("edit")
+        .expect("exists");
+    until("the edit to be reverted", WAIT, || async {
+        let cm: Option<ConfigMap> = h.store.get(Some("demo"), "settings").await.map_err(|e| e.to_string())?;
+        let color = cm.and_then(|c| c.data).and_then(|d| d.get("color").cloned());
+        (color.as_deref() == Some("blue")).then_some(()).ok_or(format!("color {color:?}"))
+    })
+    .await;
+    // Someone deletes it.
+    h.store.delete::<ConfigMap>(Some("demo"), "settings", None).await.expect("delete");
+    until("the deleted object to come back", WAIT, || async {
+        let cm: Option<ConfigMap> = h.store.get(Some("demo"), "settings").await.map_err(|e| e.to_string())?;
+        cm.map(|_| ()).ok_or_else(|| "absent".to_string())
+    })
+    .await;
+    let drift: Vec<HistoryRecord> = h
+        .history()
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::DriftCorrected)
+        .collect();
+    assert!(drift.len() >= 2, "{drift:?}");
+    assert!(drift.iter().all(|r| r.commit.sha == c1));
+    assert!(drift[0].note.as_deref().unwrap_or_default().contains("ConfigMap demo/settings"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reconcilers_never_interleave() {
+    let h = Harness::start().await;
+    let _a = h.follow();
+    let _b = h.follow();
+    let mut shas = Vec::new();
+    for i in 0..5 {
+        let cm = CONFIG.replace("color: blue", &format!("color: c{i}"));
+        shas.push(h.repo.commit(
+            &format!("Change {i}"),
+            &[("manifests/all.yaml", Some(&format!("{NAMESPACE}---\n{cm}")))],
+        ));
+    }
+    let last = shas.last().cloned().expect("commits");
+    h.wait_for_record(&last).await;
+    let history = h.history().await;
+    let applied: Vec<&str> = history
+        .iter()
+        .filter(|r| r.outcome == Outcome::Applied)
+        .map(|r| r.commit.sha.as_str())
+        .collect();
+    let mut unique = applied.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(applied.len(), unique.len(), "a commit was applied twice: {applied:?}");
+    let seqs: Vec<u64> = history.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "history has gaps or repeats");
+    let cm: ConfigMap = h.store.get(Some("demo"), "settings").await.expect("get").expect("exists");
+    assert_eq!(cm.data.and_then(|d| d.get("color").cloned()).as_deref(), Some("c4"));
+    h.stop().await;
+}
