@@ -112,7 +112,7 @@ impl Harness {
     async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(e) = self.etcd.take() {
-            e.stop().await;
+            e.stop().await.expect("etcd stops");
         }
     }
 }

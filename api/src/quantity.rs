@@ -458,9 +458,9 @@ fn round_to_nanos(digits: &[u8], exponent: i64) -> i128 {
 
 /// The number a slice of decimal digits spells, if it fits.
 fn to_i128(digits: &[u8]) -> Option<i128> {
-    digits.iter().try_fold(0i128, |n, d| {
-        n.checked_mul(10)?.checked_add(i128::from(*d))
-    })
+    digits
+        .iter()
+        .try_fold(0i128, |n, d| n.checked_mul(10)?.checked_add(i128::from(*d)))
 }
 
 /// `n / d` rounded away from zero.
@@ -609,7 +609,11 @@ mod tests {
             (".5Ki", dec(512, 0), BinarySI),
             ("0.5Ki", dec(512, 0), BinarySI),
             ("1e-10", dec(1, -9), DecimalExponent),
-            ("12345678901234567890", dec(12345678901234567890, 0), DecimalSI),
+            (
+                "12345678901234567890",
+                dec(12345678901234567890, 0),
+                DecimalSI,
+            ),
         ];
         for (input, nanos, format) in table {
             let q = parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
@@ -760,7 +764,10 @@ mod tests {
             .map(|s| parse(s).expect("valid"))
             .sum();
         assert_eq!(total.millis(), 1);
-        assert_eq!((parse("1Gi").expect("valid") + Quantity::from_value(1)).value(), (1 << 30) + 1);
+        assert_eq!(
+            (parse("1Gi").expect("valid") + Quantity::from_value(1)).value(),
+            (1 << 30) + 1
+        );
         assert!(parse("1Gi").expect("valid") > parse("1G").expect("valid"));
         assert_eq!(parse("1000m").expect("valid"), parse("1").expect("valid"));
         assert_eq!(Quantity::from_millis(1500).to_string(), "1.5");
@@ -783,13 +790,8 @@ mod tests {
             ("P", 15),
             ("E", 18),
         ];
-        const BINARY: &[(&str, u32)] = &[
-            ("Ki", 10),
-            ("Mi", 20),
-            ("Gi", 30),
-            ("Ti", 40),
-            ("Pi", 50),
-        ];
+        const BINARY: &[(&str, u32)] =
+            &[("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40), ("Pi", 50)];
 
         proptest! {
             // Failures print their input; nothing is written into the tree.

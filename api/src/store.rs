@@ -45,7 +45,15 @@ pub enum StoreError {
     MissingResourceVersion { key: String },
     /// etcd itself failed or could not be reached.
     #[error("etcd: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(etcd_client::Error),
+}
+
+// By hand rather than `#[from]`: the message already carries the cause, and
+// a `source` as well would print it twice in error chains.
+impl From<etcd_client::Error> for StoreError {
+    fn from(e: etcd_client::Error) -> Self {
+        StoreError::Etcd(e)
+    }
 }
 
 impl StoreError {

@@ -1,3 +1,9 @@
 //! The node agent: kubelet and kube-proxy of one node.
 
+pub mod agent;
 pub mod cri;
+pub mod node;
+pub mod pod;
+pub mod status;
+
+pub use agent::{run, NodeAgentConfig};

@@ -269,7 +269,7 @@ fn now_rfc3339() -> String {
 #[derive(Debug)]
 pub enum ApplyOutcome {
     /// A history record was written (applied or rejected).
-    Recorded(HistoryRecord),
+    Recorded(Box<HistoryRecord>),
     /// The commit was already applied or rejected; nothing was written.
     AlreadyKnown,
 }
@@ -308,7 +308,7 @@ pub async fn apply_commit(
                     errors = record.errors.len(),
                     "commit recorded"
                 );
-                return Ok(ApplyOutcome::Recorded(record));
+                return Ok(ApplyOutcome::Recorded(Box::new(record)));
             }
             None => tracing::debug!(attempt, "lost a race with another writer; planning again"),
         }

@@ -27,7 +27,7 @@ pub struct GetArgs {
     /// `deploy web`), or KIND/NAME... (e.g. `deploy/web pod/web-x`). Kinds:
     /// pods, deployments, replicasets, nodes, namespaces, configmaps,
     /// secrets, or `all` (pods, deployments, replicasets).
-    #[arg(value_name = "KIND[,KIND...] [NAME...] | KIND/NAME...")]
+    #[arg(value_name = "RESOURCE")]
     pub resources: Vec<String>,
     /// Namespace to read from.
     #[arg(short, long, default_value = "default")]
@@ -819,7 +819,11 @@ mod tests {
             Fetched {
                 kind: Kind::Deployment,
                 headers: Deployment::headers(false),
-                items: vec![item(Kind::Deployment, "web", &["web", "1/1", "1", "1", "5s"])],
+                items: vec![item(
+                    Kind::Deployment,
+                    "web",
+                    &["web", "1/1", "1", "1", "5s"],
+                )],
                 missing: vec![],
             },
         ];

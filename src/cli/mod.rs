@@ -11,6 +11,7 @@ use commitd_api::Store;
 pub mod components;
 pub mod get;
 pub mod history;
+pub mod output;
 pub mod status;
 pub mod up;
 pub mod validate;

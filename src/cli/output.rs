@@ -281,9 +281,10 @@ pub fn pod_summary(pod: &Pod, now: Timestamp) -> PodSummary {
     } else {
         status_reason.to_string()
     };
-    if conditions.iter().any(|c| {
-        c.type_ == "PodScheduled" && c.reason.as_deref() == Some("SchedulingGated")
-    }) {
+    if conditions
+        .iter()
+        .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("SchedulingGated"))
+    {
         reason = "SchedulingGated".to_string();
     }
 
@@ -613,7 +614,12 @@ mod tests {
 
     #[test]
     fn terminated_containers_show_their_reason_or_exit_code() {
-        let p = pod(&["a"], "Failed", vec![terminated("a", 1, Some("Error"))], vec![]);
+        let p = pod(
+            &["a"],
+            "Failed",
+            vec![terminated("a", 1, Some("Error"))],
+            vec![],
+        );
         assert_eq!(pod_summary(&p, now()).status, "Error");
         let p = pod(&["a"], "Failed", vec![terminated("a", 137, None)], vec![]);
         assert_eq!(pod_summary(&p, now()).status, "ExitCode:137");

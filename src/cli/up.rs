@@ -144,7 +144,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(e) = etcd {
-        e.stop().await;
+        if let Err(e) = e.stop().await {
+            warn!(error = %format!("{e:#}"), "stopping etcd");
+        }
     }
     info!("stopped");
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })

@@ -156,9 +156,7 @@ async fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
 
 /// One attempt: pick ports, spawn etcd, wait for it.
 async fn start_once(data_dir: &Path, client_port: Option<u16>) -> Result<Etcd, AttemptError> {
-    let (client_port, peer_port) = pick_ports(client_port)
-        .await
-        .map_err(AttemptError::Fatal)?;
+    let (client_port, peer_port) = pick_ports(client_port).await.map_err(AttemptError::Fatal)?;
     let name = unique_name();
     let endpoint = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -243,7 +241,6 @@ async fn start_once(data_dir: &Path, client_port: Option<u16>) -> Result<Etcd, A
 /// passes.
 async fn wait_ready(etcd: &mut Etcd, log_start: u64) -> Result<(), AttemptError> {
     let deadline = Instant::now() + START_DEADLINE;
-    let mut last_error = String::from("no answer yet");
     loop {
         if let Some(child) = etcd.child.as_mut() {
             let exited = child
@@ -264,13 +261,13 @@ async fn wait_ready(etcd: &mut Etcd, log_start: u64) -> Result<(), AttemptError>
                 });
             }
         }
-        match probe(&etcd.endpoint).await {
+        let last_error = match probe(&etcd.endpoint).await {
             Ok(()) => {
                 tracing::info!(endpoint = %etcd.endpoint, "etcd serves clients");
                 return Ok(());
             }
-            Err(e) => last_error = format!("{e:#}"),
-        }
+            Err(e) => format!("{e:#}"),
+        };
         if Instant::now() >= deadline {
             return Err(AttemptError::Fatal(anyhow::anyhow!(
                 "etcd did not answer on {} within {START_DEADLINE:?} ({last_error}); last lines of {}:\n{}",

@@ -94,7 +94,10 @@ mod tests {
         let long = after_exit(Duration::from_secs(160), RESET_AFTER);
         assert_eq!(long.wait, Duration::ZERO);
         assert_eq!(long.next, INITIAL);
-        let short = after_exit(Duration::from_secs(160), RESET_AFTER - Duration::from_secs(1));
+        let short = after_exit(
+            Duration::from_secs(160),
+            RESET_AFTER - Duration::from_secs(1),
+        );
         assert_eq!(short.wait, Duration::from_secs(160));
         assert_eq!(short.next, MAX);
     }

@@ -589,7 +589,10 @@ mod tests {
         }
     }
 
-    fn obs(sandboxes: Vec<super::super::observe::SandboxInstance>, containers: Vec<ContainerInstance>) -> Observed {
+    fn obs(
+        sandboxes: Vec<super::super::observe::SandboxInstance>,
+        containers: Vec<ContainerInstance>,
+    ) -> Observed {
         Observed {
             sandboxes,
             containers,
@@ -629,7 +632,10 @@ mod tests {
     #[test]
     fn first_crash_restarts_at_once_then_backs_off() {
         let p = pod(RestartPolicy::Always, &["a"]);
-        let o = obs(vec![sandbox("s0", 0, true)], vec![exited("a", 0, "s0", 10, 1, 1)]);
+        let o = obs(
+            vec![sandbox("s0", 0, true)],
+            vec![exited("a", 0, "s0", 10, 1, 1)],
+        );
         assert_eq!(
             step(&p, &o, 12),
             Step::StartContainer {
@@ -671,7 +677,12 @@ mod tests {
 
     #[test]
     fn restart_policies_decide_completion() {
-        let o = |code| obs(vec![sandbox("s0", 0, true)], vec![exited("a", 0, "s0", 1, 1, code)]);
+        let o = |code| {
+            obs(
+                vec![sandbox("s0", 0, true)],
+                vec![exited("a", 0, "s0", 1, 1, code)],
+            )
+        };
         let never = pod(RestartPolicy::Never, &["a"]);
         let d = decide(Some(&never), &o(0), &Memory::default(), 5 * S);
         assert_eq!(d.state, PodState::Completed);
@@ -684,9 +695,15 @@ mod tests {
         );
         assert!(matches!(
             step(&on_failure, &o(3), 5),
-            Step::StartContainer { restart_count: 1, .. }
+            Step::StartContainer {
+                restart_count: 1,
+                ..
+            }
         ));
-        let stopped = obs(vec![sandbox("s0", 0, false)], vec![exited("a", 0, "s0", 1, 1, 0)]);
+        let stopped = obs(
+            vec![sandbox("s0", 0, false)],
+            vec![exited("a", 0, "s0", 1, 1, 0)],
+        );
         assert_eq!(step(&never, &stopped, 5), Step::Idle { requeue: None });
     }
 
@@ -714,7 +731,10 @@ mod tests {
         let p = pod(RestartPolicy::Always, &["a"]);
         let mut dup = running("a", 0, "s0", 1);
         dup.id = "dup".into();
-        let o = obs(vec![sandbox("s0", 0, true)], vec![dup, running("a", 1, "s0", 2)]);
+        let o = obs(
+            vec![sandbox("s0", 0, true)],
+            vec![dup, running("a", 1, "s0", 2)],
+        );
         assert_eq!(
             step(&p, &o, 3),
             Step::StopContainers {
@@ -729,9 +749,15 @@ mod tests {
     #[test]
     fn a_dead_sandbox_is_replaced() {
         let p = pod(RestartPolicy::Always, &["a"]);
-        let o = obs(vec![sandbox("s0", 0, false)], vec![running("a", 0, "s0", 1)]);
+        let o = obs(
+            vec![sandbox("s0", 0, false)],
+            vec![running("a", 0, "s0", 1)],
+        );
         assert!(matches!(step(&p, &o, 3), Step::StopContainers { .. }));
-        let o = obs(vec![sandbox("s0", 0, false)], vec![exited("a", 0, "s0", 1, 1, 137)]);
+        let o = obs(
+            vec![sandbox("s0", 0, false)],
+            vec![exited("a", 0, "s0", 1, 1, 137)],
+        );
         assert_eq!(step(&p, &o, 3), Step::CreateSandbox { attempt: 1 });
         // Once the new instance runs elsewhere, the old sandbox is kept while
         // it holds the previous instance.
@@ -760,7 +786,10 @@ mod tests {
         let o = obs(vec![sandbox("s0", 0, true)], vec![stopped]);
         assert!(matches!(
             step(&p, &o, 3),
-            Step::StartContainer { restart_count: 1, .. }
+            Step::StartContainer {
+                restart_count: 1,
+                ..
+            }
         ));
     }
 
@@ -826,12 +855,27 @@ mod tests {
                 grace: 5
             }
         );
-        let o = obs(vec![sandbox("s0", 0, true)], vec![exited("a", 0, "s0", 1, 1, 0)]);
-        assert_eq!(decide(Some(&p), &o, &mem, 0).step, Step::StopSandbox { id: "s0".into() });
-        let o = obs(vec![sandbox("s0", 0, false)], vec![exited("a", 0, "s0", 1, 1, 0)]);
-        assert!(matches!(decide(Some(&p), &o, &mem, 0).step, Step::RemoveContainers { .. }));
+        let o = obs(
+            vec![sandbox("s0", 0, true)],
+            vec![exited("a", 0, "s0", 1, 1, 0)],
+        );
+        assert_eq!(
+            decide(Some(&p), &o, &mem, 0).step,
+            Step::StopSandbox { id: "s0".into() }
+        );
+        let o = obs(
+            vec![sandbox("s0", 0, false)],
+            vec![exited("a", 0, "s0", 1, 1, 0)],
+        );
+        assert!(matches!(
+            decide(Some(&p), &o, &mem, 0).step,
+            Step::RemoveContainers { .. }
+        ));
         let o = obs(vec![sandbox("s0", 0, false)], vec![]);
-        assert_eq!(decide(Some(&p), &o, &mem, 0).step, Step::RemoveSandbox { id: "s0".into() });
+        assert_eq!(
+            decide(Some(&p), &o, &mem, 0).step,
+            Step::RemoveSandbox { id: "s0".into() }
+        );
         let o = Observed::default();
         assert_eq!(decide(Some(&p), &o, &mem, 0).step, Step::CleanUpHost);
         mem.host_cleaned = true;
@@ -844,7 +888,10 @@ mod tests {
     fn terminal_pods_never_restart() {
         let mut p = pod(RestartPolicy::Always, &["a"]);
         p.terminal = true;
-        let o = obs(vec![sandbox("s0", 0, false)], vec![exited("a", 0, "s0", 1, 1, 1)]);
+        let o = obs(
+            vec![sandbox("s0", 0, false)],
+            vec![exited("a", 0, "s0", 1, 1, 1)],
+        );
         let d = decide(Some(&p), &o, &Memory::default(), 100 * S);
         assert_eq!(d.state, PodState::Completed);
         assert_eq!(d.step, Step::Idle { requeue: None });

@@ -50,13 +50,18 @@ pub fn cgroup_parent(uid: &str) -> String {
 /// Name of the pod's log directory under `<state_dir>/pods/`, as the
 /// kubelet names it (`<namespace>_<name>_<uid>`).
 pub fn log_dir_name(namespace: &str, name: &str, uid: &str) -> String {
-    format!("{}_{}_{}", sanitize(namespace), sanitize(name), sanitize(uid))
+    format!(
+        "{}_{}_{}",
+        sanitize(namespace),
+        sanitize(name),
+        sanitize(uid)
+    )
 }
 
 /// Keeps only characters that are safe in a path component; uids, names
 /// and namespaces are validated upstream, this is defence in depth against
 /// a `..` or `/` in outside input.
-fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     let cleaned: String = s
         .chars()
         .map(|c| {

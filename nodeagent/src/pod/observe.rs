@@ -197,7 +197,10 @@ pub async fn observe(cri: &Cri, uid: &str) -> Result<Observed, CriError> {
             restart_count,
             spec_hash: container.annotations.get(ANNOTATION_SPEC_HASH).cloned(),
             backoff: backoff::parse_annotation(
-                container.annotations.get(ANNOTATION_BACKOFF).map(String::as_str),
+                container
+                    .annotations
+                    .get(ANNOTATION_BACKOFF)
+                    .map(String::as_str),
             ),
             state,
             exit_code: status.exit_code,
@@ -293,7 +296,10 @@ mod tests {
             .map(|c| c.restart_count)
             .collect();
         assert_eq!(order, vec![2, 1, 0]);
-        assert_eq!(observed.current_sandbox().map(|s| s.id.as_str()), Some("s1"));
+        assert_eq!(
+            observed.current_sandbox().map(|s| s.id.as_str()),
+            Some("s1")
+        );
     }
 
     #[test]

@@ -259,8 +259,8 @@ mod tests {
 
     #[test]
     fn failed_passes_name_the_objects() {
-        let err = pass_result("replicaset", vec!["demo/web: boom".into()], None)
-            .expect_err("a failure");
+        let err =
+            pass_result("replicaset", vec!["demo/web: boom".into()], None).expect_err("a failure");
         let text = format!("{err:#}");
         assert!(text.contains("replicaset: 1 object(s) failed"), "{text}");
         assert!(text.contains("demo/web: boom"), "{text}");

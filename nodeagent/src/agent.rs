@@ -1,0 +1,442 @@
+//! The kubelet of one node: registers the Node, keeps its lease alive, and
+//! runs one worker per pod bound to the node.
+//!
+//! A dispatcher matches workers to pods. It watches the Pod cache (a worker
+//! per pod whose `spec.nodeName` is this node, fed every new version of
+//! the object) and relists the runtime every second, the kubelet's PLEG:
+//! a pod whose containers changed state gets its worker woken, and
+//! anything labelled for this node that belongs to no pod gets a worker
+//! that removes it. Adoption after a restart is nothing special: workers
+//! only ever act on what the runtime reports for their pod's uid.
+//!
+//! Every task the agent starts ends with the future of [`run`], however it
+//! ends — cancelled, failed, or dropped mid-flight like a killed process.
+//! Containers are never stopped on the way out: a restarted agent adopts
+//! them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use commitd_api::backoff::Backoff;
+use commitd_api::reflector::{reflect, sleep_or_cancel, Cache};
+use commitd_api::Store;
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::cri::Cri;
+use crate::node::{self, NodeFacts};
+use crate::pod::worker::{self, WorkerContext};
+use crate::pod::{LABEL_NODE, LABEL_POD_UID};
+
+/// How often the runtime is relisted to notice container exits.
+pub const RELIST_PERIOD: Duration = Duration::from_secs(1);
+/// Longest a relist may take before it is abandoned for this round.
+const RELIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a graceful stop waits for the heartbeat to revoke its lease.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How to run the node agent.
+#[derive(Debug, Clone)]
+pub struct NodeAgentConfig {
+    /// The Node's name; pods with this `spec.nodeName` run here.
+    pub node_name: String,
+    /// containerd's CRI socket.
+    pub containerd_socket: PathBuf,
+    /// Where the agent keeps files of its own (pod logs under `pods/`).
+    pub state_dir: PathBuf,
+    /// The node's IP; default: the first non-loopback IPv4, else 127.0.0.1.
+    pub node_ip: Option<IpAddr>,
+    /// CRI runtime handler for every sandbox ("" = the runtime's default).
+    pub runtime_handler: String,
+}
+
+/// Runs the node agent until `cancel` fires. Waits (with back-off) for
+/// the runtime and etcd rather than failing when they are not up yet;
+/// returns an error only for what retrying cannot fix.
+pub async fn run(
+    store: Store,
+    config: NodeAgentConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    // Stops every task below when this future ends, even by being dropped.
+    let local = cancel.child_token();
+    let _stop_children = local.clone().drop_guard();
+    let span = info_span!("nodeagent", node = %config.node_name);
+    async move {
+        let state_dir = std::path::absolute(&config.state_dir)
+            .with_context(|| format!("resolving {}", config.state_dir.display()))?;
+        tokio::fs::create_dir_all(state_dir.join("pods"))
+            .await
+            .with_context(|| format!("creating {}", state_dir.join("pods").display()))?;
+        let node_ip = config.node_ip.unwrap_or_else(node::default_node_ip);
+
+        let Some((cri, runtime_version)) = connect(&config.containerd_socket, &local).await else {
+            return Ok(());
+        };
+        info!(runtime = %runtime_version, %node_ip, "connected to the container runtime");
+        let facts = NodeFacts::gather(&config.node_name, node_ip, runtime_version);
+        if !register(&store, &facts, &local).await {
+            return Ok(());
+        }
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(
+            node::heartbeat(store.clone(), config.node_name.clone(), local.clone())
+                .instrument(info_span!("heartbeat")),
+        );
+        tasks.spawn(
+            node::keep_status(store.clone(), facts, local.clone())
+                .instrument(info_span!("node_status")),
+        );
+
+        let pods = reflect::<Pod>(store.clone(), local.clone());
+        tokio::select! {
+            _ = pods.ready() => {}
+            _ = local.cancelled() => return Ok(()),
+        }
+        info!("pod cache ready; running pods");
+        let ctx = Arc::new(WorkerContext {
+            cri,
+            store,
+            node_name: config.node_name.clone(),
+            host_ip: node_ip.to_string(),
+            state_dir,
+            runtime_handler: config.runtime_handler.clone(),
+        });
+        Dispatcher::new(ctx, pods, local.clone()).run().await;
+
+        // Graceful stop: let the heartbeat revoke the lease.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("background tasks did not stop in time");
+        }
+        info!("node agent stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Connects to the runtime, retrying until it answers `Version`. None if
+/// cancelled first.
+async fn connect(socket: &Path, cancel: &CancellationToken) -> Option<(Cri, String)> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let attempt = async {
+            let cri = Cri::connect(socket).await?;
+            let version = cri.version().await?;
+            Ok::<_, crate::cri::CriError>((
+                cri,
+                format!("{}://{}", version.runtime_name, version.runtime_version),
+            ))
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return None,
+            result = attempt => result,
+        };
+        match result {
+            Ok(connected) => return Some(connected),
+            Err(e) => {
+                let d = backoff.next_delay();
+                warn!(error = %e, retry_in = ?d, "container runtime not available");
+                if sleep_or_cancel(d, cancel).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Registers the Node, retrying until it succeeds. False if cancelled.
+async fn register(store: &Store, facts: &NodeFacts, cancel: &CancellationToken) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return false,
+            result = node::register(store, facts) => result,
+        };
+        match result {
+            Ok(_) => {
+                info!("node registered");
+                return true;
+            }
+            Err(e) => {
+                let d = backoff.next_delay();
+                warn!(error = format!("{e:#}"), retry_in = ?d, "registering the node failed");
+                if sleep_or_cancel(d, cancel).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+struct WorkerHandle {
+    pods: watch::Sender<Option<Arc<Pod>>>,
+    wake: Arc<Notify>,
+}
+
+/// Keeps exactly one worker per pod uid: one for every pod bound here, and
+/// one for every uid the runtime still holds something of.
+struct Dispatcher {
+    ctx: Arc<WorkerContext>,
+    pods: Cache<Pod>,
+    cancel: CancellationToken,
+    workers: HashMap<String, WorkerHandle>,
+    tasks: JoinSet<()>,
+    task_uids: HashMap<tokio::task::Id, String>,
+    fingerprints: HashMap<String, u64>,
+    relist_failing: bool,
+}
+
+impl Dispatcher {
+    fn new(ctx: Arc<WorkerContext>, pods: Cache<Pod>, cancel: CancellationToken) -> Dispatcher {
+        Dispatcher {
+            ctx,
+            pods,
+            cancel,
+            workers: HashMap::new(),
+            tasks: JoinSet::new(),
+            task_uids: HashMap::new(),
+            fingerprints: HashMap::new(),
+            relist_failing: false,
+        }
+    }
+
+    async fn run(mut self) {
+        let mut changes = self.pods.changes();
+        let mut relist = tokio::time::interval(RELIST_PERIOD);
+        relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            changes.borrow_and_update();
+            self.sync_workers();
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = relist.tick() => self.relist().await,
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    self.finished(done);
+                }
+            }
+        }
+        // Dropping the JoinSet aborts whatever worker is still running;
+        // they observed the cancellation already. Containers keep running.
+    }
+
+    /// Feeds every worker the latest version of its pod, starting workers
+    /// for new pods and telling workers whose pod left that it is gone.
+    fn sync_workers(&mut self) {
+        let node = self.ctx.node_name.as_str();
+        let mine: HashMap<String, Arc<Pod>> = self
+            .pods
+            .list()
+            .into_iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+            .filter_map(|p| {
+                let uid = p.metadata.uid.clone().filter(|u| !u.is_empty())?;
+                Some((uid, p))
+            })
+            .collect();
+        for (uid, pod) in &mine {
+            match self.workers.get(uid) {
+                Some(handle) => {
+                    handle.pods.send_if_modified(|current| match current {
+                        Some(p) if Arc::ptr_eq(p, pod) => false,
+                        _ => {
+                            *current = Some(pod.clone());
+                            true
+                        }
+                    });
+                }
+                None => self.spawn(uid, Some(pod.clone())),
+            }
+        }
+        for (uid, handle) in &self.workers {
+            if !mine.contains_key(uid) {
+                handle
+                    .pods
+                    .send_if_modified(|current| current.take().is_some());
+            }
+        }
+    }
+
+    fn spawn(&mut self, uid: &str, pod: Option<Arc<Pod>>) {
+        let key = pod.as_ref().map_or_else(
+            || format!("<gone>/{uid}"),
+            |p| {
+                format!(
+                    "{}/{}",
+                    p.metadata.namespace.as_deref().unwrap_or("default"),
+                    p.metadata.name.as_deref().unwrap_or_default()
+                )
+            },
+        );
+        let (tx, rx) = watch::channel(pod);
+        let wake = Arc::new(Notify::new());
+        let span = info_span!("pod", pod = %key, uid = %uid);
+        let handle = self.tasks.spawn(
+            worker::run(
+                self.ctx.clone(),
+                uid.to_string(),
+                rx,
+                wake.clone(),
+                self.cancel.clone(),
+            )
+            .instrument(span),
+        );
+        self.task_uids.insert(handle.id(), uid.to_string());
+        self.workers
+            .insert(uid.to_string(), WorkerHandle { pods: tx, wake });
+    }
+
+    fn finished(&mut self, done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match &done {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let Some(uid) = self.task_uids.remove(&id) else {
+            return;
+        };
+        self.workers.remove(&uid);
+        self.fingerprints.remove(&uid);
+        if let Err(e) = done {
+            if e.is_panic() {
+                // The next sync starts a fresh worker if the pod still exists.
+                error!(%uid, "pod worker panicked; restarting it");
+            }
+        }
+    }
+
+    /// The PLEG: one listing of everything labelled for this node; wakes
+    /// the workers of pods whose runtime state changed and starts workers
+    /// for uids nobody owns (orphans, which those workers remove).
+    async fn relist(&mut self) {
+        let cri = &self.ctx.cri;
+        let labels = BTreeMap::from([(LABEL_NODE.to_string(), self.ctx.node_name.clone())]);
+        let listing = tokio::time::timeout(RELIST_TIMEOUT, async {
+            let sandboxes = cri.list_pod_sandboxes(&labels).await?;
+            let containers = cri.list_containers(&labels).await?;
+            Ok::<_, crate::cri::CriError>((sandboxes, containers))
+        })
+        .await;
+        let (sandboxes, containers) = match listing {
+            Ok(Ok(listing)) => {
+                if self.relist_failing {
+                    info!("runtime relist works again");
+                    self.relist_failing = false;
+                }
+                listing
+            }
+            Ok(Err(e)) => {
+                if !self.relist_failing {
+                    warn!(error = %e, "runtime relist failed");
+                    self.relist_failing = true;
+                }
+                return;
+            }
+            Err(_) => {
+                if !self.relist_failing {
+                    warn!("runtime relist timed out");
+                    self.relist_failing = true;
+                }
+                return;
+            }
+        };
+
+        let mut states: HashMap<String, Vec<(String, i32)>> = HashMap::new();
+        for s in &sandboxes {
+            let uid = s
+                .labels
+                .get(LABEL_POD_UID)
+                .cloned()
+                .or_else(|| s.metadata.as_ref().map(|m| m.uid.clone()))
+                .filter(|u| !u.is_empty());
+            match uid {
+                Some(uid) => states.entry(uid).or_default().push((s.id.clone(), s.state)),
+                None => self.remove_unowned_sandbox(&s.id).await,
+            }
+        }
+        for c in &containers {
+            match c.labels.get(LABEL_POD_UID).filter(|u| !u.is_empty()) {
+                Some(uid) => states
+                    .entry(uid.clone())
+                    .or_default()
+                    .push((c.id.clone(), c.state)),
+                None => self.remove_unowned_container(&c.id).await,
+            }
+        }
+
+        let mut seen = HashMap::with_capacity(states.len());
+        for (uid, mut items) in states {
+            items.sort();
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            items.hash(&mut hasher);
+            seen.insert(uid, hasher.finish());
+        }
+        for (uid, fingerprint) in &seen {
+            let changed = self.fingerprints.get(uid) != Some(fingerprint);
+            match self.workers.get(uid) {
+                Some(handle) if changed => handle.wake.notify_one(),
+                Some(_) => {}
+                None => {
+                    info!(%uid, "runtime holds objects of no pod on this node; removing them");
+                    self.spawn(uid, None);
+                }
+            }
+        }
+        // Pods whose last runtime object vanished changed state too.
+        for uid in self.fingerprints.keys() {
+            if !seen.contains_key(uid) {
+                if let Some(handle) = self.workers.get(uid) {
+                    handle.wake.notify_one();
+                }
+            }
+        }
+        self.fingerprints = seen;
+    }
+
+    /// A sandbox labelled for this node but without any pod uid was not
+    /// made by an agent: remove it by id.
+    async fn remove_unowned_sandbox(&self, id: &str) {
+        warn!(sandbox = %id, "removing a sandbox labelled for this node without a pod uid");
+        let cri = &self.ctx.cri;
+        if let Err(e) = cri.stop_pod_sandbox(id).await {
+            debug!(sandbox = %id, error = %e, "stopping unowned sandbox failed");
+        }
+        if let Err(e) = cri.remove_pod_sandbox(id).await {
+            warn!(sandbox = %id, error = %e, "removing unowned sandbox failed");
+        }
+    }
+
+    /// Same for a container without a pod uid.
+    async fn remove_unowned_container(&self, id: &str) {
+        warn!(container = %id, "removing a container labelled for this node without a pod uid");
+        let cri = &self.ctx.cri;
+        if let Err(e) = cri.stop_container(id, node_grace()).await {
+            debug!(container = %id, error = %e, "stopping unowned container failed");
+        }
+        if let Err(e) = cri.remove_container(id).await {
+            warn!(container = %id, error = %e, "removing unowned container failed");
+        }
+    }
+}
+
+/// Grace period for containers of no pod (their own is unknown).
+fn node_grace() -> i64 {
+    crate::pod::desired::MIN_GRACE_SECONDS
+}

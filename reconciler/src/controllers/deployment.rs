@@ -1,0 +1,1404 @@
+//! The Deployment controller, Kubernetes style: each distinct pod template
+//! of a Deployment gets its own ReplicaSet, named after a hash of the
+//! template, so going back to an earlier template finds the earlier
+//! ReplicaSet again (a `git revert` is a rollback that reuses its pods'
+//! identity). The ReplicaSet of the current template is scaled up, every
+//! other one down, and old, empty ones beyond `revisionHistoryLimit` are
+//! deleted. The Deployment itself is Git's: only its `status` is written.
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use commitd_api::controller::{self, Requeue};
+use commitd_api::k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
+use commitd_api::k8s_openapi::api::core::v1::PodTemplateSpec;
+use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use commitd_api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
+use commitd_api::meta::{self, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
+use commitd_api::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use super::expectations::Expectations;
+use super::{controlled_by, earliest, pass_result, resource_version, Caches};
+
+/// How long the loop sleeps when nothing changes.
+const RESYNC: Duration = Duration::from_secs(30);
+/// Kubernetes' default `revisionHistoryLimit`.
+const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
+/// Kubernetes' default `maxSurge` and `maxUnavailable`.
+const DEFAULT_ROLLING_PERCENT: &str = "25%";
+/// How soon to look again at a Deployment whose ReplicaSets the cache has
+/// not caught up with (a cache change wakes the loop sooner).
+const EXPECTATION_REQUEUE: Duration = Duration::from_secs(1);
+
+/// Condition types, reasons and messages, as Kubernetes' deployment util.
+const AVAILABLE: &str = "Available";
+const PROGRESSING: &str = "Progressing";
+const MIN_AVAILABLE_REASON: &str = "MinimumReplicasAvailable";
+const MIN_UNAVAILABLE_REASON: &str = "MinimumReplicasUnavailable";
+const NEW_RS_REASON: &str = "NewReplicaSetCreated";
+const FOUND_NEW_RS_REASON: &str = "FoundNewReplicaSet";
+const RS_UPDATED_REASON: &str = "ReplicaSetUpdated";
+const NEW_RS_AVAILABLE_REASON: &str = "NewReplicaSetAvailable";
+const TIMED_OUT_REASON: &str = "ProgressDeadlineExceeded";
+const PAUSED_REASON: &str = "DeploymentPaused";
+const RESUMED_REASON: &str = "DeploymentResumed";
+
+/// The alphabet of Kubernetes' `rand.SafeEncodeString`: no vowels (no
+/// words), no look-alike characters.
+const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// The `pod-template-hash` of a pod template: FNV-32a over the template's
+/// JSON (and the Deployment's `collisionCount`, if any, as Kubernetes mixes
+/// it in), its decimal digits encoded like Kubernetes'
+/// `rand.SafeEncodeString`. It names a Deployment's ReplicaSet
+/// `<deployment>-<hash>` and is stable across processes and restarts, so a
+/// template that comes back maps to the same ReplicaSet. Public so that
+/// read-only commands and tests can tell which ReplicaSet is current.
+pub fn pod_template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
+    // Serializing these types cannot fail (string-keyed maps only); the
+    // Debug form is a deterministic fallback rather than a panic.
+    let json =
+        serde_json::to_vec(template).unwrap_or_else(|_| format!("{template:?}").into_bytes());
+    let mut hash = fnv32a(FNV32_OFFSET, &json);
+    if let Some(count) = collision_count {
+        // Kubernetes writes the count as a little-endian uint32 into an
+        // 8-byte buffer.
+        let mut bytes = [0u8; 8];
+        bytes[..4].copy_from_slice(&(count as u32).to_le_bytes());
+        hash = fnv32a(hash, &bytes);
+    }
+    safe_encode(&hash.to_string())
+}
+
+const FNV32_OFFSET: u32 = 0x811c_9dc5;
+const FNV32_PRIME: u32 = 0x0100_0193;
+
+fn fnv32a(mut hash: u32, bytes: &[u8]) -> u32 {
+    for b in bytes {
+        hash ^= u32::from(*b);
+        hash = hash.wrapping_mul(FNV32_PRIME);
+    }
+    hash
+}
+
+/// Kubernetes' `rand.SafeEncodeString`: each byte picks a character of the
+/// safe alphabet.
+fn safe_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| SAFE_ALPHABET[usize::from(b) % SAFE_ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Runs the Deployment loop until `cancel` fires.
+pub(crate) async fn run(store: Store, caches: Caches, cancel: CancellationToken) {
+    let triggers = vec![caches.deployments.changes(), caches.replica_sets.changes()];
+    let ctl = Arc::new(DeploymentController {
+        store,
+        caches,
+        expectations: Expectations::default(),
+    });
+    controller::run("deployment", triggers, RESYNC, cancel, move || {
+        let ctl = ctl.clone();
+        async move { ctl.reconcile_all().await }
+    })
+    .await;
+}
+
+struct DeploymentController {
+    store: Store,
+    caches: Caches,
+    /// Per Deployment uid: the revision of our last ReplicaSet write.
+    expectations: Expectations,
+}
+
+/// How the ReplicaSet of the current template was obtained this pass; it
+/// decides the `Progressing` condition as in Kubernetes.
+#[derive(Debug, Clone, PartialEq)]
+enum NewRsEvent {
+    Created(String),
+    Found(String),
+}
+
+/// A Deployment's ReplicaSets split into the one running the current
+/// template and the others.
+#[derive(Debug, Clone, Default)]
+struct Rollout {
+    new: Option<ReplicaSet>,
+    old: Vec<ReplicaSet>,
+}
+
+impl Rollout {
+    /// Splits `owned` as Kubernetes' `FindNewReplicaSet` does: the oldest
+    /// ReplicaSet whose template equals the Deployment's (ignoring the hash
+    /// label) is the new one.
+    fn split(template: &PodTemplateSpec, mut owned: Vec<ReplicaSet>) -> Rollout {
+        owned.sort_by(by_creation);
+        let new = owned
+            .iter()
+            .position(|rs| {
+                rs.spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|t| equal_ignore_hash(t, template))
+            })
+            .map(|i| owned.remove(i));
+        Rollout { new, old: owned }
+    }
+
+    /// The revision the current template should carry: one more than any
+    /// other ReplicaSet's, so the newest rollout always has the highest.
+    fn next_revision(&self) -> i64 {
+        self.old.iter().map(revision_of).max().unwrap_or(0) + 1
+    }
+
+    fn all(&self) -> Vec<&ReplicaSet> {
+        self.new.iter().chain(self.old.iter()).collect()
+    }
+
+    /// Puts a freshly written ReplicaSet in place of its stale copy.
+    fn replace(&mut self, rs: ReplicaSet) {
+        let uid = rs.metadata.uid.clone();
+        if let Some(new) = self.new.as_mut().filter(|n| n.metadata.uid == uid) {
+            *new = rs;
+        } else if let Some(old) = self.old.iter_mut().find(|o| o.metadata.uid == uid) {
+            *old = rs;
+        }
+    }
+}
+
+/// What creating the ReplicaSet of a new template came to.
+enum Creation {
+    Created(ReplicaSet),
+    /// It existed already (our cache had not seen it yet).
+    Found(ReplicaSet),
+    /// Another object holds the name: the hash must change.
+    Collision,
+}
+
+impl DeploymentController {
+    async fn reconcile_all(&self) -> Result<Requeue> {
+        let rs_revision = self.caches.replica_sets.revision();
+        self.expectations.forget_satisfied(rs_revision);
+        let mut requeue = None;
+        let mut failed = Vec::new();
+        for d in self.caches.deployments.list() {
+            let key = meta::display_key(&*d);
+            if let Some(uid) = d.metadata.uid.as_deref() {
+                if !self.expectations.satisfied(uid, rs_revision) {
+                    debug!(deployment = %key, "waiting for the replica set cache to catch up");
+                    requeue = earliest(requeue, Some(EXPECTATION_REQUEUE));
+                    continue;
+                }
+            }
+            let span = info_span!("deployment", key = %key);
+            match self.reconcile(&d).instrument(span).await {
+                Ok(r) => requeue = earliest(requeue, r),
+                Err(e) => {
+                    warn!(deployment = %key, error = format!("{e:#}"), "sync failed");
+                    failed.push(format!("{key}: {e:#}"));
+                }
+            }
+        }
+        pass_result("deployment", failed, requeue)
+    }
+
+    /// One Deployment: make sure the ReplicaSet of its template exists with
+    /// the right revision, scale every ReplicaSet, prune history, report.
+    async fn reconcile(&self, d: &Deployment) -> Result<Requeue> {
+        let Some(uid) = d.metadata.uid.clone() else {
+            warn!("deployment has no uid; skipping it");
+            return Ok(None);
+        };
+        let Some(spec) = d.spec.as_ref() else {
+            return Ok(None);
+        };
+        if meta::is_terminating(&d.metadata) {
+            return Ok(None);
+        }
+        let namespace = meta::namespace(d);
+        let owned: Vec<ReplicaSet> = self
+            .caches
+            .replica_sets
+            .list()
+            .into_iter()
+            .filter(|rs| meta::namespace(&**rs) == namespace && controlled_by(&rs.metadata, &uid))
+            .map(|rs| (*rs).clone())
+            .collect();
+        let mut rollout = Rollout::split(&spec.template, owned);
+        let paused = spec.paused == Some(true);
+        let mut written = 0i64;
+        let mut event = None;
+
+        if rollout.new.is_none() && !paused {
+            match self.create_new(d, &uid, &rollout).await? {
+                Creation::Created(rs) => {
+                    written = written.max(resource_version(&rs.metadata).unwrap_or_default());
+                    event = Some(NewRsEvent::Created(meta::name(&rs).to_string()));
+                    rollout.new = Some(rs);
+                }
+                Creation::Found(rs) => {
+                    written = written.max(resource_version(&rs.metadata).unwrap_or_default());
+                    event = Some(NewRsEvent::Found(meta::name(&rs).to_string()));
+                    rollout.new = Some(rs);
+                }
+                Creation::Collision => {
+                    self.bump_collision_count(d, &uid).await?;
+                    return Ok(None);
+                }
+            }
+        } else if let Some(new) = &rollout.new {
+            event = Some(NewRsEvent::Found(meta::name(new).to_string()));
+        }
+
+        // The current template's ReplicaSet carries the newest revision,
+        // also when an older one is reused (a rollback).
+        let want = rollout.next_revision();
+        if let Some(new) = rollout.new.clone().filter(|n| revision_of(n) < want) {
+            let value = want.to_string();
+            let stored = self
+                .update_replica_set(&new, |rs| {
+                    let annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
+                    if annotations.get(REVISION_ANNOTATION) == Some(&value) {
+                        return false;
+                    }
+                    annotations.insert(REVISION_ANNOTATION.to_string(), value.clone());
+                    true
+                })
+                .await?;
+            info!(
+                replica_set = meta::name(&stored),
+                revision = want,
+                "replica set takes the newest revision"
+            );
+            written = written.max(resource_version(&stored.metadata).unwrap_or_default());
+            rollout.replace(stored);
+        }
+
+        let targets = match &rollout.new {
+            Some(new) if !paused => scale_targets(spec, new, &rollout.old),
+            _ => Vec::new(),
+        };
+        for (rs, target) in targets {
+            if replicas_of(&rs) == target {
+                continue;
+            }
+            let stored = self
+                .update_replica_set(&rs, |cur| {
+                    let spec = cur.spec.get_or_insert_with(Default::default);
+                    if spec.replicas == Some(target) {
+                        return false;
+                    }
+                    spec.replicas = Some(target);
+                    // A spec change, as the API server counts it.
+                    cur.metadata.generation = Some(cur.metadata.generation.unwrap_or(0) + 1);
+                    true
+                })
+                .await?;
+            info!(
+                replica_set = meta::name(&stored),
+                from = replicas_of(&rs),
+                to = target,
+                "scaled replica set"
+            );
+            written = written.max(resource_version(&stored.metadata).unwrap_or_default());
+            rollout.replace(stored);
+        }
+
+        let limit = spec
+            .revision_history_limit
+            .unwrap_or(DEFAULT_REVISION_HISTORY_LIMIT);
+        let prune: Vec<ReplicaSet> = history_to_prune(&rollout.old, limit)
+            .into_iter()
+            .cloned()
+            .collect();
+        for rs in prune {
+            let name = meta::name(&rs);
+            let rv = rs.metadata.resource_version.as_deref();
+            match self.store.delete::<ReplicaSet>(namespace, name, rv).await {
+                Ok(_) => {
+                    info!(
+                        replica_set = name,
+                        revision = revision_of(&rs),
+                        "deleted old replica set beyond the revision history limit"
+                    );
+                    rollout.old.retain(|o| o.metadata.uid != rs.metadata.uid);
+                }
+                // Changed since read: the next pass decides again.
+                Err(e) if e.is_conflict() => debug!(
+                    replica_set = name,
+                    "replica set changed; not pruning it now"
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("deleting old replica set {name}"))
+                }
+            }
+        }
+
+        self.expectations.expect(&uid, written);
+
+        let now = now_seconds();
+        let (status, requeue) =
+            compute_status(d, rollout.new.as_ref(), &rollout.all(), event.as_ref(), now);
+        if d.status.as_ref() != Some(&status) {
+            self.write_status(d, &uid, status).await?;
+        }
+        Ok(requeue)
+    }
+
+    /// Creates the ReplicaSet of the Deployment's current template.
+    async fn create_new(&self, d: &Deployment, uid: &str, rollout: &Rollout) -> Result<Creation> {
+        let Some(spec) = d.spec.as_ref() else {
+            bail!("deployment has no spec");
+        };
+        let collision_count = d.status.as_ref().and_then(|s| s.collision_count);
+        let hash = pod_template_hash(&spec.template, collision_count);
+        let revision = rollout.next_revision();
+        let replicas = new_replica_set_replicas(spec, &rollout.old);
+        let rs = new_replica_set(d, &hash, revision, replicas);
+        let name = meta::name(&rs).to_string();
+        let namespace = meta::namespace(d);
+        match self.store.create(rs).await {
+            Ok(created) => {
+                info!(replica_set = %name, revision, replicas, "created new replica set");
+                Ok(Creation::Created(created))
+            }
+            Err(StoreError::AlreadyExists { .. }) => {
+                let existing = self
+                    .store
+                    .get::<ReplicaSet>(namespace, &name)
+                    .await
+                    .with_context(|| format!("reading replica set {name}"))?;
+                match existing {
+                    Some(rs)
+                        if controlled_by(&rs.metadata, uid)
+                            && rs
+                                .spec
+                                .as_ref()
+                                .and_then(|s| s.template.as_ref())
+                                .is_some_and(|t| equal_ignore_hash(t, &spec.template)) =>
+                    {
+                        Ok(Creation::Found(rs))
+                    }
+                    Some(_) => {
+                        warn!(replica_set = %name, "hash collision: the name is taken by another replica set");
+                        Ok(Creation::Collision)
+                    }
+                    None => bail!("replica set {name} vanished while being created"),
+                }
+            }
+            Err(e) => Err(e).with_context(|| format!("creating replica set {name}")),
+        }
+    }
+
+    /// Kubernetes' answer to a hash collision: count it in the status, which
+    /// changes the hash of the next attempt.
+    async fn bump_collision_count(&self, d: &Deployment, uid: &str) -> Result<()> {
+        let seen = d.status.as_ref().and_then(|s| s.collision_count);
+        let next = seen.unwrap_or(0).saturating_add(1);
+        self.store
+            .modify::<Deployment, _>(meta::namespace(d), meta::name(d), |cur| {
+                let status = cur.status.get_or_insert_with(Default::default);
+                if cur.metadata.uid.as_deref() != Some(uid) || status.collision_count != seen {
+                    return false;
+                }
+                status.collision_count = Some(next);
+                true
+            })
+            .await
+            .context("recording a hash collision")?;
+        Ok(())
+    }
+
+    /// Writes a Deployment's status (and nothing else: the rest is Git's).
+    async fn write_status(
+        &self,
+        d: &Deployment,
+        uid: &str,
+        status: DeploymentStatus,
+    ) -> Result<()> {
+        self.store
+            .modify::<Deployment, _>(meta::namespace(d), meta::name(d), |cur| {
+                if cur.metadata.uid.as_deref() != Some(uid) || cur.status.as_ref() == Some(&status)
+                {
+                    return false;
+                }
+                cur.status = Some(status.clone());
+                true
+            })
+            .await
+            .context("writing deployment status")?;
+        debug!("wrote deployment status");
+        Ok(())
+    }
+
+    /// Edits a ReplicaSet we own, re-reading it on conflicts, and only if
+    /// it is still the same object (same uid).
+    async fn update_replica_set<F>(&self, rs: &ReplicaSet, mut change: F) -> Result<ReplicaSet>
+    where
+        F: FnMut(&mut ReplicaSet) -> bool,
+    {
+        let uid = rs.metadata.uid.clone();
+        let name = meta::name(rs);
+        let stored = self
+            .store
+            .modify::<ReplicaSet, _>(meta::namespace(rs), name, |cur| {
+                cur.metadata.uid == uid && change(cur)
+            })
+            .await
+            .with_context(|| format!("updating replica set {name}"))?;
+        match stored {
+            Some(s) if s.metadata.uid == uid => Ok(s),
+            _ => bail!("replica set {name} was deleted or replaced"),
+        }
+    }
+}
+
+/// Seconds precision, as stored: a status computed twice from the same
+/// inputs then compares equal to what was written.
+fn now_seconds() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// The replica count each ReplicaSet of a Deployment should have now.
+///
+/// Today every strategy swaps all pods at once: the current template's
+/// ReplicaSet gets `spec.replicas`, every other one 0. The rolling update
+/// (bounded by `maxSurge`/`maxUnavailable`, see [`max_unavailable`]) will
+/// compute the next step here from the sets' current and available counts.
+fn scale_targets(
+    spec: &DeploymentSpec,
+    new: &ReplicaSet,
+    old: &[ReplicaSet],
+) -> Vec<(ReplicaSet, i32)> {
+    let desired = spec.replicas.unwrap_or(1).max(0);
+    std::iter::once((new.clone(), desired))
+        .chain(old.iter().map(|rs| (rs.clone(), 0)))
+        .collect()
+}
+
+/// The size a ReplicaSet for a new template is created with (see
+/// [`scale_targets`]: all at once for now).
+fn new_replica_set_replicas(spec: &DeploymentSpec, _old: &[ReplicaSet]) -> i32 {
+    spec.replicas.unwrap_or(1).max(0)
+}
+
+/// The ReplicaSet for a Deployment's current template, as Kubernetes
+/// builds it: named `<deployment>-<hash>`, the hash label added to its
+/// labels, selector and pod template, the Deployment as controller.
+fn new_replica_set(d: &Deployment, hash: &str, revision: i64, replicas: i32) -> ReplicaSet {
+    let spec = d.spec.clone().unwrap_or_default();
+    let mut template = spec.template;
+    template
+        .metadata
+        .get_or_insert_with(Default::default)
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(POD_TEMPLATE_HASH_LABEL.to_string(), hash.to_string());
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone());
+    let mut selector = spec.selector;
+    selector
+        .match_labels
+        .get_or_insert_with(Default::default)
+        .insert(POD_TEMPLATE_HASH_LABEL.to_string(), hash.to_string());
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{hash}", meta::name(d))),
+            namespace: meta::namespace(d).map(str::to_owned),
+            labels,
+            annotations: Some([(REVISION_ANNOTATION.to_string(), revision.to_string())].into()),
+            owner_references: Some(vec![meta::controller_reference(d)]),
+            ..Default::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
+        status: None,
+    }
+}
+
+/// Template equality as Kubernetes' `EqualIgnoreHash`: the hash label the
+/// controller added does not count.
+fn equal_ignore_hash(a: &PodTemplateSpec, b: &PodTemplateSpec) -> bool {
+    without_hash(a) == without_hash(b)
+}
+
+fn without_hash(t: &PodTemplateSpec) -> PodTemplateSpec {
+    let mut t = t.clone();
+    if let Some(m) = t.metadata.as_mut() {
+        if let Some(labels) = m.labels.as_mut() {
+            labels.remove(POD_TEMPLATE_HASH_LABEL);
+            if labels.is_empty() {
+                m.labels = None;
+            }
+        }
+        if *m == ObjectMeta::default() {
+            t.metadata = None;
+        }
+    }
+    t
+}
+
+/// A ReplicaSet's revision annotation (0 if missing or unreadable, as
+/// Kubernetes treats it).
+fn revision_of(rs: &ReplicaSet) -> i64 {
+    meta::annotation(&rs.metadata, REVISION_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn replicas_of(rs: &ReplicaSet) -> i32 {
+    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+fn by_creation(a: &ReplicaSet, b: &ReplicaSet) -> Ordering {
+    let ts = |rs: &ReplicaSet| rs.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    ts(a)
+        .cmp(&ts(b))
+        .then_with(|| meta::name(a).cmp(meta::name(b)))
+}
+
+fn by_revision(a: &&ReplicaSet, b: &&ReplicaSet) -> Ordering {
+    revision_of(a)
+        .cmp(&revision_of(b))
+        .then_with(|| by_creation(a, b))
+}
+
+/// Old ReplicaSets to delete, as Kubernetes' `cleanupDeployment`: the
+/// oldest revisions beyond `limit`, and of those only the ones fully
+/// scaled down (no pods, spec 0, the scale-down observed).
+fn history_to_prune(old: &[ReplicaSet], limit: i32) -> Vec<&ReplicaSet> {
+    let mut cleanable: Vec<&ReplicaSet> = old
+        .iter()
+        .filter(|rs| !meta::is_terminating(&rs.metadata))
+        .collect();
+    let excess = cleanable
+        .len()
+        .saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
+    if excess == 0 {
+        return Vec::new();
+    }
+    cleanable.sort_by(by_revision);
+    cleanable
+        .into_iter()
+        .take(excess)
+        .filter(|rs| {
+            let status = rs.status.clone().unwrap_or_default();
+            let observed =
+                status.observed_generation.unwrap_or(0) >= rs.metadata.generation.unwrap_or(0);
+            status.replicas == 0 && replicas_of(rs) == 0 && observed
+        })
+        .collect()
+}
+
+/// `maxUnavailable` in pods, as Kubernetes' `MaxUnavailable`: 0 unless
+/// rolling; percentages round down (`maxSurge` rounds up); if both would be
+/// 0 one pod may be unavailable; never more than the replicas.
+fn max_unavailable(spec: &DeploymentSpec) -> i32 {
+    let desired = spec.replicas.unwrap_or(1).max(0);
+    let strategy = spec.strategy.clone().unwrap_or_default();
+    let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
+    if !rolling || desired == 0 {
+        return 0;
+    }
+    let ru = strategy.rolling_update.unwrap_or_default();
+    let default = IntOrString::String(DEFAULT_ROLLING_PERCENT.to_string());
+    let surge = scaled_value(ru.max_surge.as_ref().unwrap_or(&default), desired, true);
+    let mut unavailable = scaled_value(
+        ru.max_unavailable.as_ref().unwrap_or(&default),
+        desired,
+        false,
+    );
+    if surge == 0 && unavailable == 0 {
+        unavailable = 1;
+    }
+    unavailable.min(desired)
+}
+
+/// An int-or-percent resolved against `total` (Kubernetes'
+/// `GetScaledValueFromIntOrPercent`); an unreadable value counts as the
+/// default 25 %.
+fn scaled_value(v: &IntOrString, total: i32, round_up: bool) -> i32 {
+    let percent = match v {
+        IntOrString::Int(i) => return (*i).max(0),
+        IntOrString::String(s) => match s.trim().strip_suffix('%') {
+            Some(p) => p.trim().parse::<i64>().unwrap_or(25),
+            None => match s.trim().parse::<i32>() {
+                Ok(i) => return i.max(0),
+                Err(_) => 25,
+            },
+        },
+    };
+    let product = percent.max(0) * i64::from(total);
+    let scaled = if round_up {
+        (product + 99) / 100
+    } else {
+        product / 100
+    };
+    i32::try_from(scaled).unwrap_or(i32::MAX)
+}
+
+fn nonzero(n: i32) -> Option<i32> {
+    (n != 0).then_some(n)
+}
+
+fn condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> DeploymentCondition {
+    DeploymentCondition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        last_transition_time: Some(Time(now)),
+        last_update_time: Some(Time(now)),
+    }
+}
+
+fn get_condition<'a>(
+    conditions: &'a [DeploymentCondition],
+    type_: &str,
+) -> Option<&'a DeploymentCondition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Kubernetes' `SetDeploymentCondition`: no change if status and reason
+/// are the same; the transition time survives when only the reason moves.
+fn set_condition(conditions: &mut Vec<DeploymentCondition>, mut c: DeploymentCondition) {
+    if let Some(cur) = get_condition(conditions, &c.type_) {
+        if cur.status == c.status && cur.reason == c.reason {
+            return;
+        }
+        if cur.status == c.status {
+            c.last_transition_time = cur.last_transition_time.clone();
+        }
+    }
+    conditions.retain(|x| x.type_ != c.type_);
+    conditions.push(c);
+}
+
+/// The Deployment status Kubernetes' `calculateStatus` and
+/// `syncRolloutStatus` would write, and when to look again for a progress
+/// deadline. `event` says how the new ReplicaSet was come by this pass.
+fn compute_status(
+    d: &Deployment,
+    new: Option<&ReplicaSet>,
+    all: &[&ReplicaSet],
+    event: Option<&NewRsEvent>,
+    now: Timestamp,
+) -> (DeploymentStatus, Requeue) {
+    let default_spec = DeploymentSpec::default();
+    let spec = d.spec.as_ref().unwrap_or(&default_spec);
+    let desired = spec.replicas.unwrap_or(1).max(0);
+    let paused = spec.paused == Some(true);
+    let deadline = spec.progress_deadline_seconds.filter(|s| *s != i32::MAX);
+
+    // The status as Kubernetes has it after `checkPausedConditions` and
+    // `getNewReplicaSet` wrote their conditions.
+    let mut before = d.status.clone().unwrap_or_default();
+    let mut conditions = before.conditions.take().unwrap_or_default();
+    let progressing = get_condition(&conditions, PROGRESSING).cloned();
+    let paused_reason =
+        progressing.as_ref().and_then(|c| c.reason.as_deref()) == Some(PAUSED_REASON);
+    if deadline.is_some() {
+        if paused && !paused_reason {
+            set_condition(
+                &mut conditions,
+                condition(
+                    PROGRESSING,
+                    "Unknown",
+                    PAUSED_REASON,
+                    "Deployment is paused".into(),
+                    now,
+                ),
+            );
+        } else if !paused && paused_reason {
+            set_condition(
+                &mut conditions,
+                condition(
+                    PROGRESSING,
+                    "Unknown",
+                    RESUMED_REASON,
+                    "Deployment is resumed".into(),
+                    now,
+                ),
+            );
+        }
+        match event {
+            Some(NewRsEvent::Created(name)) => set_condition(
+                &mut conditions,
+                condition(
+                    PROGRESSING,
+                    "True",
+                    NEW_RS_REASON,
+                    format!("Created new replica set {name:?}"),
+                    now,
+                ),
+            ),
+            Some(NewRsEvent::Found(name)) if get_condition(&conditions, PROGRESSING).is_none() => {
+                set_condition(
+                    &mut conditions,
+                    condition(
+                        PROGRESSING,
+                        "True",
+                        FOUND_NEW_RS_REASON,
+                        format!("Found new replica set {name:?}"),
+                        now,
+                    ),
+                )
+            }
+            _ => {}
+        }
+    }
+    let before_progressing = get_condition(&conditions, PROGRESSING).cloned();
+
+    let sum = |f: &dyn Fn(&ReplicaSet) -> i32| all.iter().map(|rs| f(rs)).sum::<i32>();
+    let status_of = |rs: &ReplicaSet| rs.status.clone().unwrap_or_default();
+    let available = sum(&|rs| status_of(rs).available_replicas.unwrap_or(0));
+    let spec_total = sum(&|rs| replicas_of(rs));
+    let replicas = sum(&|rs| status_of(rs).replicas);
+    let updated = new.map(|rs| status_of(rs).replicas).unwrap_or(0);
+    let ready = sum(&|rs| status_of(rs).ready_replicas.unwrap_or(0));
+
+    if available >= desired - max_unavailable(spec) {
+        set_condition(
+            &mut conditions,
+            condition(
+                AVAILABLE,
+                "True",
+                MIN_AVAILABLE_REASON,
+                "Deployment has minimum availability.".into(),
+                now,
+            ),
+        );
+    } else {
+        set_condition(
+            &mut conditions,
+            condition(
+                AVAILABLE,
+                "False",
+                MIN_UNAVAILABLE_REASON,
+                "Deployment does not have minimum availability.".into(),
+                now,
+            ),
+        );
+    }
+    let mut status = DeploymentStatus {
+        observed_generation: d.metadata.generation,
+        replicas: nonzero(replicas),
+        updated_replicas: nonzero(updated),
+        ready_replicas: nonzero(ready),
+        available_replicas: nonzero(available),
+        unavailable_replicas: nonzero((spec_total - available).max(0)),
+        collision_count: before.collision_count,
+        terminating_replicas: before.terminating_replicas,
+        conditions: None,
+    };
+
+    let mut requeue = None;
+    match deadline {
+        None => conditions.retain(|c| c.type_ != PROGRESSING),
+        // Paused: Kubernetes only recounts, it estimates no progress.
+        Some(_) if paused => {}
+        Some(deadline) => {
+            let complete_before = replicas == updated
+                && before_progressing
+                    .as_ref()
+                    .and_then(|c| c.reason.as_deref())
+                    == Some(NEW_RS_AVAILABLE_REASON);
+            if !complete_before {
+                let subject = match new {
+                    Some(rs) => format!("ReplicaSet {:?}", meta::name(rs)),
+                    None => format!("Deployment {:?}", meta::name(d)),
+                };
+                let old_replicas_before =
+                    before.replicas.unwrap_or(0) - before.updated_replicas.unwrap_or(0);
+                let complete = updated == desired && replicas == desired && available == desired;
+                let progressed = updated > before.updated_replicas.unwrap_or(0)
+                    || replicas - updated < old_replicas_before
+                    || ready > before.ready_replicas.unwrap_or(0)
+                    || available > before.available_replicas.unwrap_or(0);
+                if complete {
+                    set_condition(
+                        &mut conditions,
+                        condition(
+                            PROGRESSING,
+                            "True",
+                            NEW_RS_AVAILABLE_REASON,
+                            format!("{subject} has successfully progressed."),
+                            now,
+                        ),
+                    );
+                } else if progressed {
+                    let mut c = condition(
+                        PROGRESSING,
+                        "True",
+                        RS_UPDATED_REASON,
+                        format!("{subject} is progressing."),
+                        now,
+                    );
+                    if let Some(cur) = get_condition(&conditions, PROGRESSING) {
+                        if cur.status == "True" {
+                            c.last_transition_time = cur.last_transition_time.clone();
+                        }
+                    }
+                    conditions.retain(|x| x.type_ != PROGRESSING);
+                    conditions.push(c);
+                } else if timed_out(&conditions, deadline, now) {
+                    set_condition(
+                        &mut conditions,
+                        condition(
+                            PROGRESSING,
+                            "False",
+                            TIMED_OUT_REASON,
+                            format!("{subject} has timed out progressing."),
+                            now,
+                        ),
+                    );
+                }
+                requeue = deadline_requeue(&conditions, deadline, now);
+            }
+        }
+    }
+    status.conditions = (!conditions.is_empty()).then_some(conditions);
+    (status, requeue)
+}
+
+/// Kubernetes' `DeploymentTimedOut`: no progress for `deadline` seconds
+/// since the Progressing condition was last updated.
+fn timed_out(conditions: &[DeploymentCondition], deadline: i32, now: Timestamp) -> bool {
+    let Some(c) = get_condition(conditions, PROGRESSING) else {
+        return false;
+    };
+    match c.reason.as_deref() {
+        Some(NEW_RS_AVAILABLE_REASON) => false,
+        Some(TIMED_OUT_REASON) => true,
+        _ => c
+            .last_update_time
+            .as_ref()
+            .and_then(|t| {
+                t.0.checked_add(SignedDuration::from_secs(i64::from(deadline)))
+                    .ok()
+            })
+            .is_some_and(|end| end < now),
+    }
+}
+
+/// When a rollout still in progress would pass its deadline, so the
+/// condition turns `ProgressDeadlineExceeded` on time without any change.
+fn deadline_requeue(conditions: &[DeploymentCondition], deadline: i32, now: Timestamp) -> Requeue {
+    let c = get_condition(conditions, PROGRESSING)?;
+    if c.status != "True" || c.reason.as_deref() == Some(NEW_RS_AVAILABLE_REASON) {
+        return None;
+    }
+    let end = c
+        .last_update_time
+        .as_ref()?
+        .0
+        .checked_add(SignedDuration::from_secs(i64::from(deadline)))
+        .ok()?;
+    let left = now.duration_until(end);
+    Some(if left.is_negative() {
+        Duration::from_secs(1)
+    } else {
+        left.unsigned_abs() + Duration::from_secs(1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commitd_api::k8s_openapi::api::apps::v1::ReplicaSetStatus;
+
+    fn deployment(replicas: i32, image: &str) -> Deployment {
+        let mut d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "demo", "uid": "d-uid", "generation": 3,
+                          "annotations": {"commitd.io/commit": "abc"}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": image}]}
+                }
+            }
+        }))
+        .expect("valid deployment");
+        commitd_api::defaults::deployment(&mut d);
+        d
+    }
+
+    fn rs(name: &str, revision: i64, spec_replicas: i32, status: ReplicaSetStatus) -> ReplicaSet {
+        let created = Timestamp::from_second(1_700_000_000 + revision).expect("valid time");
+        ReplicaSet {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some("demo".into()),
+                uid: Some(format!("{name}-uid")),
+                generation: Some(1),
+                creation_timestamp: Some(Time(created)),
+                annotations: Some([(REVISION_ANNOTATION.to_string(), revision.to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(spec_replicas),
+                ..Default::default()
+            }),
+            status: Some(ReplicaSetStatus {
+                observed_generation: Some(1),
+                ..status
+            }),
+        }
+    }
+
+    fn counts(replicas: i32, ready: i32, available: i32) -> ReplicaSetStatus {
+        ReplicaSetStatus {
+            replicas,
+            ready_replicas: Some(ready),
+            available_replicas: Some(available),
+            ..Default::default()
+        }
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("valid time")
+    }
+
+    #[test]
+    fn fnv32a_matches_reference_vectors() {
+        assert_eq!(fnv32a(FNV32_OFFSET, b""), 0x811c_9dc5);
+        assert_eq!(fnv32a(FNV32_OFFSET, b"a"), 0xe40c_292c);
+        assert_eq!(fnv32a(FNV32_OFFSET, b"foobar"), 0xbf9c_f968);
+    }
+
+    #[test]
+    fn safe_encoding_maps_digits_like_kubernetes() {
+        assert_eq!(safe_encode("0123456789"), "456789bcdf");
+    }
+
+    #[test]
+    fn hash_is_stable_and_uses_the_safe_alphabet() {
+        let d = deployment(2, "web:1");
+        let template = &d.spec.as_ref().expect("spec").template;
+        let h = pod_template_hash(template, None);
+        assert_eq!(h, pod_template_hash(&template.clone(), None));
+        assert!(!h.is_empty() && h.len() <= 10, "{h}");
+        assert!(h.bytes().all(|b| SAFE_ALPHABET.contains(&b)), "{h}");
+        // Pinned: a change here renames every ReplicaSet (and restarts
+        // every pod) on upgrade.
+        let fixed: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "web:1"}]}
+        }))
+        .expect("valid template");
+        assert_eq!(
+            pod_template_hash(&fixed, None),
+            pod_template_hash(&fixed, None)
+        );
+        assert_eq!(pod_template_hash(&fixed, None), PINNED_HASH);
+        let other = deployment(2, "web:2");
+        assert_ne!(
+            h,
+            pod_template_hash(&other.spec.as_ref().expect("spec").template, None)
+        );
+        assert_ne!(h, pod_template_hash(template, Some(1)));
+        assert_ne!(
+            pod_template_hash(template, Some(1)),
+            pod_template_hash(template, Some(2))
+        );
+    }
+
+    const PINNED_HASH: &str = "794686fc5b";
+
+    #[test]
+    fn new_replica_set_carries_hash_owner_and_revision() {
+        let d = deployment(2, "web:1");
+        let hash = pod_template_hash(&d.spec.as_ref().expect("spec").template, None);
+        let rs = new_replica_set(&d, &hash, 4, 2);
+        assert_eq!(meta::name(&rs), format!("web-{hash}"));
+        assert_eq!(rs.metadata.namespace.as_deref(), Some("demo"));
+        let labels = rs.metadata.labels.clone().expect("labels");
+        assert_eq!(labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+        let spec = rs.spec.clone().expect("spec");
+        let selector = spec.selector.match_labels.expect("match labels");
+        assert_eq!(selector.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+        let template = spec.template.expect("template");
+        let template_labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert_eq!(template_labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+        assert_eq!(spec.replicas, Some(2));
+        assert_eq!(revision_of(&rs), 4);
+        let owner = meta::controller_of(&rs.metadata).expect("controller");
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.name.as_str()),
+            ("Deployment", "d-uid", "web")
+        );
+        // Git's annotation stays on the Deployment: the ReplicaSet is derived.
+        assert!(!meta::is_git_owned(&rs.metadata));
+        assert!(equal_ignore_hash(
+            &template,
+            &d.spec.as_ref().expect("spec").template
+        ));
+    }
+
+    #[test]
+    fn templates_compare_without_the_hash_label() {
+        let mut plain: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [{"name": "web", "image": "web:1"}]}
+        }))
+        .expect("valid template");
+        let mut hashed = plain.clone();
+        hashed.metadata = Some(ObjectMeta {
+            labels: Some([(POD_TEMPLATE_HASH_LABEL.to_string(), "abc".to_string())].into()),
+            ..Default::default()
+        });
+        assert!(equal_ignore_hash(&plain, &hashed));
+        plain.metadata = Some(ObjectMeta::default());
+        assert!(equal_ignore_hash(&plain, &hashed));
+        if let Some(spec) = plain.spec.as_mut() {
+            spec.containers[0].image = Some("web:2".into());
+        }
+        assert!(!equal_ignore_hash(&plain, &hashed));
+    }
+
+    #[test]
+    fn revisions_number_new_templates_and_reuse_bumps() {
+        let d = deployment(2, "web:1");
+        let template = d.spec.as_ref().expect("spec").template.clone();
+        let hash = pod_template_hash(&template, None);
+        let mut current = new_replica_set(&d, &hash, 1, 2);
+        current.metadata.creation_timestamp = Some(Time(t(0)));
+        let mut other = rs("web-other", 3, 0, counts(0, 0, 0));
+        other.spec.as_mut().expect("spec").template = Some(PodTemplateSpec::default());
+        let mut older = rs("web-older", 2, 0, counts(0, 0, 0));
+        older.spec.as_mut().expect("spec").template = Some(PodTemplateSpec::default());
+
+        // No ReplicaSets yet: revision 1.
+        let empty = Rollout::split(&template, vec![]);
+        assert!(empty.new.is_none());
+        assert_eq!(empty.next_revision(), 1);
+
+        // The earlier template comes back: found, and it must take 4.
+        let rollout = Rollout::split(
+            &template,
+            vec![other.clone(), current.clone(), older.clone()],
+        );
+        assert_eq!(
+            rollout.new.as_ref().map(meta::name),
+            Some(meta::name(&current))
+        );
+        assert_eq!(rollout.old.len(), 2);
+        assert_eq!(rollout.next_revision(), 4);
+
+        // A brand-new template after those: revision 4 too (max + 1).
+        let changed = deployment(2, "web:9");
+        let rollout = Rollout::split(
+            &changed.spec.as_ref().expect("spec").template,
+            vec![other, current, older],
+        );
+        assert!(rollout.new.is_none());
+        assert_eq!(rollout.next_revision(), 4);
+
+        // Unreadable revisions count as 0.
+        let mut bad = rs("web-bad", 1, 0, counts(0, 0, 0));
+        bad.metadata.annotations =
+            Some([(REVISION_ANNOTATION.to_string(), "x".to_string())].into());
+        assert_eq!(revision_of(&bad), 0);
+    }
+
+    #[test]
+    fn scale_targets_swap_everything_at_once() {
+        let d = deployment(3, "web:2");
+        let new = rs("web-new", 2, 0, counts(0, 0, 0));
+        let old = vec![rs("web-old", 1, 3, counts(3, 3, 3))];
+        let targets: Vec<(String, i32)> = scale_targets(d.spec.as_ref().expect("spec"), &new, &old)
+            .into_iter()
+            .map(|(rs, n)| (meta::name(&rs).to_string(), n))
+            .collect();
+        assert_eq!(
+            targets,
+            vec![("web-new".to_string(), 3), ("web-old".to_string(), 0)]
+        );
+    }
+
+    #[test]
+    fn history_beyond_the_limit_is_pruned_oldest_first() {
+        let mut old: Vec<ReplicaSet> = (1..=12)
+            .map(|r| rs(&format!("web-{r}"), r, 0, counts(0, 0, 0)))
+            .collect();
+        old.reverse();
+        let names = |v: Vec<&ReplicaSet>| {
+            v.into_iter()
+                .map(|r| meta::name(r).to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(history_to_prune(&old, 10)), vec!["web-1", "web-2"]);
+        assert!(history_to_prune(&old, 12).is_empty());
+        assert_eq!(history_to_prune(&old, 0).len(), 12);
+
+        // One that still has pods (or whose scale-down is not observed) is
+        // kept, and not replaced by a younger one.
+        old.iter_mut().for_each(|r| {
+            if meta::name(r) == "web-1" {
+                r.status.as_mut().expect("status").replicas = 1;
+            }
+            if meta::name(r) == "web-2" {
+                r.metadata.generation = Some(2);
+            }
+        });
+        assert!(history_to_prune(&old, 10).is_empty());
+        assert_eq!(names(history_to_prune(&old, 9)), vec!["web-3"]);
+    }
+
+    #[test]
+    fn max_unavailable_follows_kubernetes() {
+        let mut d = deployment(2, "web:1");
+        let spec = d.spec.as_mut().expect("spec");
+        assert_eq!(max_unavailable(spec), 0); // 25 % of 2 rounds down
+        spec.replicas = Some(10);
+        assert_eq!(max_unavailable(spec), 2);
+        let ru = spec
+            .strategy
+            .as_mut()
+            .and_then(|s| s.rolling_update.as_mut())
+            .expect("rolling update");
+        ru.max_surge = Some(IntOrString::Int(0));
+        ru.max_unavailable = Some(IntOrString::String("0%".into()));
+        assert_eq!(max_unavailable(spec), 1);
+        spec.strategy.as_mut().expect("strategy").type_ = Some("Recreate".into());
+        assert_eq!(max_unavailable(spec), 0);
+        assert_eq!(scaled_value(&IntOrString::String("25%".into()), 3, true), 1);
+        assert_eq!(
+            scaled_value(&IntOrString::String("25%".into()), 3, false),
+            0
+        );
+        assert_eq!(scaled_value(&IntOrString::String("50%".into()), 5, true), 3);
+    }
+
+    fn reason(s: &DeploymentStatus, type_: &str) -> Option<(String, String, String)> {
+        let c = get_condition(s.conditions.as_deref()?, type_)?;
+        Some((c.status.clone(), c.reason.clone()?, c.message.clone()?))
+    }
+
+    #[test]
+    fn status_counts_and_conditions_follow_the_replica_sets() {
+        let mut d = deployment(2, "web:1");
+        let new = rs("web-abc", 1, 2, counts(0, 0, 0));
+
+        // Just created: nothing ready, Progressing says so.
+        let created = NewRsEvent::Created("web-abc".into());
+        let (s1, requeue) = compute_status(&d, Some(&new), &[&new], Some(&created), t(0));
+        assert_eq!(s1.observed_generation, Some(3));
+        assert_eq!(s1.replicas, None);
+        assert_eq!(s1.unavailable_replicas, Some(2));
+        assert_eq!(
+            reason(&s1, AVAILABLE),
+            Some((
+                "False".into(),
+                MIN_UNAVAILABLE_REASON.into(),
+                "Deployment does not have minimum availability.".into()
+            ))
+        );
+        assert_eq!(
+            reason(&s1, PROGRESSING),
+            Some((
+                "True".into(),
+                NEW_RS_REASON.into(),
+                "Created new replica set \"web-abc\"".into()
+            ))
+        );
+        assert_eq!(requeue, Some(Duration::from_secs(601)));
+        d.status = Some(s1.clone());
+
+        // The same inputs again: the same status, nothing to write.
+        let (again, _) = compute_status(&d, Some(&new), &[&new], None, t(5));
+        assert_eq!(again, s1);
+
+        // Pods exist and one is ready: progressing.
+        let new = rs("web-abc", 1, 2, counts(2, 1, 1));
+        let (s2, _) = compute_status(&d, Some(&new), &[&new], None, t(10));
+        assert_eq!(
+            (
+                s2.replicas,
+                s2.updated_replicas,
+                s2.ready_replicas,
+                s2.available_replicas
+            ),
+            (Some(2), Some(2), Some(1), Some(1))
+        );
+        assert_eq!(s2.unavailable_replicas, Some(1));
+        assert_eq!(
+            reason(&s2, PROGRESSING),
+            Some((
+                "True".into(),
+                RS_UPDATED_REASON.into(),
+                "ReplicaSet \"web-abc\" is progressing.".into()
+            ))
+        );
+        let p = get_condition(s2.conditions.as_deref().expect("conditions"), PROGRESSING)
+            .expect("progressing");
+        assert_eq!(
+            p.last_transition_time,
+            Some(Time(t(0))),
+            "still True: transition time kept"
+        );
+        assert_eq!(p.last_update_time, Some(Time(t(10))));
+        d.status = Some(s2);
+
+        // All available: complete.
+        let new = rs("web-abc", 1, 2, counts(2, 2, 2));
+        let (s3, requeue) = compute_status(&d, Some(&new), &[&new], None, t(20));
+        assert_eq!(s3.unavailable_replicas, None);
+        assert_eq!(
+            reason(&s3, AVAILABLE),
+            Some((
+                "True".into(),
+                MIN_AVAILABLE_REASON.into(),
+                "Deployment has minimum availability.".into()
+            ))
+        );
+        assert_eq!(
+            reason(&s3, PROGRESSING),
+            Some((
+                "True".into(),
+                NEW_RS_AVAILABLE_REASON.into(),
+                "ReplicaSet \"web-abc\" has successfully progressed.".into()
+            ))
+        );
+        assert_eq!(requeue, None);
+        let avail = get_condition(s3.conditions.as_deref().expect("conditions"), AVAILABLE)
+            .expect("available");
+        assert_eq!(avail.last_transition_time, Some(Time(t(20))));
+    }
+
+    #[test]
+    fn status_during_a_template_change_counts_old_and_new() {
+        let mut d = deployment(3, "web:2");
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(3),
+            updated_replicas: Some(3),
+            ready_replicas: Some(3),
+            available_replicas: Some(3),
+            conditions: Some(vec![condition(
+                PROGRESSING,
+                "True",
+                NEW_RS_AVAILABLE_REASON,
+                "x".into(),
+                t(0),
+            )]),
+            ..Default::default()
+        });
+        // The pass that creates the new ReplicaSet (old one not yet
+        // scaled down in the status it reports).
+        let old = rs("web-old", 1, 0, counts(3, 3, 3));
+        let new = rs("web-new", 2, 3, counts(0, 0, 0));
+        let created = NewRsEvent::Created("web-new".into());
+        let (s, _) = compute_status(&d, Some(&new), &[&new, &old], Some(&created), t(30));
+        assert_eq!(
+            (s.replicas, s.updated_replicas, s.available_replicas),
+            (Some(3), None, Some(3))
+        );
+        assert_eq!(
+            reason(&s, PROGRESSING),
+            Some((
+                "True".into(),
+                NEW_RS_REASON.into(),
+                "Created new replica set \"web-new\"".into()
+            ))
+        );
+        d.status = Some(s);
+
+        // A first new pod exists: progressing, old and new both counted.
+        let new = rs("web-new", 2, 3, counts(1, 0, 0));
+        let (s, _) = compute_status(&d, Some(&new), &[&new, &old], None, t(40));
+        assert_eq!(
+            (
+                s.replicas,
+                s.updated_replicas,
+                s.ready_replicas,
+                s.available_replicas
+            ),
+            (Some(4), Some(1), Some(3), Some(3))
+        );
+        assert_eq!(s.unavailable_replicas, None, "spec total 3, available 3");
+        assert_eq!(
+            reason(&s, PROGRESSING).map(|r| r.1),
+            Some(RS_UPDATED_REASON.to_string())
+        );
+        assert_eq!(
+            reason(&s, AVAILABLE).map(|r| r.1),
+            Some(MIN_AVAILABLE_REASON.to_string())
+        );
+    }
+
+    #[test]
+    fn stalled_rollouts_time_out() {
+        let mut d = deployment(2, "web:1");
+        let new = rs("web-abc", 1, 2, counts(2, 0, 0));
+        d.status = Some(DeploymentStatus {
+            replicas: Some(2),
+            updated_replicas: Some(2),
+            conditions: Some(vec![condition(
+                PROGRESSING,
+                "True",
+                RS_UPDATED_REASON,
+                "x".into(),
+                t(0),
+            )]),
+            ..Default::default()
+        });
+        let (s, requeue) = compute_status(&d, Some(&new), &[&new], None, t(100));
+        assert_eq!(
+            reason(&s, PROGRESSING).map(|r| r.1),
+            Some(RS_UPDATED_REASON.to_string())
+        );
+        assert_eq!(requeue, Some(Duration::from_secs(501)));
+        let (s, requeue) = compute_status(&d, Some(&new), &[&new], None, t(601));
+        assert_eq!(
+            reason(&s, PROGRESSING),
+            Some((
+                "False".into(),
+                TIMED_OUT_REASON.into(),
+                "ReplicaSet \"web-abc\" has timed out progressing.".into()
+            ))
+        );
+        assert_eq!(requeue, None);
+    }
+
+    #[test]
+    fn paused_deployments_say_so() {
+        let mut d = deployment(2, "web:1");
+        d.spec.as_mut().expect("spec").paused = Some(true);
+        let (s, _) = compute_status(&d, None, &[], None, t(0));
+        assert_eq!(
+            reason(&s, PROGRESSING).map(|r| r.1),
+            Some(PAUSED_REASON.to_string())
+        );
+        d.status = Some(s);
+        d.spec.as_mut().expect("spec").paused = Some(false);
+        let (s, _) = compute_status(&d, None, &[], None, t(1));
+        assert_eq!(
+            reason(&s, PROGRESSING).map(|r| r.1),
+            Some(RESUMED_REASON.to_string())
+        );
+    }
+}

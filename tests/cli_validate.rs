@@ -1,0 +1,218 @@
+//! `commitd validate` as a user runs it: the built binary on a directory of
+//! manifests, judged by its exit code and the exact lines it prints, since
+//! those lines (file, line, field, message) are what people act on.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Writes `files` (relative path, content) under a fresh temporary
+/// directory, creating folders as needed.
+fn repo(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    for (path, content) in files {
+        let full = dir.path().join(path);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).expect("create a folder");
+        }
+        std::fs::write(&full, content).expect("write a manifest");
+    }
+    dir
+}
+
+fn validate(path: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_commitd"))
+        .arg("validate")
+        .arg(path)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run commitd validate")
+}
+
+fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+const NAMESPACE: &str = "\
+# The demo namespace.
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+  labels: {team: platform, env: dev}
+";
+
+const CONFIG_MAP: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: demo
+data:
+  # an nginx snippet, kept verbatim
+  nginx.conf: |
+    server {
+      listen 8080;
+    }
+  mode: \"production\"
+";
+
+const DEPLOYMENT: &str = "\
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: demo
+spec:
+  replicas: 2  # two is enough for the demo
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: web
+          image: localhost:5000/busybox:latest
+          command: [\"sh\", \"-c\"]
+          args: [\"httpd -f -p 8080 -h /www\"]
+          ports: [{containerPort: 8080, name: http}]
+      volumes:
+        - name: config
+          configMap:
+            name: web-config
+            defaultMode: 0755
+";
+
+#[test]
+fn a_valid_repository_passes() {
+    let dir = repo(&[
+        ("namespace.yaml", NAMESPACE),
+        ("apps/config.yaml", CONFIG_MAP),
+        ("apps/web.yml", DEPLOYMENT),
+        ("README.md", "not a manifest: ignored\n"),
+    ]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let lines = stdout_lines(&out);
+    // Fields commitd stores but does not act on yet may warn; nothing errs.
+    assert!(
+        lines.iter().all(|l| !l.contains(": error:")),
+        "{}",
+        describe(&out)
+    );
+    let summary = lines.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        summary == "3 objects valid" || summary.starts_with("3 objects valid, "),
+        "{}",
+        describe(&out)
+    );
+    for warning in &lines[..lines.len() - 1] {
+        assert!(
+            warning.starts_with("apps/web.yml:") && warning.contains(": warning: "),
+            "{}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn a_yaml_syntax_error_names_file_and_line() {
+    let dir = repo(&[
+        ("namespace.yaml", NAMESPACE),
+        (
+            "broken.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\ndata:\n  key: [unclosed\n  other: value\n",
+        ),
+    ]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "broken.yaml:7: error: invalid YAML: did not find expected ',' or ']' at line 7 \
+             column 8, while parsing a flow sequence at line 6 column 8",
+            "1 error",
+        ],
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn an_unknown_field_suggests_the_right_one() {
+    let typo = DEPLOYMENT.replace("  replicas: 2  #", "  replica: 2  #");
+    let dir = repo(&[
+        ("namespace.yaml", NAMESPACE),
+        ("apps/config.yaml", CONFIG_MAP),
+        ("apps/web.yml", &typo),
+    ]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let lines = stdout_lines(&out);
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some(
+            "apps/web.yml:8: error: spec.replica: unknown field \"replica\", \
+             did you mean \"replicas\"?"
+        ),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("1 error"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn the_same_object_in_two_files_is_a_duplicate() {
+    let dir = repo(&[
+        (
+            "a.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: \"1\"\n",
+        ),
+        (
+            "more/b.yaml",
+            "# a second copy\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n",
+        ),
+    ]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        stdout_lines(&out),
+        [
+            "more/b.yaml:3: error: metadata.name: Duplicate value: ConfigMap default/settings \
+             is declared twice, first at a.yaml:1",
+            "1 error",
+        ],
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_missing_path_is_an_error_of_the_command() {
+    let dir = repo(&[]);
+    let out = validate(&dir.path().join("nowhere"));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nowhere"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -1,0 +1,691 @@
+//! The Deployment → ReplicaSet → Pod controllers and the garbage collector
+//! against a real etcd: roll out, scale, change the template, roll back,
+//! delete; and restart the controllers at arbitrary points without ever
+//! creating more pods than asked for.
+//!
+//! No scheduler or node agent runs here: the test binds pods, marks them
+//! ready and finishes graceful deletions itself, the way those components
+//! would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use commitd::cluster::etcd::{Etcd, EtcdOptions};
+use commitd_api::k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet};
+use commitd_api::k8s_openapi::api::core::v1::{Pod, PodCondition};
+use commitd_api::meta::{self, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
+use commitd_api::{keys, Kind, Object, Store};
+use commitd_reconciler::controllers;
+use etcd_client::{EventType, WatchOptions};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "demo";
+const DEADLINE: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(50);
+const NODE: &str = "node-1";
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,commitd_reconciler=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Runs `scenario` against a fresh private etcd, and always stops etcd.
+async fn with_etcd<F, Fut>(scenario: F) -> Result<()>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    init_tracing();
+    let tmp = tempfile::Builder::new().prefix("cdctl").tempdir()?;
+    let etcd = Etcd::start(EtcdOptions {
+        data_dir: tmp.path().join("etcd"),
+        client_port: None,
+    })
+    .await?;
+    let result = match Store::connect(std::slice::from_ref(&etcd.endpoint)).await {
+        Ok(store) => scenario(store).await,
+        Err(e) => Err(anyhow!(e).context("connecting to etcd")),
+    };
+    let stopped = etcd.stop().await;
+    result?;
+    stopped
+}
+
+/// A running `controllers::run`.
+struct Controllers {
+    cancel: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Controllers {
+    fn start(store: &Store) -> Controllers {
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(controllers::run(store.clone(), cancel.clone()));
+        Controllers { cancel, task }
+    }
+
+    /// Cancels and waits: the loops finish the pass they are in.
+    async fn stop(self) -> Result<()> {
+        self.cancel.cancel();
+        self.task.await.context("controller task panicked")?
+    }
+
+    /// Drops the task wherever it is (mid-write included), like a killed
+    /// process; then stops whatever it left running.
+    async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.cancel.cancel();
+    }
+}
+
+/// Polls `check` until it returns `Ok`, or fails after [`DEADLINE`] with
+/// the last state `check` described.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let last = match check().await {
+            Ok(v) => return Ok(v),
+            Err(state) => state,
+        };
+        if Instant::now() > deadline {
+            bail!("timed out after {DEADLINE:?} waiting for {what}; last state: {last}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn deployment(name: &str, replicas: i32, image: &str) -> Result<Deployment> {
+    let mut d: Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"app": name},
+            "annotations": {
+                "commitd.io/commit": "0123456789abcdef0123456789abcdef01234567",
+                "commitd.io/source": format!("apps/{name}.yaml:1"),
+            },
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": name, "image": image}]}
+            }
+        }
+    }))?;
+    commitd_api::defaults::deployment(&mut d);
+    Ok(d)
+}
+
+/// Everything of one namespace, read in one go.
+struct Snapshot {
+    deployments: Vec<Deployment>,
+    replica_sets: Vec<ReplicaSet>,
+    pods: Vec<Pod>,
+}
+
+async fn snapshot(store: &Store) -> Result<Snapshot, String> {
+    let e = |e: commitd_api::StoreError| e.to_string();
+    Ok(Snapshot {
+        deployments: store.list::<Deployment>(Some(NS)).await.map_err(e)?.items,
+        replica_sets: store.list::<ReplicaSet>(Some(NS)).await.map_err(e)?.items,
+        pods: store.list::<Pod>(Some(NS)).await.map_err(e)?.items,
+    })
+}
+
+fn uid<T: Object>(obj: &T) -> String {
+    obj.metadata().uid.clone().unwrap_or_default()
+}
+
+fn owned_by<'a, T: Object>(items: &'a [T], owner_uid: &str) -> Vec<&'a T> {
+    items
+        .iter()
+        .filter(|o| meta::controller_of(o.metadata()).is_some_and(|r| r.uid == owner_uid))
+        .collect()
+}
+
+fn live(pods: &[&Pod]) -> usize {
+    pods.iter()
+        .filter(|p| !meta::is_terminating(&p.metadata))
+        .count()
+}
+
+fn spec_replicas(rs: &ReplicaSet) -> i32 {
+    rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+}
+
+fn revision(rs: &ReplicaSet) -> &str {
+    meta::annotation(&rs.metadata, REVISION_ANNOTATION).unwrap_or("")
+}
+
+fn describe(s: &Snapshot) -> String {
+    let rss: Vec<String> = s
+        .replica_sets
+        .iter()
+        .map(|rs| {
+            let pods = owned_by(&s.pods, &uid(rs));
+            format!(
+                "{} rev={} spec={} live={} terminating={}",
+                meta::name(rs),
+                revision(rs),
+                spec_replicas(rs),
+                live(&pods),
+                pods.len() - live(&pods)
+            )
+        })
+        .collect();
+    format!("replica sets [{}], {} pods", rss.join("; "), s.pods.len())
+}
+
+/// Waits until the Deployment has exactly `expect_rs` ReplicaSets, the one
+/// of its current template named `<name>-<hash>` with `replicas` live pods
+/// and every other one scaled to 0, and returns the current one.
+async fn wait_for_rollout(
+    store: &Store,
+    d: &Deployment,
+    expect_rs: usize,
+    replicas: usize,
+) -> Result<ReplicaSet> {
+    let template = d
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let want_name = format!(
+        "{}-{}",
+        meta::name(d),
+        controllers::pod_template_hash(&template, None)
+    );
+    let d_uid = uid(d);
+    eventually(
+        &format!("rollout of {want_name} with {replicas} pods"),
+        || async {
+            let s = snapshot(store).await?;
+            let owned = owned_by(&s.replica_sets, &d_uid);
+            let current = owned.iter().find(|rs| meta::name(**rs) == want_name);
+            let ok = owned.len() == expect_rs
+                && current.is_some_and(|rs| {
+                    spec_replicas(rs) == replicas as i32
+                        && live(&owned_by(&s.pods, &uid(*rs))) == replicas
+                })
+                && owned
+                    .iter()
+                    .filter(|rs| meta::name(**rs) != want_name)
+                    .all(|rs| spec_replicas(rs) == 0 && live(&owned_by(&s.pods, &uid(*rs))) == 0);
+            match current {
+                Some(rs) if ok => Ok((*rs).clone()),
+                _ => Err(describe(&s)),
+            }
+        },
+    )
+    .await
+}
+
+/// What the scheduler does: binds every unbound live pod of `rs` to the node.
+async fn bind_pods(store: &Store, rs: &ReplicaSet, limit: usize) -> Result<Vec<String>> {
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    let mut bound = Vec::new();
+    for pod in owned_by(&pods, &uid(rs)) {
+        let unbound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .is_none();
+        if !unbound || meta::is_terminating(&pod.metadata) || bound.len() >= limit {
+            continue;
+        }
+        store
+            .modify::<Pod, _>(Some(NS), meta::name(pod), |p| {
+                let spec = p.spec.get_or_insert_with(Default::default);
+                if spec.node_name.is_some() {
+                    return false;
+                }
+                spec.node_name = Some(NODE.into());
+                true
+            })
+            .await?;
+        bound.push(meta::name(pod).to_string());
+    }
+    Ok(bound)
+}
+
+/// What the node agent does once containers run: phase Running, Ready.
+async fn mark_ready(store: &Store, rs: &ReplicaSet) -> Result<()> {
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    for pod in owned_by(&pods, &uid(rs)) {
+        if meta::is_terminating(&pod.metadata) {
+            continue;
+        }
+        store
+            .modify::<Pod, _>(Some(NS), meta::name(pod), |p| {
+                let status = p.status.get_or_insert_with(Default::default);
+                let conditions = status.conditions.get_or_insert_with(Default::default);
+                if conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                {
+                    return false;
+                }
+                conditions.retain(|c| c.type_ != "Ready");
+                conditions.push(PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: Some(meta::now()),
+                    ..Default::default()
+                });
+                status.phase = Some("Running".into());
+                true
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// What the node agent does after stopping a terminating pod's containers.
+async fn finish_terminating(store: &Store) -> Result<usize> {
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    let mut n = 0;
+    for pod in pods.iter().filter(|p| meta::is_terminating(&p.metadata)) {
+        let rv = pod.metadata.resource_version.as_deref();
+        if store.delete::<Pod>(Some(NS), meta::name(pod), rv).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn condition(status: &DeploymentStatus, type_: &str) -> Option<(String, String, String)> {
+    let c = status
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone()?, c.message.clone()?))
+}
+
+/// Waits until the Deployment's status reports `n` replicas, all updated,
+/// ready and available at `generation`, complete on `rs`.
+async fn wait_for_complete_status(
+    store: &Store,
+    name: &str,
+    n: i32,
+    generation: i64,
+    rs: &str,
+) -> Result<()> {
+    eventually(
+        &format!("deployment status: {n} available on {rs}"),
+        || async {
+            let d = store
+                .get::<Deployment>(Some(NS), name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("deployment missing")?;
+            let s = d.status.clone().unwrap_or_default();
+            let counts = (
+                s.observed_generation,
+                s.replicas,
+                s.updated_replicas,
+                s.ready_replicas,
+                s.available_replicas,
+                s.unavailable_replicas,
+            );
+            let want_counts = (Some(generation), Some(n), Some(n), Some(n), Some(n), None);
+            let available = condition(&s, "Available");
+            let progressing = condition(&s, "Progressing");
+            let want_available = Some((
+                "True".to_string(),
+                "MinimumReplicasAvailable".to_string(),
+                "Deployment has minimum availability.".to_string(),
+            ));
+            let want_progressing = Some((
+                "True".to_string(),
+                "NewReplicaSetAvailable".to_string(),
+                format!("ReplicaSet {rs:?} has successfully progressed."),
+            ));
+            if counts == want_counts
+                && available == want_available
+                && progressing == want_progressing
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "counts {counts:?}, available {available:?}, progressing {progressing:?}"
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// Edits the Deployment as the reconciler applies a new commit: spec and
+/// generation change, status is left alone.
+async fn change_deployment(
+    store: &Store,
+    name: &str,
+    edit: impl Fn(&mut Deployment),
+) -> Result<Deployment> {
+    store
+        .modify::<Deployment, _>(Some(NS), name, |d| {
+            edit(d);
+            d.metadata.generation = Some(d.metadata.generation.unwrap_or(1) + 1);
+            true
+        })
+        .await?
+        .ok_or_else(|| anyhow!("deployment {name} vanished"))
+}
+
+fn set_image(d: &mut Deployment, image: &str) {
+    if let Some(c) = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        c.image = Some(image.into());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deployment_rolls_out_scales_rolls_back_and_is_collected() -> Result<()> {
+    with_etcd(|store| async move {
+        let ctl = Controllers::start(&store);
+        let result = rollout_scenario(&store).await;
+        let stopped = ctl.stop().await;
+        result?;
+        stopped
+    })
+    .await
+}
+
+async fn rollout_scenario(store: &Store) -> Result<()> {
+    // As the reconciler applies it from Git.
+    let d = store
+        .create(deployment("web", 2, "registry.local/web:1")?)
+        .await?;
+    assert!(meta::is_git_owned(&d.metadata));
+
+    // One ReplicaSet named after the template hash, with two pods.
+    let first = wait_for_rollout(store, &d, 1, 2).await?;
+    let hash = meta::name(&first).trim_start_matches("web-").to_string();
+    assert_eq!(revision(&first), "1");
+    let labels = first.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+    let rs_spec = first.spec.clone().unwrap_or_default();
+    let selector = rs_spec.selector.match_labels.clone().unwrap_or_default();
+    assert_eq!(selector.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+    assert!(
+        !meta::is_git_owned(&first.metadata),
+        "derived objects carry no commit"
+    );
+    let owner = meta::controller_of(&first.metadata).context("replica set has a controller")?;
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Deployment", uid(&d).as_str())
+    );
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    for pod in owned_by(&pods, &uid(&first)) {
+        assert!(meta::name(pod).starts_with(&format!("{}-", meta::name(&first))));
+        assert_eq!(meta::name(pod).len(), meta::name(&first).len() + 6);
+        let pod_labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(pod_labels.get(POD_TEMPLATE_HASH_LABEL), Some(&hash));
+        assert_eq!(pod.metadata.namespace.as_deref(), Some(NS));
+    }
+
+    // The scheduler binds them, the node agent reports them ready: the
+    // Deployment's status follows.
+    bind_pods(store, &first, usize::MAX).await?;
+    mark_ready(store, &first).await?;
+    wait_for_complete_status(store, "web", 2, 1, meta::name(&first)).await?;
+    eprintln!("rolled out {} with 2 ready pods", meta::name(&first));
+
+    // Scale to 3: same ReplicaSet, one more pod.
+    let d = change_deployment(store, "web", |d| {
+        if let Some(s) = d.spec.as_mut() {
+            s.replicas = Some(3);
+        }
+    })
+    .await?;
+    let scaled = wait_for_rollout(store, &d, 1, 3).await?;
+    assert_eq!(uid(&scaled), uid(&first), "scaling keeps the replica set");
+    bind_pods(store, &scaled, usize::MAX).await?;
+    mark_ready(store, &scaled).await?;
+    wait_for_complete_status(store, "web", 3, 2, meta::name(&first)).await?;
+    eprintln!("scaled {} to 3", meta::name(&first));
+
+    // A new image: a second ReplicaSet takes over, the first scales to 0
+    // and its (bound) pods are deleted gracefully.
+    let old_pods: BTreeSet<String> =
+        owned_by(&store.list::<Pod>(Some(NS)).await?.items, &uid(&first))
+            .into_iter()
+            .map(|p| meta::name(p).to_string())
+            .collect();
+    let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:2")).await?;
+    let second = wait_for_rollout(store, &d, 2, 3).await?;
+    assert_ne!(meta::name(&second), meta::name(&first));
+    assert_eq!(revision(&second), "2");
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    for name in &old_pods {
+        let pod = pods
+            .iter()
+            .find(|p| meta::name(*p) == name)
+            .with_context(|| format!("bound pod {name} must wait for its node agent"))?;
+        assert!(meta::is_terminating(&pod.metadata), "{name} is terminating");
+        assert_eq!(pod.metadata.deletion_grace_period_seconds, Some(30));
+    }
+    bind_pods(store, &second, usize::MAX).await?;
+    mark_ready(store, &second).await?;
+    wait_for_complete_status(store, "web", 3, 3, meta::name(&second)).await?;
+    assert_eq!(finish_terminating(store).await?, old_pods.len());
+    eprintln!(
+        "rolled out {}; {} old pods terminated",
+        meta::name(&second),
+        old_pods.len()
+    );
+
+    // Back to the first image: the first ReplicaSet is reused, with the
+    // newest revision; no third one appears.
+    let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:1")).await?;
+    let reused = wait_for_rollout(store, &d, 2, 3).await?;
+    assert_eq!(
+        uid(&reused),
+        uid(&first),
+        "the earlier replica set is reused"
+    );
+    assert_eq!(revision(&reused), "3");
+    let second_now = store
+        .get::<ReplicaSet>(Some(NS), meta::name(&second))
+        .await?
+        .context("second replica set kept as history")?;
+    assert_eq!(spec_replicas(&second_now), 0);
+    assert_eq!(revision(&second_now), "2");
+    finish_terminating(store).await?;
+    // Two of the three new pods get a node, one stays unbound.
+    let bound = bind_pods(store, &reused, 2).await?;
+    assert_eq!(bound.len(), 2);
+    eprintln!("rolled back to {} (revision 3)", meta::name(&reused));
+
+    // The file is deleted from Git: the garbage collector removes the
+    // ReplicaSets, then their pods (bound: marked; unbound: deleted).
+    store.delete::<Deployment>(Some(NS), "web", None).await?;
+    let s = eventually("replica sets and pods collected", || async {
+        let s = snapshot(store).await?;
+        let live_pods = s
+            .pods
+            .iter()
+            .filter(|p| !meta::is_terminating(&p.metadata))
+            .count();
+        if s.deployments.is_empty()
+            && s.replica_sets.is_empty()
+            && live_pods == 0
+            && s.pods.len() == bound.len()
+        {
+            Ok(s)
+        } else {
+            Err(describe(&s))
+        }
+    })
+    .await?;
+    let left: BTreeSet<String> = s.pods.iter().map(|p| meta::name(p).to_string()).collect();
+    assert_eq!(
+        left,
+        bound.iter().cloned().collect(),
+        "only bound pods wait for a node agent"
+    );
+    assert!(s
+        .pods
+        .iter()
+        .all(|p| p.metadata.deletion_grace_period_seconds == Some(30)));
+    assert_eq!(finish_terminating(store).await?, bound.len());
+    eprintln!(
+        "deployment deleted: replica sets removed, {} bound pods marked, unbound deleted",
+        bound.len()
+    );
+    Ok(())
+}
+
+/// Watches pod keys and keeps, per owning ReplicaSet uid, how many pods
+/// were ever created and the most that were live (not terminating) at
+/// once, event by event (a cache could skip intermediate states).
+struct PodAudit {
+    created: BTreeMap<String, usize>,
+    max_live: BTreeMap<String, usize>,
+}
+
+async fn audit_pods(store: Store, stop: CancellationToken) -> Result<PodAudit> {
+    let prefix = keys::kind_prefix(Kind::Pod);
+    let mut stream = store
+        .client()
+        .watch(
+            prefix.as_str(),
+            // A fresh etcd: replay from the start, so no creation is missed.
+            Some(WatchOptions::new().with_prefix().with_start_revision(1)),
+        )
+        .await?;
+    let mut audit = PodAudit {
+        created: BTreeMap::new(),
+        max_live: BTreeMap::new(),
+    };
+    // key -> (owner uid, live)
+    let mut pods: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    loop {
+        let resp = tokio::select! {
+            _ = stop.cancelled() => return Ok(audit),
+            msg = stream.message() => msg?.context("watch ended")?,
+        };
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match ev.event_type() {
+                EventType::Put => {
+                    let pod: Pod = serde_json::from_slice(kv.value())?;
+                    let owner = meta::controller_of(&pod.metadata)
+                        .map(|o| o.uid.clone())
+                        .unwrap_or_default();
+                    if kv.version() == 1 {
+                        *audit.created.entry(owner.clone()).or_default() += 1;
+                    }
+                    pods.insert(key, (owner, !meta::is_terminating(&pod.metadata)));
+                }
+                EventType::Delete => {
+                    pods.remove(&key);
+                }
+            }
+        }
+        let mut live: BTreeMap<String, usize> = BTreeMap::new();
+        for (owner, is_live) in pods.values() {
+            if *is_live {
+                *live.entry(owner.clone()).or_default() += 1;
+            }
+        }
+        for (owner, n) in live {
+            let max = audit.max_live.entry(owner).or_default();
+            *max = (*max).max(n);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_controllers_never_create_more_pods_than_replicas() -> Result<()> {
+    with_etcd(|store| async move {
+        let stop_audit = CancellationToken::new();
+        let audit = tokio::spawn(audit_pods(store.clone(), stop_audit.clone()));
+        let result = restart_scenario(&store).await;
+        stop_audit.cancel();
+        let audit = audit.await.context("audit task panicked")??;
+        let (rs_uid, removed) = result?;
+        let created = audit.created.get(&rs_uid).copied().unwrap_or(0);
+        let max_live = audit.max_live.get(&rs_uid).copied().unwrap_or(0);
+        eprintln!("pods created: {created} (5 + {removed} removed), most live at once: {max_live}");
+        assert_eq!(max_live, 5, "never more live pods than replicas");
+        assert_eq!(
+            created,
+            5 + removed,
+            "every pod created replaced one that was removed"
+        );
+        assert_eq!(audit.created.len(), 1, "one replica set made all the pods");
+        Ok(())
+    })
+    .await
+}
+
+/// Starts and stops (or kills) the controllers over and over while pods go
+/// missing; returns the ReplicaSet's uid and how many pods the test removed.
+async fn restart_scenario(store: &Store) -> Result<(String, usize)> {
+    let d = store
+        .create(deployment("api", 5, "registry.local/api:1")?)
+        .await?;
+    let ctl = Controllers::start(store);
+    let rs = wait_for_rollout(store, &d, 1, 5).await?;
+    ctl.stop().await?;
+
+    let mut removed = 0;
+    for round in 0..12u64 {
+        // Pods disappear (a node died, someone deleted them) …
+        let pods = store.list::<Pod>(Some(NS)).await?.items;
+        let victims: Vec<&Pod> = owned_by(&pods, &uid(&rs))
+            .into_iter()
+            .take(1 + (round % 3) as usize)
+            .collect();
+        for pod in victims {
+            if store.delete::<Pod>(Some(NS), meta::name(pod), None).await? {
+                removed += 1;
+            }
+        }
+        // … and the controllers die at some point of replacing them: a
+        // graceful stop between passes, or a kill anywhere.
+        let ctl = Controllers::start(store);
+        let delay = Duration::from_millis((round * 17) % 90);
+        tokio::time::sleep(delay).await;
+        if round % 2 == 0 {
+            ctl.kill().await;
+        } else {
+            ctl.stop().await?;
+        }
+    }
+
+    // Started for good, they settle at exactly the replicas.
+    let ctl = Controllers::start(store);
+    let settled = wait_for_rollout(store, &d, 1, 5).await;
+    let stopped = ctl.stop().await;
+    let settled = settled?;
+    stopped?;
+    assert_eq!(uid(&settled), uid(&rs));
+    Ok((uid(&rs), removed))
+}
