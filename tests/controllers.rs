@@ -656,7 +656,7 @@ async fn restart_scenario(store: &Store) -> Result<(String, usize)> {
     ctl.stop().await?;
 
     let mut removed = 0;
-    for round in 0..12u64 {
+    for round in 0..20u64 {
         // Pods disappear (a node died, someone deleted them) …
         let pods = store.list::<Pod>(Some(NS)).await?.items;
         let victims: Vec<&Pod> = owned_by(&pods, &uid(&rs))

@@ -99,6 +99,31 @@ impl Drop for Agent {
     }
 }
 
+/// Removes the cgroups of every pod the test made, after containerd's own
+/// guard killed their processes: on success the agent already did, on a
+/// failure half-way nobody else would.
+#[derive(Default)]
+struct PodCgroups(std::sync::Mutex<Vec<String>>);
+
+impl PodCgroups {
+    fn track(&self, uid: &str) {
+        if let Ok(mut uids) = self.0.lock() {
+            uids.push(uid.to_string());
+        }
+    }
+}
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        let uids = self.0.lock().map(|u| u.clone()).unwrap_or_default();
+        for uid in uids {
+            if let Err(e) = commitd_nodeagent::cri::cgroup_cleanup(&cgroup_parent(&uid)) {
+                eprintln!("cgroup of pod {uid} left behind: {e}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()> {
     if !is_root() {
@@ -117,6 +142,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
     // Declared first, dropped last: every guard below cleans up inside it.
     let tmp = tempfile::Builder::new().prefix("cdna").tempdir()?;
     let tmp_path = tmp.path().to_path_buf();
+    let cgroups = PodCgroups::default();
     let etcd = Etcd::start(EtcdOptions {
         data_dir: tmp_path.join("etcd"),
         client_port: None,
@@ -204,6 +230,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         .create(pod("web", &web_image, None, "Always", true))
         .await?;
     let web_uid = uid_of(&web);
+    cgroups.track(&web_uid);
     let web_status = wait_pod("web Running with an IP", &store, "web", |p| {
         let s = p.status.as_ref().ok_or("no status")?;
         if s.phase.as_deref() != Some("Running") || s.pod_ip.is_none() {
@@ -256,6 +283,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         ))
         .await?;
     let crasher_uid = uid_of(&crasher);
+    cgroups.track(&crasher_uid);
     let crashing = wait_pod("crasher in CrashLoopBackOff", &store, "crasher", |p| {
         let s = p.status.as_ref().ok_or("no status")?;
         let c = s
@@ -329,6 +357,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         ))
         .await?;
     let once_uid = uid_of(&once);
+    cgroups.track(&once_uid);
     let done = wait_pod("once Succeeded", &store, "once", |p| {
         let s = p.status.as_ref().ok_or("no status")?;
         if s.phase.as_deref() == Some("Succeeded") {
@@ -363,6 +392,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         ))
         .await?;
     let missing_uid = uid_of(&missing);
+    cgroups.track(&missing_uid);
     for reason in ["ErrImagePull", "ImagePullBackOff"] {
         let waiting = wait_pod(&format!("missing in {reason}"), &store, "missing", |p| {
             let s = p.status.as_ref().ok_or("no status")?;
@@ -380,6 +410,40 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         );
     }
 
+    // 5b. A command that does not exist: the start fails, then crash-loops.
+    let badcmd = store
+        .create(pod(
+            "badcmd",
+            &web_image,
+            Some(vec!["/no/such/binary"]),
+            "Always",
+            false,
+        ))
+        .await?;
+    let badcmd_uid = uid_of(&badcmd);
+    cgroups.track(&badcmd_uid);
+    let bad = wait_pod("badcmd in CrashLoopBackOff", &store, "badcmd", |p| {
+        let s = p.status.as_ref().ok_or("no status")?;
+        let c = container_status(s, "badcmd");
+        let w = c.state.clone().and_then(|s| s.waiting).unwrap_or_default();
+        if w.reason.as_deref() == Some("CrashLoopBackOff") {
+            Ok(c)
+        } else {
+            Err(format!("{:?} last {:?}", c.state, c.last_state))
+        }
+    })
+    .await;
+    let failed_start = bad
+        .last_state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .unwrap_or_default();
+    println!(
+        "badcmd: restartCount {}, waiting CrashLoopBackOff, lastState.terminated exitCode {} reason {:?}",
+        bad.restart_count, failed_start.exit_code, failed_start.reason
+    );
+    assert_eq!(failed_start.exit_code, 128);
+
     // 6. Kill the agent, leave an orphan behind, start a new agent.
     let running_before = running_containers(&cri).await?;
     println!(
@@ -388,6 +452,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
     );
     agent.kill().await;
     let orphan_uid = format!("orphan-{}", std::process::id());
+    cgroups.track(&orphan_uid);
     let orphan = make_orphan(&cri, &agent_dir, &orphan_uid).await?;
     println!("agent killed; orphan sandbox {orphan} created by hand");
     let agent = Agent::start(&store, &containerd.socket, &agent_dir);
@@ -464,6 +529,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         crasher_uid.clone(),
         once_uid.clone(),
         missing_uid.clone(),
+        badcmd_uid.clone(),
     ];
     assert_no_duplicates_or_orphans(&cri, &known).await?;
     let (once_sandboxes, once_containers) = objects_of(&cri, &once_uid).await?;
@@ -476,12 +542,54 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         .iter()
         .all(|s| s.state() == PodSandboxState::SandboxNotready));
 
+    // The crash loop went on across the restart; with a third instance the
+    // oldest one and its log go, the previous one stays for its logs.
+    let crasher_logs = agent_dir
+        .join("pods")
+        .join(format!("default_crasher_{crasher_uid}"))
+        .join("crasher");
+    let kept = until("crasher's oldest instance removed", DEADLINE, || {
+        let cri = cri.clone();
+        let store = store.clone();
+        let uid = crasher_uid.clone();
+        let logs = crasher_logs.clone();
+        async move {
+            let restarts = store
+                .get::<Pod>(Some(NS), "crasher")
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|p| p.status)
+                .map(|s| container_status(&s, "crasher").restart_count)
+                .unwrap_or(0);
+            let (_, containers) = objects_of(&cri, &uid).await.map_err(|e| e.to_string())?;
+            let mut attempts: Vec<u32> = containers
+                .iter()
+                .filter_map(|c| c.metadata.as_ref().map(|m| m.attempt))
+                .collect();
+            attempts.sort();
+            if restarts >= 2 && containers.len() == 2 && !logs.join("0.log").exists() {
+                Ok((restarts, attempts))
+            } else {
+                Err(format!(
+                    "restartCount {restarts}, instances {attempts:?}, 0.log exists: {}",
+                    logs.join("0.log").exists()
+                ))
+            }
+        }
+    })
+    .await;
+    println!(
+        "crasher: restartCount {}, instances kept (attempts) {:?}",
+        kept.0, kept.1
+    );
+
     // 7. Graceful deletion: containers go from the runtime, the Pod from etcd.
     for (name, uid) in [
         ("web", &web_uid),
         ("crasher", &crasher_uid),
         ("once", &once_uid),
         ("missing", &missing_uid),
+        ("badcmd", &badcmd_uid),
     ] {
         store
             .modify::<Pod, _>(Some(NS), name, |p| {

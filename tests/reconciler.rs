@@ -174,7 +174,7 @@ async fn commits_apply_whole_prune_and_reject_without_change() {
     assert_eq!(r3.errors.len(), 1, "{:?}", r3.errors);
     assert_eq!(
         r3.errors[0].to_string(),
-        "manifests/web.yaml:8: error: spec.replica: unknown field \"replica\", did you mean \"replicas\"?"
+        "manifests/web.yaml:7: error: spec.replica: unknown field \"replica\", did you mean \"replicas\"?"
     );
     let after = h.store.list_prefix("/commitd/objects/").await.expect("list");
     let values = |l: &commitd_api::store::List<etcd_client::KeyValue>| {

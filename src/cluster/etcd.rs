@@ -36,8 +36,10 @@ const ETCD_BINARY: &str = "etcd";
 /// What a private etcd needs to know.
 #[derive(Clone, Debug)]
 pub struct EtcdOptions {
-    /// etcd's data directory (created, mode 0700, if missing); its log goes
-    /// to `etcd.log` inside. Reusing a directory keeps the data.
+    /// The directory this etcd owns (created, mode 0700, if missing): etcd
+    /// keeps its data in `data/` inside (apart from the log, so etcd never
+    /// warns about a foreign file) and its log in `etcd.log`. Reusing a
+    /// directory keeps the data.
     pub data_dir: PathBuf,
     /// The loopback port clients connect to; `None` picks a free one (what
     /// tests want; `commitd up` may want a fixed one to print).
@@ -50,7 +52,7 @@ pub struct EtcdOptions {
 pub struct Etcd {
     /// The client URL, `http://127.0.0.1:PORT`, for `Store::connect`.
     pub endpoint: String,
-    /// The data directory.
+    /// The directory this etcd owns (see [`EtcdOptions::data_dir`]).
     pub data_dir: PathBuf,
     /// etcd's combined stdout/stderr.
     pub log: PathBuf,
@@ -185,7 +187,7 @@ async fn start_once(data_dir: &Path, client_port: Option<u16>) -> Result<Etcd, A
         .arg("--name")
         .arg(&name)
         .arg("--data-dir")
-        .arg(data_dir)
+        .arg(data_dir.join("data"))
         .arg("--listen-client-urls")
         .arg(&endpoint)
         .arg("--advertise-client-urls")
@@ -385,6 +387,8 @@ mod tests {
         let mut client = Client::connect([etcd.endpoint.as_str()], None).await?;
         let resp = client.get("/k", None).await?;
         assert_eq!(resp.kvs().first().map(|kv| kv.value()), Some(&b"v"[..]));
+        let log = tokio::fs::read_to_string(&etcd.log).await?;
+        assert!(!log.contains("found invalid file"), "{log}");
         etcd.stop().await?;
         Ok(())
     }
