@@ -8,7 +8,11 @@ use clap::{Args, Parser, Subcommand};
 use commitd::cli;
 
 #[derive(Parser)]
-#[command(name = "commitd", version, about = "A GitOps-native container orchestrator: git push is the deploy.")]
+#[command(
+    name = "commitd",
+    version,
+    about = "A GitOps-native container orchestrator: git push is the deploy."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

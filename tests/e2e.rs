@@ -34,8 +34,11 @@ fn copy_examples(to: &Path, registry: &str) {
     for entry in std::fs::read_dir(examples_dir()).expect("examples") {
         let entry = entry.expect("entry");
         let text = std::fs::read_to_string(entry.path()).expect("read example");
-        std::fs::write(to.join(entry.file_name()), text.replace("127.0.0.1:5000", registry))
-            .expect("write example");
+        std::fs::write(
+            to.join(entry.file_name()),
+            text.replace("127.0.0.1:5000", registry),
+        )
+        .expect("write example");
     }
 }
 
@@ -58,7 +61,14 @@ impl Cluster {
             .arg(&init)
             .arg("--state-dir")
             .arg(state.path().join("state"))
-            .args(["--bridge", "cde2e0", "--pod-cidr", "10.215.0.0/24", "--node-name", "e2e-node"])
+            .args([
+                "--bridge",
+                "cde2e0",
+                "--pod-cidr",
+                "10.215.0.0/24",
+                "--node-name",
+                "e2e-node",
+            ])
             .args(["--insecure-registry", &registry.addr])
             .args(["--poll-interval", "30"])
             .env("RUST_LOG", "info")
@@ -76,7 +86,9 @@ impl Cluster {
     }
 
     fn repo(&self) -> TestRepoView<'_> {
-        TestRepoView { path: &self.repo_path }
+        TestRepoView {
+            path: &self.repo_path,
+        }
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -112,27 +124,39 @@ impl Cluster {
     /// Waits until exactly `n` pods run and each answers on its IP; returns
     /// (pod name, page) pairs.
     async fn wait_running(&self, n: usize, page_contains: &str) -> Vec<(String, String)> {
-        until(&format!("{n} running pods serving {page_contains:?}"), WAIT, || async {
-            let pods = self.pods().await?;
-            let live: Vec<&Value> = pods.iter().filter(|p| p["metadata"]["deletionTimestamp"].is_null()).collect();
-            if live.len() != n || pods.len() != n {
-                return Err(format!("{} pods ({} live)", pods.len(), live.len()));
-            }
-            let mut pages = Vec::new();
-            for p in live {
-                let name = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                if p["status"]["phase"] != "Running" {
-                    return Err(format!("{name} is {}", p["status"]["phase"]));
+        until(
+            &format!("{n} running pods serving {page_contains:?}"),
+            WAIT,
+            || async {
+                let pods = self.pods().await?;
+                let live: Vec<&Value> = pods
+                    .iter()
+                    .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                    .collect();
+                if live.len() != n || pods.len() != n {
+                    return Err(format!("{} pods ({} live)", pods.len(), live.len()));
                 }
-                let ip = p["status"]["podIP"].as_str().ok_or(format!("{name} has no IP"))?;
-                let page = http_get(&format!("{ip}:80")).await?;
-                if !page.contains(page_contains) {
-                    return Err(format!("{name} serves {page:?}"));
+                let mut pages = Vec::new();
+                for p in live {
+                    let name = p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    if p["status"]["phase"] != "Running" {
+                        return Err(format!("{name} is {}", p["status"]["phase"]));
+                    }
+                    let ip = p["status"]["podIP"]
+                        .as_str()
+                        .ok_or(format!("{name} has no IP"))?;
+                    let page = http_get(&format!("{ip}:80")).await?;
+                    if !page.contains(page_contains) {
+                        return Err(format!("{name} serves {page:?}"));
+                    }
+                    pages.push((name, page));
                 }
-                pages.push((name, page));
-            }
-            Ok(pages)
-        })
+                Ok(pages)
+            },
+        )
         .await
     }
 
@@ -145,13 +169,24 @@ impl Cluster {
     /// Names of the running containers' pods, as containerd reports them.
     async fn running_container_pods(&self) -> BTreeSet<String> {
         let cri = self.cri().await;
-        let containers = cri.list_containers(&Default::default()).await.expect("list containers");
+        let containers = cri
+            .list_containers(&Default::default())
+            .await
+            .expect("list containers");
         let mut running = BTreeSet::new();
         for c in containers {
             if c.state == commitd_nodeagent::cri::proto::ContainerState::ContainerRunning as i32 {
-                let sandboxes = cri.list_pod_sandboxes(&Default::default()).await.expect("sandboxes");
+                let sandboxes = cri
+                    .list_pod_sandboxes(&Default::default())
+                    .await
+                    .expect("sandboxes");
                 if let Some(s) = sandboxes.iter().find(|s| s.id == c.pod_sandbox_id) {
-                    running.insert(s.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default());
+                    running.insert(
+                        s.metadata
+                            .as_ref()
+                            .map(|m| m.name.clone())
+                            .unwrap_or_default(),
+                    );
                 }
             }
         }
@@ -210,16 +245,26 @@ async fn a_commit_becomes_running_containers() {
     // The first commit deploys 2 replicas; each pod serves its page.
     let pages = cluster.wait_running(2, "hello from").await;
     for (name, page) in &pages {
-        assert!(page.contains(name.as_str()), "pod {name} serves another pod's page: {page}");
+        assert!(
+            page.contains(name.as_str()),
+            "pod {name} serves another pod's page: {page}"
+        );
     }
 
     // Scale to 3 with a commit.
-    cluster.repo().edit("web.yaml", "replicas: 2", "replicas: 3");
+    cluster
+        .repo()
+        .edit("web.yaml", "replicas: 2", "replicas: 3");
     cluster.repo().commit("Scale web to 3");
     let three = cluster.wait_running(3, "version 1").await;
     let three_names: BTreeSet<String> = three.iter().map(|(n, _)| n.clone()).collect();
-    assert!(pages.iter().all(|(n, _)| three_names.contains(n)), "scaling up must keep the running pods");
-    let (code, table, _) = cluster.cli(&["get", "pods", "-n", "demo", "-o", "wide"]).await;
+    assert!(
+        pages.iter().all(|(n, _)| three_names.contains(n)),
+        "scaling up must keep the running pods"
+    );
+    let (code, table, _) = cluster
+        .cli(&["get", "pods", "-n", "demo", "-o", "wide"])
+        .await;
     assert_eq!(code, 0);
     for header in ["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE"] {
         assert!(table.contains(header), "missing column {header}: {table}");
@@ -232,7 +277,11 @@ async fn a_commit_becomes_running_containers() {
     let broken: [(&str, &str, &str); 3] = [
         ("web.yaml", "replicas: 3", "replicas: [3"),
         ("web.yaml", "replicas: 3", "replica: 3"),
-        ("config.yaml", "name: web-config", "name: web-config\n  # dup\n"),
+        (
+            "config.yaml",
+            "name: web-config",
+            "name: web-config\n  # dup\n",
+        ),
     ];
     for (i, (file, from, to)) in broken.iter().enumerate() {
         let original = std::fs::read_to_string(cluster.repo_path.join(file)).expect("read");
@@ -248,7 +297,10 @@ async fn a_commit_becomes_running_containers() {
         })
         .await;
         let expected_file = if i == 2 { "dup.yaml" } else { "web.yaml" };
-        assert!(status.contains(&format!("{expected_file}:")), "status does not name {expected_file}: {status}");
+        assert!(
+            status.contains(&format!("{expected_file}:")),
+            "status does not name {expected_file}: {status}"
+        );
         // Restore for the next case.
         cluster.repo().write(file, &original);
         if i == 2 {
@@ -256,33 +308,57 @@ async fn a_commit_becomes_running_containers() {
         }
         cluster.repo().commit(&format!("Fix {i}"));
     }
-    assert_eq!(cluster.running_container_pods().await, running_before, "broken commits touched running pods");
+    assert_eq!(
+        cluster.running_container_pods().await,
+        running_before,
+        "broken commits touched running pods"
+    );
 
     // A new image replaces the pods.
-    cluster.repo().edit("web.yaml", "commitd/web:1", "commitd/web:2");
+    cluster
+        .repo()
+        .edit("web.yaml", "commitd/web:1", "commitd/web:2");
     cluster.repo().commit("Web version 2");
     let v2 = cluster.wait_running(3, "version 2").await;
-    assert!(v2.iter().all(|(n, _)| !three_names.contains(n)), "pods were not replaced");
+    assert!(
+        v2.iter().all(|(n, _)| !three_names.contains(n)),
+        "pods were not replaced"
+    );
 
     // Deleting the file removes pods and their containers.
     cluster.repo().remove("web.yaml");
     cluster.repo().commit("Remove web");
     until("pods gone", WAIT, || async {
         let pods = cluster.pods().await?;
-        pods.is_empty().then_some(()).ok_or(format!("{} pods", pods.len()))
+        pods.is_empty()
+            .then_some(())
+            .ok_or(format!("{} pods", pods.len()))
     })
     .await;
     until("containers gone from containerd", WAIT, || async {
         let cri = cluster.cri().await;
-        let c = cri.list_containers(&Default::default()).await.map_err(|e| e.to_string())?;
-        let s = cri.list_pod_sandboxes(&Default::default()).await.map_err(|e| e.to_string())?;
-        (c.is_empty() && s.is_empty()).then_some(()).ok_or(format!("{} containers, {} sandboxes", c.len(), s.len()))
+        let c = cri
+            .list_containers(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = cri
+            .list_pod_sandboxes(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        (c.is_empty() && s.is_empty()).then_some(()).ok_or(format!(
+            "{} containers, {} sandboxes",
+            c.len(),
+            s.len()
+        ))
     })
     .await;
 
     let (code, history, _) = cluster.cli(&["history"]).await;
     assert_eq!(code, 0);
-    assert!(history.contains("Remove web") && history.contains("rejected"), "{history}");
+    assert!(
+        history.contains("Remove web") && history.contains("rejected"),
+        "{history}"
+    );
     let _ = &cluster.registry;
     cluster.stop().await;
 }

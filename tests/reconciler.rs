@@ -124,7 +124,10 @@ async fn commits_apply_whole_prune_and_reject_without_change() {
         "Deploy web",
         &[
             ("manifests/namespace.yaml", Some(NAMESPACE)),
-            ("manifests/web.yaml", Some(&format!("{CONFIG}---\n{DEPLOYMENT}"))),
+            (
+                "manifests/web.yaml",
+                Some(&format!("{CONFIG}---\n{DEPLOYMENT}")),
+            ),
             ("README.md", Some("not a manifest")),
         ],
     );
@@ -135,38 +138,83 @@ async fn commits_apply_whole_prune_and_reject_without_change() {
     assert_eq!(r1.commit.summary, "Deploy web");
     assert_eq!(r1.changes.created.len(), 3, "{:?}", r1.changes);
 
-    let d: Deployment = h.store.get(Some("demo"), "web").await.expect("get").expect("deployment exists");
-    assert_eq!(meta::annotation(&d.metadata, meta::COMMIT_ANNOTATION), Some(c1.as_str()));
-    assert_eq!(meta::annotation(&d.metadata, meta::SOURCE_ANNOTATION), Some("manifests/web.yaml:9"));
+    let d: Deployment = h
+        .store
+        .get(Some("demo"), "web")
+        .await
+        .expect("get")
+        .expect("deployment exists");
+    assert_eq!(
+        meta::annotation(&d.metadata, meta::COMMIT_ANNOTATION),
+        Some(c1.as_str())
+    );
+    assert_eq!(
+        meta::annotation(&d.metadata, meta::SOURCE_ANNOTATION),
+        Some("manifests/web.yaml:9")
+    );
     assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(2));
     assert!(d.metadata.uid.is_some());
-    let applied: AppliedCommit = h.store.get_record(keys::APPLIED).await.expect("read").expect("applied");
+    let applied: AppliedCommit = h
+        .store
+        .get_record(keys::APPLIED)
+        .await
+        .expect("read")
+        .expect("applied");
     assert_eq!(applied.commit.sha, c1);
     assert_eq!(applied.objects, 3);
 
     // Scale and drop the ConfigMap: one update, one prune, the rest unchanged.
     let c2 = h.repo.commit(
         "Scale web to 3, drop settings",
-        &[("manifests/web.yaml", Some(&DEPLOYMENT.replace("replicas: 2", "replicas: 3")))],
+        &[(
+            "manifests/web.yaml",
+            Some(&DEPLOYMENT.replace("replicas: 2", "replicas: 3")),
+        )],
     );
     let r2 = h.wait_for_record(&c2).await;
     assert_eq!(r2.outcome, Outcome::Applied);
     assert_eq!(r2.changes.updated, vec!["Deployment demo/web".to_string()]);
-    assert_eq!(r2.changes.deleted, vec!["ConfigMap demo/settings".to_string()]);
+    assert_eq!(
+        r2.changes.deleted,
+        vec!["ConfigMap demo/settings".to_string()]
+    );
     assert_eq!(r2.changes.unchanged, 1);
-    let d2: Deployment = h.store.get(Some("demo"), "web").await.expect("get").expect("exists");
+    let d2: Deployment = h
+        .store
+        .get(Some("demo"), "web")
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(d2.spec.as_ref().and_then(|s| s.replicas), Some(3));
-    assert_eq!(d2.metadata.uid, d.metadata.uid, "an update keeps the object's identity");
+    assert_eq!(
+        d2.metadata.uid, d.metadata.uid,
+        "an update keeps the object's identity"
+    );
     assert_eq!(d2.metadata.generation, Some(2));
-    assert!(h.store.get::<ConfigMap>(Some("demo"), "settings").await.expect("get").is_none());
+    assert!(h
+        .store
+        .get::<ConfigMap>(Some("demo"), "settings")
+        .await
+        .expect("get")
+        .is_none());
 
     // A broken commit (a typo in one file, valid changes in another) changes nothing.
-    let before = h.store.list_prefix("/commitd/objects/").await.expect("list");
+    let before = h
+        .store
+        .list_prefix("/commitd/objects/")
+        .await
+        .expect("list");
     let c3 = h.repo.commit(
         "Broken",
         &[
-            ("manifests/web.yaml", Some(&DEPLOYMENT.replace("replicas: 2", "replica: 5"))),
-            ("manifests/extra.yaml", Some(&CONFIG.replace("settings", "more"))),
+            (
+                "manifests/web.yaml",
+                Some(&DEPLOYMENT.replace("replicas: 2", "replica: 5")),
+            ),
+            (
+                "manifests/extra.yaml",
+                Some(&CONFIG.replace("settings", "more")),
+            ),
         ],
     );
     let r3 = h.wait_for_record(&c3).await;
@@ -176,14 +224,35 @@ async fn commits_apply_whole_prune_and_reject_without_change() {
         r3.errors[0].to_string(),
         "manifests/web.yaml:7: error: spec.replica: unknown field \"replica\", did you mean \"replicas\"?"
     );
-    let after = h.store.list_prefix("/commitd/objects/").await.expect("list");
+    let after = h
+        .store
+        .list_prefix("/commitd/objects/")
+        .await
+        .expect("list");
     let values = |l: &commitd_api::store::List<etcd_client::KeyValue>| {
-        l.items.iter().map(|kv| (kv.key().to_vec(), kv.mod_revision())).collect::<Vec<_>>()
+        l.items
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.mod_revision()))
+            .collect::<Vec<_>>()
     };
-    assert_eq!(values(&before), values(&after), "a rejected commit must not touch any object");
-    let applied: AppliedCommit = h.store.get_record(keys::APPLIED).await.expect("read").expect("applied");
+    assert_eq!(
+        values(&before),
+        values(&after),
+        "a rejected commit must not touch any object"
+    );
+    let applied: AppliedCommit = h
+        .store
+        .get_record(keys::APPLIED)
+        .await
+        .expect("read")
+        .expect("applied");
     assert_eq!(applied.commit.sha, c2, "the last good commit stays live");
-    let rejected: HistoryRecord = h.store.get_record(keys::REJECTED).await.expect("read").expect("rejected");
+    let rejected: HistoryRecord = h
+        .store
+        .get_record(keys::REJECTED)
+        .await
+        .expect("read")
+        .expect("rejected");
     assert_eq!(rejected.commit.sha, c3);
 
     // Deleting every manifest prunes everything Git owned.
@@ -198,7 +267,12 @@ async fn commits_apply_whole_prune_and_reject_without_change() {
     let r4 = h.wait_for_record(&c4).await;
     assert_eq!(r4.outcome, Outcome::Applied);
     assert_eq!(r4.changes.deleted.len(), 2, "{:?}", r4.changes);
-    assert!(h.store.get::<Namespace>(None, "demo").await.expect("get").is_none());
+    assert!(h
+        .store
+        .get::<Namespace>(None, "demo")
+        .await
+        .expect("get")
+        .is_none());
     let seqs: Vec<u64> = h.history().await.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     h.stop().await;
@@ -209,7 +283,10 @@ async fn drift_is_put_back_and_recorded() {
     let h = Harness::start().await;
     let c1 = h.repo.commit(
         "Config",
-        &[("manifests/all.yaml", Some(&format!("{NAMESPACE}---\n{CONFIG}")))],
+        &[(
+            "manifests/all.yaml",
+            Some(&format!("{NAMESPACE}---\n{CONFIG}")),
+        )],
     );
     let _task = h.follow();
     h.wait_for_record(&c1).await;
@@ -217,22 +294,39 @@ async fn drift_is_put_back_and_recorded() {
     // Someone edits the ConfigMap by hand.
     h.store
         .modify::<ConfigMap, _>(Some("demo"), "settings", |cm| {
-            cm.data.get_or_insert_with(Default::default).insert("color".into(), "red".into());
+            cm.data
+                .get_or_insert_with(Default::default)
+                .insert("color".into(), "red".into());
             true
         })
         .await
         .expect("edit")
         .expect("exists");
     until("the edit to be reverted", WAIT, || async {
-        let cm: Option<ConfigMap> = h.store.get(Some("demo"), "settings").await.map_err(|e| e.to_string())?;
-        let color = cm.and_then(|c| c.data).and_then(|d| d.get("color").cloned());
-        (color.as_deref() == Some("blue")).then_some(()).ok_or(format!("color {color:?}"))
+        let cm: Option<ConfigMap> = h
+            .store
+            .get(Some("demo"), "settings")
+            .await
+            .map_err(|e| e.to_string())?;
+        let color = cm
+            .and_then(|c| c.data)
+            .and_then(|d| d.get("color").cloned());
+        (color.as_deref() == Some("blue"))
+            .then_some(())
+            .ok_or(format!("color {color:?}"))
     })
     .await;
     // Someone deletes it.
-    h.store.delete::<ConfigMap>(Some("demo"), "settings", None).await.expect("delete");
+    h.store
+        .delete::<ConfigMap>(Some("demo"), "settings", None)
+        .await
+        .expect("delete");
     until("the deleted object to come back", WAIT, || async {
-        let cm: Option<ConfigMap> = h.store.get(Some("demo"), "settings").await.map_err(|e| e.to_string())?;
+        let cm: Option<ConfigMap> = h
+            .store
+            .get(Some("demo"), "settings")
+            .await
+            .map_err(|e| e.to_string())?;
         cm.map(|_| ()).ok_or_else(|| "absent".to_string())
     })
     .await;
@@ -244,7 +338,11 @@ async fn drift_is_put_back_and_recorded() {
         .collect();
     assert!(drift.len() >= 2, "{drift:?}");
     assert!(drift.iter().all(|r| r.commit.sha == c1));
-    assert!(drift[0].note.as_deref().unwrap_or_default().contains("ConfigMap demo/settings"));
+    assert!(drift[0]
+        .note
+        .as_deref()
+        .unwrap_or_default()
+        .contains("ConfigMap demo/settings"));
     h.stop().await;
 }
 
@@ -272,10 +370,26 @@ async fn two_reconcilers_never_interleave() {
     let mut unique = applied.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(applied.len(), unique.len(), "a commit was applied twice: {applied:?}");
+    assert_eq!(
+        applied.len(),
+        unique.len(),
+        "a commit was applied twice: {applied:?}"
+    );
     let seqs: Vec<u64> = history.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (1..=history.len() as u64).collect::<Vec<_>>(), "history has gaps or repeats");
-    let cm: ConfigMap = h.store.get(Some("demo"), "settings").await.expect("get").expect("exists");
-    assert_eq!(cm.data.and_then(|d| d.get("color").cloned()).as_deref(), Some("c4"));
+    assert_eq!(
+        seqs,
+        (1..=history.len() as u64).collect::<Vec<_>>(),
+        "history has gaps or repeats"
+    );
+    let cm: ConfigMap = h
+        .store
+        .get(Some("demo"), "settings")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        cm.data.and_then(|d| d.get("color").cloned()).as_deref(),
+        Some("c4")
+    );
     h.stop().await;
 }

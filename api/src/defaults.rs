@@ -2,7 +2,9 @@
 //! objects look as they would in Kubernetes and a field left out means what
 //! it means there.
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec, Secret};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
@@ -13,8 +15,10 @@ pub fn pod_spec(spec: &mut PodSpec) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
     spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
-    spec.security_context.get_or_insert_with(PodSecurityContext::default);
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
+    spec.security_context
+        .get_or_insert_with(PodSecurityContext::default);
     spec.enable_service_links.get_or_insert(true);
     for c in spec.containers.iter_mut() {
         container(c);
@@ -43,8 +47,10 @@ fn container(c: &mut Container) {
         let image = c.image.clone().unwrap_or_default();
         c.image_pull_policy = Some(image_pull_policy(&image).into());
     }
-    c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-    c.termination_message_policy.get_or_insert_with(|| "File".into());
+    c.termination_message_path
+        .get_or_insert_with(|| "/dev/termination-log".into());
+    c.termination_message_policy
+        .get_or_insert_with(|| "File".into());
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".into());
     }
@@ -57,7 +63,9 @@ pub fn deployment(d: &mut Deployment) {
     spec.replicas.get_or_insert(1);
     spec.revision_history_limit.get_or_insert(10);
     spec.progress_deadline_seconds.get_or_insert(600);
-    let strategy = spec.strategy.get_or_insert_with(DeploymentStrategy::default);
+    let strategy = spec
+        .strategy
+        .get_or_insert_with(DeploymentStrategy::default);
     let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
     if kind == "RollingUpdate" {
         let ru = strategy
@@ -120,12 +128,23 @@ mod tests {
         let spec = d.spec.expect("spec");
         assert_eq!(spec.replicas, Some(1));
         assert_eq!(spec.revision_history_limit, Some(10));
-        let ru = spec.strategy.and_then(|s| s.rolling_update).expect("rolling update");
+        let ru = spec
+            .strategy
+            .and_then(|s| s.rolling_update)
+            .expect("rolling update");
         assert_eq!(ru.max_surge, Some(IntOrString::String("25%".into())));
         let pod = spec.template.spec.expect("pod spec");
         assert_eq!(pod.restart_policy.as_deref(), Some("Always"));
-        assert_eq!(pod.containers[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
-        assert_eq!(pod.containers[0].ports.as_ref().expect("ports")[0].protocol.as_deref(), Some("TCP"));
+        assert_eq!(
+            pod.containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
+        assert_eq!(
+            pod.containers[0].ports.as_ref().expect("ports")[0]
+                .protocol
+                .as_deref(),
+            Some("TCP")
+        );
     }
 
     #[test]

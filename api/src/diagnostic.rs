@@ -29,7 +29,12 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     /// An error at a place.
-    pub fn error(file: &str, line: usize, field: Option<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        file: &str,
+        line: usize,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Error,
             file: file.to_string(),
@@ -40,7 +45,12 @@ impl Diagnostic {
     }
 
     /// A warning at a place.
-    pub fn warning(file: &str, line: usize, field: Option<String>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        file: &str,
+        line: usize,
+        field: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             severity: Severity::Warning,
             ..Diagnostic::error(file, line, field, message)

@@ -84,7 +84,10 @@ impl FieldPath {
     }
 
     /// The field this path names inside `value`, mutably.
-    pub fn lookup_mut<'a>(&self, value: &'a mut serde_json::Value) -> Option<&'a mut serde_json::Value> {
+    pub fn lookup_mut<'a>(
+        &self,
+        value: &'a mut serde_json::Value,
+    ) -> Option<&'a mut serde_json::Value> {
         self.0.iter().try_fold(value, |v, seg| match seg {
             Segment::Key(k) => v.get_mut(k.as_str()),
             Segment::Index(i) => v.get_mut(*i),
@@ -93,7 +96,9 @@ impl FieldPath {
 }
 
 fn plain_key(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl fmt::Display for FieldPath {
@@ -120,15 +125,26 @@ mod tests {
 
     #[test]
     fn prints_like_kubernetes() {
-        let p = FieldPath::root().key("spec").key("containers").index(0).key("image");
+        let p = FieldPath::root()
+            .key("spec")
+            .key("containers")
+            .index(0)
+            .key("image");
         assert_eq!(p.to_string(), "spec.containers[0].image");
-        let l = FieldPath::root().key("metadata").key("labels").key("app.kubernetes.io/name");
+        let l = FieldPath::root()
+            .key("metadata")
+            .key("labels")
+            .key("app.kubernetes.io/name");
         assert_eq!(l.to_string(), "metadata.labels[app.kubernetes.io/name]");
     }
 
     #[test]
     fn parse_round_trips() {
-        for s in ["spec.containers[0].image", "metadata.labels[app.kubernetes.io/name]", "data[a b]"] {
+        for s in [
+            "spec.containers[0].image",
+            "metadata.labels[app.kubernetes.io/name]",
+            "data[a b]",
+        ] {
             assert_eq!(FieldPath::parse(s).to_string(), s);
         }
     }

@@ -205,8 +205,12 @@ fn load_document(
                 defaults::pod_spec(s)
             }
         }),
-        Kind::Deployment => typed::<k8s_openapi::api::apps::v1::Deployment>(&json, defaults::deployment),
-        Kind::ReplicaSet => typed::<k8s_openapi::api::apps::v1::ReplicaSet>(&json, defaults::replica_set),
+        Kind::Deployment => {
+            typed::<k8s_openapi::api::apps::v1::Deployment>(&json, defaults::deployment)
+        }
+        Kind::ReplicaSet => {
+            typed::<k8s_openapi::api::apps::v1::ReplicaSet>(&json, defaults::replica_set)
+        }
         Kind::Node => unreachable_kind(),
     }
     .map_err(|errs| {
@@ -354,7 +358,11 @@ mod tests {
     use super::*;
 
     fn load(files: &[(&str, &str)]) -> Loaded {
-        load_files(files.iter().map(|(p, t)| (p.to_string(), t.as_bytes().to_vec())))
+        load_files(
+            files
+                .iter()
+                .map(|(p, t)| (p.to_string(), t.as_bytes().to_vec())),
+        )
     }
 
     fn messages(l: &Loaded) -> Vec<String> {
@@ -402,14 +410,26 @@ spec:
         assert!(l.is_valid(), "{:?}", messages(&l));
         assert_eq!(l.manifests.len(), 3);
         let ns = &l.manifests[0];
-        assert_eq!((ns.kind, ns.namespace.as_deref(), ns.source.line), (Kind::Namespace, None, 2));
+        assert_eq!(
+            (ns.kind, ns.namespace.as_deref(), ns.source.line),
+            (Kind::Namespace, None, 2)
+        );
         let cm = &l.manifests[1];
         assert_eq!(cm.source.to_string(), "app/web.yaml:7");
-        assert_eq!(cm.object["data"]["index.html"], "<h1>hello</h1>\n<p>two lines</p>\n");
+        assert_eq!(
+            cm.object["data"]["index.html"],
+            "<h1>hello</h1>\n<p>two lines</p>\n"
+        );
         let d = &l.manifests[2];
         assert_eq!(d.display_name(), "Deployment demo/web");
-        assert_eq!(d.object["spec"]["template"]["spec"]["restartPolicy"], "Always");
-        assert_eq!(d.object["spec"]["template"]["spec"]["containers"][0]["args"][1], "-f");
+        assert_eq!(
+            d.object["spec"]["template"]["spec"]["restartPolicy"],
+            "Always"
+        );
+        assert_eq!(
+            d.object["spec"]["template"]["spec"]["containers"][0]["args"][1],
+            "-f"
+        );
         assert_eq!(d.object["spec"]["strategy"]["type"], "RollingUpdate");
     }
 
@@ -418,7 +438,10 @@ spec:
         let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n  volumes:\n  - name: v\n    configMap: {name: c, defaultMode: 0755}\n";
         let l = load(&[("p.yaml", pod)]);
         assert!(l.is_valid(), "{:?}", messages(&l));
-        assert_eq!(l.manifests[0].object["spec"]["volumes"][0]["configMap"]["defaultMode"], 493);
+        assert_eq!(
+            l.manifests[0].object["spec"]["volumes"][0]["configMap"]["defaultMode"],
+            493
+        );
         // And the unsupported field is named in a warning, at its line.
         assert_eq!(
             messages(&l),
@@ -428,7 +451,10 @@ spec:
 
     #[test]
     fn syntax_error_names_file_and_line() {
-        let l = load(&[("bad.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\ndata: {}\n")]);
+        let l = load(&[(
+            "bad.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\ndata: {}\n",
+        )]);
         assert!(!l.is_valid());
         let d = &l.diagnostics[0];
         assert_eq!((d.file.as_str(), d.line), ("bad.yaml", 4));
@@ -451,7 +477,10 @@ spec:
         let l = load(&[("w.yaml", &text)]);
         let m = messages(&l);
         assert_eq!(m.len(), 1);
-        assert!(m[0].starts_with("w.yaml:21: error: spec.replicas: invalid type: string \"two\""), "{m:?}");
+        assert!(
+            m[0].starts_with("w.yaml:21: error: spec.replicas: invalid type: string \"two\""),
+            "{m:?}"
+        );
         let text = APP.replace("        image: 127.0.0.1:5000/commitd/web:1\n", "");
         let l = load(&[("w.yaml", &text)]);
         assert_eq!(
@@ -468,7 +497,10 @@ spec:
             messages(&l),
             vec!["b/c.yaml:2: error: metadata.name: Duplicate value: ConfigMap default/c is declared twice, first at a.yaml:1"]
         );
-        let l = load(&[("a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: nowhere}\n")]);
+        let l = load(&[(
+            "a.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: nowhere}\n",
+        )]);
         assert_eq!(l.errors().count(), 1);
         assert!(messages(&l)[0].contains("namespaces \"nowhere\" not found"));
     }
@@ -488,7 +520,10 @@ spec:
 
     #[test]
     fn comment_only_documents_and_files_are_fine() {
-        let l = load(&[("empty.yaml", "# nothing yet\n"), ("more.yaml", "---\n# just a comment\n---\n")]);
+        let l = load(&[
+            ("empty.yaml", "# nothing yet\n"),
+            ("more.yaml", "---\n# just a comment\n---\n"),
+        ]);
         assert!(l.is_valid());
         assert!(l.manifests.is_empty());
     }

@@ -158,11 +158,17 @@ mod tests {
             }
         });
         let unknown = for_kind(Kind::Deployment).unknown_fields(&d);
-        let got: Vec<_> = unknown.iter().map(|u| (u.path.to_string(), u.message())).collect();
+        let got: Vec<_> = unknown
+            .iter()
+            .map(|u| (u.path.to_string(), u.message()))
+            .collect();
         assert_eq!(
             got,
             vec![
-                ("spec.replica".to_string(), "unknown field \"replica\", did you mean \"replicas\"?".to_string()),
+                (
+                    "spec.replica".to_string(),
+                    "unknown field \"replica\", did you mean \"replicas\"?".to_string()
+                ),
                 (
                     "spec.template.spec.containers[0].portz".to_string(),
                     "unknown field \"portz\", did you mean \"ports\"?".to_string()

@@ -38,7 +38,10 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -60,7 +63,10 @@ mod tests {
         };
         assert!(matches(&sel, &labels(&[("app", "web"), ("tier", "edge")])));
         assert!(!matches(&sel, &labels(&[("app", "web"), ("tier", "back")])));
-        assert!(!matches(&sel, &labels(&[("app", "web"), ("tier", "edge"), ("canary", "1")])));
+        assert!(!matches(
+            &sel,
+            &labels(&[("app", "web"), ("tier", "edge"), ("canary", "1")])
+        ));
         assert!(!matches(&sel, &labels(&[("tier", "edge")])));
         assert!(matches(&LabelSelector::default(), &labels(&[])));
     }

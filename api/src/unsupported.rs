@@ -33,7 +33,13 @@ const CONTAINER: &[&str] = &[
     "terminationMessagePolicy",
 ];
 /// Deployment spec fields commitd acts on.
-const DEPLOYMENT_SPEC: &[&str] = &["replicas", "selector", "template", "strategy", "revisionHistoryLimit"];
+const DEPLOYMENT_SPEC: &[&str] = &[
+    "replicas",
+    "selector",
+    "template",
+    "strategy",
+    "revisionHistoryLimit",
+];
 const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "template"];
 
 fn empty(v: &Value) -> bool {
@@ -48,17 +54,32 @@ fn empty(v: &Value) -> bool {
 fn check_keys(v: &Value, path: &FieldPath, allowed: &[&str], out: &mut Vec<(FieldPath, String)>) {
     for (k, child) in v.as_object().into_iter().flatten() {
         if !allowed.contains(&k.as_str()) && !empty(child) {
-            out.push((path.key(k), "not supported by commitd yet; the field is stored but ignored".into()));
+            out.push((
+                path.key(k),
+                "not supported by commitd yet; the field is stored but ignored".into(),
+            ));
         }
     }
 }
 
 fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) {
     check_keys(spec, path, POD_SPEC, out);
-    for (i, c) in spec.get("containers").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, c) in spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let cp = path.key("containers").index(i);
         check_keys(c, &cp, CONTAINER, out);
-        for (j, e) in c.get("env").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (j, e) in c
+            .get("env")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             check_keys(e, &cp.key("env").index(j), &["name", "value"], out);
         }
         if let Some(r) = c.get("resources") {
@@ -79,7 +100,11 @@ pub fn fields(kind: Kind, obj: &Value) -> Vec<(FieldPath, String)> {
         }
         Kind::Deployment | Kind::ReplicaSet => {
             let Some(s) = obj.get("spec") else { return out };
-            let allowed = if kind == Kind::Deployment { DEPLOYMENT_SPEC } else { REPLICASET_SPEC };
+            let allowed = if kind == Kind::Deployment {
+                DEPLOYMENT_SPEC
+            } else {
+                REPLICASET_SPEC
+            };
             check_keys(s, &spec, allowed, &mut out);
             if let Some(ps) = s.get("template").and_then(|t| t.get("spec")) {
                 pod_spec(ps, &spec.key("template").key("spec"), &mut out);
@@ -102,7 +127,10 @@ mod tests {
             "containers": [{"name": "c", "image": "i", "livenessProbe": {"tcpSocket": {"port": 80}},
                 "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
                 "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}}}});
-        let got: Vec<String> = fields(Kind::Deployment, &d).into_iter().map(|(p, _)| p.to_string()).collect();
+        let got: Vec<String> = fields(Kind::Deployment, &d)
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -28,7 +28,10 @@ impl FieldErrors {
         let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         self.add(
             path,
-            format!("Unsupported value: \"{value}\": supported values: {}", list.join(", ")),
+            format!(
+                "Unsupported value: \"{value}\": supported values: {}",
+                list.join(", ")
+            ),
         );
     }
 }
@@ -40,7 +43,8 @@ const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -95,7 +99,10 @@ fn is_env_var_name(s: &str) -> bool {
 fn object_meta(m: &ObjectMeta, namespaced: bool, label_name: bool, errs: &mut FieldErrors) {
     let p = FieldPath::root().key("metadata");
     match m.name.as_deref() {
-        None | Some("") => errs.add(p.key("name"), "Required value: name or generateName is required"),
+        None | Some("") => errs.add(
+            p.key("name"),
+            "Required value: name or generateName is required",
+        ),
         Some(n) if label_name && !is_dns1123_label(n) => {
             errs.invalid(p.key("name"), format!("\"{n}\""), DNS1123_LABEL_MSG)
         }
@@ -148,12 +155,20 @@ pub fn pod_spec(spec: &PodSpec, p: &FieldPath, only_always: bool, errs: &mut Fie
         if only_always && rp != "Always" {
             errs.unsupported(p.key("restartPolicy"), rp, &["Always"]);
         } else if !["Always", "OnFailure", "Never"].contains(&rp) {
-            errs.unsupported(p.key("restartPolicy"), rp, &["Always", "OnFailure", "Never"]);
+            errs.unsupported(
+                p.key("restartPolicy"),
+                rp,
+                &["Always", "OnFailure", "Never"],
+            );
         }
     }
     if let Some(g) = spec.termination_grace_period_seconds {
         if g < 0 {
-            errs.invalid(p.key("terminationGracePeriodSeconds"), g, "must be greater than or equal to 0");
+            errs.invalid(
+                p.key("terminationGracePeriodSeconds"),
+                g,
+                "must be greater than or equal to 0",
+            );
         }
     }
     labels(spec.node_selector.as_ref(), &p.key("nodeSelector"), errs);
@@ -172,18 +187,30 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
     }
     if let Some(pp) = c.image_pull_policy.as_deref() {
         if !["Always", "IfNotPresent", "Never"].contains(&pp) {
-            errs.unsupported(p.key("imagePullPolicy"), pp, &["Always", "IfNotPresent", "Never"]);
+            errs.unsupported(
+                p.key("imagePullPolicy"),
+                pp,
+                &["Always", "IfNotPresent", "Never"],
+            );
         }
     }
     let mut port_names = HashSet::new();
     for (i, port) in c.ports.iter().flatten().enumerate() {
         let pp = p.key("ports").index(i);
         if !(1..=65535).contains(&port.container_port) {
-            errs.invalid(pp.key("containerPort"), port.container_port, "must be between 1 and 65535, inclusive");
+            errs.invalid(
+                pp.key("containerPort"),
+                port.container_port,
+                "must be between 1 and 65535, inclusive",
+            );
         }
         if let Some(hp) = port.host_port {
             if !(0..=65535).contains(&hp) {
-                errs.invalid(pp.key("hostPort"), hp, "must be between 1 and 65535, inclusive");
+                errs.invalid(
+                    pp.key("hostPort"),
+                    hp,
+                    "must be between 1 and 65535, inclusive",
+                );
             }
         }
         if let Some(proto) = port.protocol.as_deref() {
@@ -194,7 +221,8 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
         if let Some(n) = port.name.as_deref() {
             let valid = !n.is_empty()
                 && n.len() <= 15
-                && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && n.bytes().any(|b| b.is_ascii_lowercase());
             if !valid {
                 errs.invalid(pp.key("name"), format!("\"{n}\""), "must be no more than 15 characters and contain only lower case alphanumeric characters or '-', with at least one letter");
@@ -244,7 +272,10 @@ fn workload_selector(
     let empty_labels = BTreeMap::new();
     let labels = template_labels.unwrap_or(&empty_labels);
     if !selector_matches(sel, labels) {
-        let shown: Vec<String> = labels.iter().map(|(k, v)| format!("\"{k}\":\"{v}\"")).collect();
+        let shown: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+            .collect();
         errs.invalid(
             spec.key("template").key("metadata").key("labels"),
             format!("map[string]string{{{}}}", shown.join(", ")),
@@ -269,7 +300,11 @@ impl Validate for ConfigMap {
     fn validate(&self, errs: &mut FieldErrors) {
         object_meta(&self.metadata, true, false, errs);
         let keys = self.data.iter().flatten().map(|(k, _)| ("data", k));
-        let bin = self.binary_data.iter().flatten().map(|(k, _)| ("binaryData", k));
+        let bin = self
+            .binary_data
+            .iter()
+            .flatten()
+            .map(|(k, _)| ("binaryData", k));
         for (section, k) in keys.chain(bin) {
             if !is_config_key(k) {
                 errs.invalid(FieldPath::root().key(section).key(k), format!("\"{k}\""), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')");
@@ -311,10 +346,19 @@ impl Validate for Deployment {
             errs.invalid(sp.key("replicas"), r, "must be greater than or equal to 0");
         }
         let tmeta = spec.template.metadata.as_ref();
-        workload_selector(Some(&spec.selector), tmeta.and_then(|m| m.labels.as_ref()), "deployment", errs);
+        workload_selector(
+            Some(&spec.selector),
+            tmeta.and_then(|m| m.labels.as_ref()),
+            "deployment",
+            errs,
+        );
         if let Some(st) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) {
             if !["RollingUpdate", "Recreate"].contains(&st) {
-                errs.unsupported(sp.key("strategy").key("type"), st, &["Recreate", "RollingUpdate"]);
+                errs.unsupported(
+                    sp.key("strategy").key("type"),
+                    st,
+                    &["Recreate", "RollingUpdate"],
+                );
             }
         }
         match &spec.template.spec {
@@ -336,7 +380,12 @@ impl Validate for ReplicaSet {
             errs.invalid(sp.key("replicas"), r, "must be greater than or equal to 0");
         }
         let tmeta = spec.template.as_ref().and_then(|t| t.metadata.as_ref());
-        workload_selector(Some(&spec.selector), tmeta.and_then(|m| m.labels.as_ref()), "replicaset", errs);
+        workload_selector(
+            Some(&spec.selector),
+            tmeta.and_then(|m| m.labels.as_ref()),
+            "replicaset",
+            errs,
+        );
         match spec.template.as_ref().and_then(|t| t.spec.as_ref()) {
             Some(ps) => pod_spec(ps, &sp.key("template").key("spec"), true, errs),
             None => errs.required(sp.key("template").key("spec")),
@@ -353,7 +402,10 @@ mod tests {
         let obj: T = serde_json::from_value(v).expect("decodes");
         let mut errs = FieldErrors::default();
         obj.validate(&mut errs);
-        errs.0.into_iter().map(|(p, m)| format!("{p}: {m}")).collect()
+        errs.0
+            .into_iter()
+            .map(|(p, m)| format!("{p}: {m}"))
+            .collect()
     }
 
     #[test]
@@ -377,18 +429,28 @@ mod tests {
                         {"name": "a", "image": "x", "ports": [{"containerPort": 70000}]},
                         {"name": "a"}]}}}
         }));
-        assert_eq!(got[0], format!("metadata.name: Invalid value: \"Web\": {DNS1123_SUBDOMAIN_MSG}"));
-        assert_eq!(got[1], "spec.replicas: Invalid value: -1: must be greater than or equal to 0");
+        assert_eq!(
+            got[0],
+            format!("metadata.name: Invalid value: \"Web\": {DNS1123_SUBDOMAIN_MSG}")
+        );
+        assert_eq!(
+            got[1],
+            "spec.replicas: Invalid value: -1: must be greater than or equal to 0"
+        );
         assert_eq!(got[2], "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`");
         assert!(got.contains(&"spec.template.spec.containers[0].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()));
-        assert!(got.contains(&"spec.template.spec.containers[1].name: Duplicate value: \"a\"".to_string()));
+        assert!(got.contains(
+            &"spec.template.spec.containers[1].name: Duplicate value: \"a\"".to_string()
+        ));
         assert!(got.contains(&"spec.template.spec.containers[1].image: Required value".to_string()));
         assert!(got.contains(&"spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"".to_string()));
     }
 
     #[test]
     fn config_keys_and_env_names() {
-        let got = errors::<ConfigMap>(json!({"metadata": {"name": "c"}, "data": {"ok.key": "1", "bad key": "2"}}));
+        let got = errors::<ConfigMap>(
+            json!({"metadata": {"name": "c"}, "data": {"ok.key": "1", "bad key": "2"}}),
+        );
         assert_eq!(got.len(), 1);
         assert!(got[0].starts_with("data[bad key]: Invalid value: \"bad key\""));
         let got = errors::<Pod>(json!({"metadata": {"name": "p"}, "spec": {"containers": [

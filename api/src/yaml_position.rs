@@ -36,8 +36,14 @@ impl DocumentIndex {
 }
 
 enum Frame {
-    Map { path: FieldPath, key: Option<String> },
-    Seq { path: FieldPath, next: usize },
+    Map {
+        path: FieldPath,
+        key: Option<String>,
+    },
+    Seq {
+        path: FieldPath,
+        next: usize,
+    },
 }
 
 #[derive(Default)]
@@ -85,7 +91,11 @@ impl MarkedEventReceiver for Builder {
                 if !self.in_doc {
                     return;
                 }
-                if let Some(Frame::Map { path, key: key @ None }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    path,
+                    key: key @ None,
+                }) = self.stack.last_mut()
+                {
                     let p = path.key(&text);
                     *key = Some(text);
                     if let Some(doc) = self.docs.last_mut() {
@@ -170,7 +180,10 @@ mod tests {
         assert_eq!(d.line_of(&FieldPath::parse("spec.containers[1].image")), 10);
         assert_eq!(d.line_of(&FieldPath::parse("spec.containers[0]")), 7);
         // A missing field is placed at its nearest existing parent.
-        assert_eq!(d.line_of(&FieldPath::parse("spec.containers[1].ports[0]")), 9);
+        assert_eq!(
+            d.line_of(&FieldPath::parse("spec.containers[1].ports[0]")),
+            9
+        );
     }
 
     #[test]
@@ -187,7 +200,11 @@ mod tests {
     fn plain_octals_only() {
         let text = "a: 0755\nb: '0755'\nc: 0\nd: 08\ne: 0644\n";
         let docs = index(text);
-        let octals: Vec<_> = docs[0].octals.iter().map(|(p, v)| (p.to_string(), *v)).collect();
+        let octals: Vec<_> = docs[0]
+            .octals
+            .iter()
+            .map(|(p, v)| (p.to_string(), *v))
+            .collect();
         assert_eq!(octals, vec![("a".to_string(), 493), ("e".to_string(), 420)]);
     }
 }

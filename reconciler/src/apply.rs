@@ -124,7 +124,11 @@ fn merge_server_fields(desired: &mut Value, current: &Value) {
                 meta.insert(k.into(), v.clone());
             }
         }
-        let next = if spec_changed { generation + 1 } else { generation };
+        let next = if spec_changed {
+            generation + 1
+        } else {
+            generation
+        };
         meta.insert("generation".into(), Value::from(next));
     }
     if let (Some(status), Some(o)) = (current.get("status"), desired.as_object_mut()) {
@@ -225,10 +229,12 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
             None => {
                 let mut resp = store.client().get(key.as_str(), None).await?;
                 resp.take_kvs().into_iter().next().and_then(|kv| {
-                    serde_json::from_slice(kv.value()).ok().map(|value| Current {
-                        value,
-                        mod_revision: kv.mod_revision(),
-                    })
+                    serde_json::from_slice(kv.value())
+                        .ok()
+                        .map(|value| Current {
+                            value,
+                            mod_revision: kv.mod_revision(),
+                        })
                 })
             }
         };
@@ -236,7 +242,11 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
             None => {
                 fill_create_fields(&mut desired);
                 plan.compares.push(guard(&key, 0));
-                plan.ops.push(TxnOp::put(key.as_str(), serde_json::to_vec(&desired)?, None));
+                plan.ops.push(TxnOp::put(
+                    key.as_str(),
+                    serde_json::to_vec(&desired)?,
+                    None,
+                ));
                 plan.changes.created.push(name);
             }
             Some(cur) if desired_view(&cur.value) == desired_view(&desired) => {
@@ -245,7 +255,11 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
             Some(cur) => {
                 merge_server_fields(&mut desired, &cur.value);
                 plan.compares.push(guard(&key, cur.mod_revision));
-                plan.ops.push(TxnOp::put(key.as_str(), serde_json::to_vec(&desired)?, None));
+                plan.ops.push(TxnOp::put(
+                    key.as_str(),
+                    serde_json::to_vec(&desired)?,
+                    None,
+                ));
                 plan.changes.updated.push(name);
             }
         }
@@ -326,8 +340,11 @@ fn history_record(
     changes: Changes,
     loaded: &Loaded,
 ) -> HistoryRecord {
-    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) =
-        loaded.diagnostics.iter().cloned().partition(Diagnostic::is_error);
+    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) = loaded
+        .diagnostics
+        .iter()
+        .cloned()
+        .partition(Diagnostic::is_error);
     HistoryRecord {
         seq,
         commit: commit.clone(),
@@ -356,16 +373,24 @@ async fn try_apply(
         applied_at: record.recorded_at.clone(),
         objects: loaded.manifests.len(),
     };
-    plan.compares.push(guard(keys::APPLIED, applied.mod_revision));
+    plan.compares
+        .push(guard(keys::APPLIED, applied.mod_revision));
     plan.compares.push(guard(SEQ_KEY, seq.mod_revision));
-    plan.ops.push(TxnOp::put(keys::APPLIED, serde_json::to_vec(&new_applied)?, None));
-    plan.ops.push(TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None));
+    plan.ops.push(TxnOp::put(
+        keys::APPLIED,
+        serde_json::to_vec(&new_applied)?,
+        None,
+    ));
+    plan.ops
+        .push(TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None));
     plan.ops.push(TxnOp::put(
         keys::history_key(next),
         serde_json::to_vec(&record)?,
         None,
     ));
-    commit_txn(store, plan.compares, plan.ops).await.map(|ok| ok.then_some(record))
+    commit_txn(store, plan.compares, plan.ops)
+        .await
+        .map(|ok| ok.then_some(record))
 }
 
 async fn try_reject(
@@ -389,14 +414,22 @@ async fn try_reject(
         TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None),
         TxnOp::put(keys::history_key(next), bytes, None),
     ];
-    commit_txn(store, compares, ops).await.map(|ok| ok.then_some(record))
+    commit_txn(store, compares, ops)
+        .await
+        .map(|ok| ok.then_some(record))
 }
 
-async fn commit_txn(store: &Store, compares: Vec<Compare>, ops: Vec<TxnOp>) -> anyhow::Result<bool> {
+async fn commit_txn(
+    store: &Store,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+) -> anyhow::Result<bool> {
     let n = ops.len();
     let txn = Txn::new().when(compares).and_then(ops);
     let resp = store.client().txn(txn).await.with_context(|| {
-        format!("writing {n} operations in one etcd transaction (etcd's --max-txn-ops must allow it)")
+        format!(
+            "writing {n} operations in one etcd transaction (etcd's --max-txn-ops must allow it)"
+        )
     })?;
     Ok(resp.succeeded())
 }
@@ -440,9 +473,11 @@ pub async fn correct_drift(
                 names.join(", ")
             )),
         };
-        plan.compares.push(guard(keys::APPLIED, applied.mod_revision));
+        plan.compares
+            .push(guard(keys::APPLIED, applied.mod_revision));
         plan.compares.push(guard(SEQ_KEY, seq.mod_revision));
-        plan.ops.push(TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None));
+        plan.ops
+            .push(TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None));
         plan.ops.push(TxnOp::put(
             keys::history_key(next),
             serde_json::to_vec(&record)?,
@@ -485,7 +520,8 @@ mod tests {
         assert_eq!(desired["metadata"]["uid"], "u1");
         assert_eq!(desired["metadata"]["generation"], 3);
         assert_eq!(desired["status"]["replicas"], 2);
-        let mut same = json!({"metadata": {"name": "w", "labels": {"a": "b"}}, "spec": {"replicas": 2}});
+        let mut same =
+            json!({"metadata": {"name": "w", "labels": {"a": "b"}}, "spec": {"replicas": 2}});
         merge_server_fields(&mut same, &current);
         assert_eq!(same["metadata"]["generation"], 2);
     }

@@ -83,16 +83,16 @@ impl GitKindCaches {
         if !self.ready() {
             return false;
         }
-        manifests.iter().any(|m| {
-            match self.json(m.kind, m.namespace.as_deref(), &m.name) {
+        manifests.iter().any(
+            |m| match self.json(m.kind, m.namespace.as_deref(), &m.name) {
                 None => true,
                 Some(current) => {
                     let mut desired = m.object.clone();
                     annotate_for_compare(&mut desired, m, sha);
                     desired_view(&current) != desired_view(&desired)
                 }
-            }
-        })
+            },
+        )
     }
 }
 
@@ -102,7 +102,10 @@ fn annotate_for_compare(v: &mut Value, m: &Manifest, sha: &str) {
             .entry("annotations")
             .or_insert_with(|| Value::Object(Default::default()));
         if let Some(a) = ann.as_object_mut() {
-            a.insert(commitd_api::meta::COMMIT_ANNOTATION.into(), Value::from(sha));
+            a.insert(
+                commitd_api::meta::COMMIT_ANNOTATION.into(),
+                Value::from(sha),
+            );
             a.insert(
                 commitd_api::meta::SOURCE_ANNOTATION.into(),
                 Value::from(m.source.to_string()),

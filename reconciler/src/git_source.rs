@@ -141,7 +141,9 @@ fn head_blocking(config: &GitSourceConfig) -> anyhow::Result<String> {
 fn snapshot_blocking(config: &GitSourceConfig, sha: &str) -> anyhow::Result<Snapshot> {
     let repo = open(config)?;
     let oid = git2::Oid::from_str(sha).with_context(|| format!("bad commit id {sha}"))?;
-    let commit = repo.find_commit(oid).with_context(|| format!("finding commit {sha}"))?;
+    let commit = repo
+        .find_commit(oid)
+        .with_context(|| format!("finding commit {sha}"))?;
     let info = commit_info(&commit);
     let root = commit.tree().context("reading the commit's tree")?;
     let sub = config.path.trim_matches('/');
@@ -170,7 +172,11 @@ fn snapshot_blocking(config: &GitSourceConfig, sha: &str) -> anyhow::Result<Snap
         if entry.kind() == Some(git2::ObjectType::Blob) && is_manifest_path(name) {
             match repo.find_blob(entry.id()) {
                 Ok(blob) => {
-                    let full = if sub.is_empty() { rel } else { format!("{sub}/{rel}") };
+                    let full = if sub.is_empty() {
+                        rel
+                    } else {
+                        format!("{sub}/{rel}")
+                    };
                     files.push((full, blob.content().to_vec()));
                 }
                 Err(e) => {

@@ -32,7 +32,11 @@ struct Desired {
 
 /// Runs the Git source loop (apply new commits, correct drift) and the
 /// controllers until `cancel` fires.
-pub async fn run(store: Store, source: GitSourceConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    store: Store,
+    source: GitSourceConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let controllers = tokio::spawn(controllers::run(store.clone(), cancel.clone()));
     let result = follow(store, source, cancel.clone()).await;
     cancel.cancel();
@@ -45,7 +49,11 @@ pub async fn run(store: Store, source: GitSourceConfig, cancel: CancellationToke
 }
 
 /// Follows the branch: applies each new head, keeps the applied state.
-pub async fn follow(store: Store, source: GitSourceConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn follow(
+    store: Store,
+    source: GitSourceConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let git = GitSource::new(source.clone());
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let mut wake = loop {
@@ -107,7 +115,10 @@ pub async fn follow(store: Store, source: GitSourceConfig, cancel: CancellationT
             t.borrow_and_update();
         }
         let drift_changed = async {
-            let futs: Vec<_> = drift_triggers.iter_mut().map(|t| Box::pin(t.changed())).collect();
+            let futs: Vec<_> = drift_triggers
+                .iter_mut()
+                .map(|t| Box::pin(t.changed()))
+                .collect();
             let _ = select_all(futs).await;
         };
         tokio::select! {
@@ -120,7 +131,11 @@ pub async fn follow(store: Store, source: GitSourceConfig, cancel: CancellationT
 }
 
 /// Loads the applied commit's manifests when the applied commit changed.
-async fn refresh_desired(store: &Store, git: &GitSource, desired: &mut Option<Desired>) -> anyhow::Result<()> {
+async fn refresh_desired(
+    store: &Store,
+    git: &GitSource,
+    desired: &mut Option<Desired>,
+) -> anyhow::Result<()> {
     let applied: Option<AppliedCommit> = store.get_record(keys::APPLIED).await?;
     let Some(applied) = applied else {
         *desired = None;

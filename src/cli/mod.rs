@@ -60,7 +60,8 @@ impl ClusterArgs {
 /// Writes the endpoint file `commitd up` leaves for the other commands.
 pub fn write_endpoint_file(state_dir: &Path, endpoint: &str) -> anyhow::Result<()> {
     let path = state_dir.join(ENDPOINT_FILE);
-    std::fs::write(&path, format!("{endpoint}\n")).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&path, format!("{endpoint}\n"))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

@@ -46,7 +46,11 @@ pub struct UpArgs {
     #[arg(long, default_value = "commitd0")]
     pub bridge: String,
     /// Registries reached over plain HTTP (host:port).
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:5000,localhost:5000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:5000,localhost:5000"
+    )]
     pub insecure_registry: Vec<String>,
     #[command(flatten)]
     pub node: NodeArgs,
@@ -104,7 +108,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .context("making the pause image available")?;
     }
 
-    let store = Store::connect(&endpoints).await.context("connecting to etcd")?;
+    let store = Store::connect(&endpoints)
+        .await
+        .context("connecting to etcd")?;
     let node_name = args.node.name();
     let mut source = args.source.config();
     source.repo = repo.clone();
@@ -116,14 +122,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         runtime_handler: String::new(),
     };
     let tasks = vec![
-        tokio::spawn(commitd_reconciler::run(store.clone(), source, cancel.clone())),
+        tokio::spawn(commitd_reconciler::run(
+            store.clone(),
+            source,
+            cancel.clone(),
+        )),
         tokio::spawn(commitd_scheduler::run(store.clone(), cancel.clone())),
         tokio::spawn(commitd_nodeagent::run(store, agent, cancel.clone())),
     ];
     print_welcome(&repo, &state_dir, &endpoints, &node_name);
 
     let mut failed = false;
-    for (name, t) in ["reconciler", "scheduler", "node agent"].into_iter().zip(tasks) {
+    for (name, t) in ["reconciler", "scheduler", "node agent"]
+        .into_iter()
+        .zip(tasks)
+    {
         match t.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -149,7 +162,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     info!("stopped");
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_welcome(repo: &Path, state_dir: &Path, endpoints: &[String], node: &str) {

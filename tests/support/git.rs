@@ -54,7 +54,9 @@ pub fn examples_dir() -> PathBuf {
 impl TestRepo {
     /// A handle on an existing work tree (not removed on drop).
     pub fn open(path: &Path) -> OpenRepo {
-        OpenRepo { path: path.to_path_buf() }
+        OpenRepo {
+            path: path.to_path_buf(),
+        }
     }
 }
 
@@ -68,10 +70,14 @@ impl OpenRepo {
     pub fn commit_all(&self, message: &str) -> String {
         let repo = git2::Repository::open(&self.path).expect("open");
         let mut index = repo.index().expect("index");
-        index.add_all(["*"], git2::IndexAddOption::DEFAULT, None).expect("add");
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .expect("add");
         index.update_all(["*"], None).expect("update");
         index.write().expect("write index");
-        let tree = repo.find_tree(index.write_tree().expect("tree")).expect("find tree");
+        let tree = repo
+            .find_tree(index.write_tree().expect("tree"))
+            .expect("find tree");
         let sig = git2::Signature::now("Test Author", "author@example.com").expect("sig");
         let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
         let parents: Vec<&git2::Commit> = parent.iter().collect();

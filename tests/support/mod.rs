@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Fetches `http://addr/` with a raw HTTP/1.0 GET and returns the body.
 pub async fn http_get(addr: &str) -> Result<String, String> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
         s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")
             .await
             .map_err(|e| e.to_string())?;
@@ -19,7 +21,9 @@ pub async fn http_get(addr: &str) -> Result<String, String> {
         s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&buf).into_owned();
         match text.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => Ok(body.to_string()),
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                Ok(body.to_string())
+            }
             _ => Err(format!("unexpected response: {text}")),
         }
     };
