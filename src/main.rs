@@ -36,6 +36,8 @@ enum Command {
     History(cli::history::HistoryArgs),
     /// Validate a directory of manifests without a cluster (exit 1 on errors).
     Validate(ValidateArgs),
+    /// Measure how fast a commit becomes running pods (prints figures).
+    Bench(cli::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
             Command::Status(a) => cli::status::run(a).await,
             Command::History(a) => cli::history::run(a).await,
             Command::Validate(a) => cli::validate::run(&a.path),
+            Command::Bench(a) => cli::bench::run(a).await,
         }
     });
     match result {

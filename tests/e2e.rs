@@ -12,14 +12,12 @@ use std::time::Duration;
 
 use commitd::cluster::registry::Registry;
 use commitd_nodeagent::cri::Cri;
-use serde_json::Value;
+use support::cli::{running_containers, Cli, BIN};
 use support::git::{examples_dir, TestRepo};
-use support::http_get;
 use support::wait::until;
 use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(90);
-const BIN: &str = env!("CARGO_BIN_EXE_commitd");
 
 /// A running `commitd up` with its repository, registry and state dir.
 struct Cluster {
@@ -65,7 +63,7 @@ impl Cluster {
                 "--bridge",
                 "cde2e0",
                 "--pod-cidr",
-                "10.215.0.0/24",
+                "10.218.0.0/24",
                 "--node-name",
                 "e2e-node",
             ])
@@ -95,69 +93,17 @@ impl Cluster {
         self.state.path().join("state")
     }
 
-    /// Runs a read-only command and returns (exit code, stdout, stderr).
-    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .output()
-            .await
-            .expect("commitd runs");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// The pods of namespace demo, as `commitd get pods -o json` lists them.
-    async fn pods(&self) -> Result<Vec<Value>, String> {
-        let (code, out, err) = self.cli(&["get", "pods", "-n", "demo", "-o", "json"]).await;
-        if code != 0 {
-            return Err(format!("get pods exited {code}: {err}"));
+    /// The read-only commands, pointed at this cluster.
+    fn cli(&self) -> Cli {
+        Cli {
+            connection: vec!["--state-dir".into(), self.state_dir().into_os_string()],
         }
-        let list: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-        Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
-    /// Waits until exactly `n` pods run and each answers on its IP; returns
-    /// (pod name, page) pairs.
     async fn wait_running(&self, n: usize, page_contains: &str) -> Vec<(String, String)> {
-        until(
-            &format!("{n} running pods serving {page_contains:?}"),
-            WAIT,
-            || async {
-                let pods = self.pods().await?;
-                let live: Vec<&Value> = pods
-                    .iter()
-                    .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-                    .collect();
-                if live.len() != n || pods.len() != n {
-                    return Err(format!("{} pods ({} live)", pods.len(), live.len()));
-                }
-                let mut pages = Vec::new();
-                for p in live {
-                    let name = p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    if p["status"]["phase"] != "Running" {
-                        return Err(format!("{name} is {}", p["status"]["phase"]));
-                    }
-                    let ip = p["status"]["podIP"]
-                        .as_str()
-                        .ok_or(format!("{name} has no IP"))?;
-                    let page = http_get(&format!("{ip}:80")).await?;
-                    if !page.contains(page_contains) {
-                        return Err(format!("{name} serves {page:?}"));
-                    }
-                    pages.push((name, page));
-                }
-                Ok(pages)
-            },
-        )
-        .await
+        self.cli()
+            .wait_running("demo", n, page_contains, WAIT)
+            .await
     }
 
     async fn cri(&self) -> Cri {
@@ -166,31 +112,13 @@ impl Cluster {
             .expect("containerd socket")
     }
 
-    /// Names of the running containers' pods, as containerd reports them.
+    /// Names of the pods whose containers run, as containerd reports them.
     async fn running_container_pods(&self) -> BTreeSet<String> {
-        let cri = self.cri().await;
-        let containers = cri
-            .list_containers(&Default::default())
+        running_containers(&self.cri().await)
             .await
-            .expect("list containers");
-        let mut running = BTreeSet::new();
-        for c in containers {
-            if c.state == commitd_nodeagent::cri::proto::ContainerState::ContainerRunning as i32 {
-                let sandboxes = cri
-                    .list_pod_sandboxes(&Default::default())
-                    .await
-                    .expect("sandboxes");
-                if let Some(s) = sandboxes.iter().find(|s| s.id == c.pod_sandbox_id) {
-                    running.insert(
-                        s.metadata
-                            .as_ref()
-                            .map(|m| m.name.clone())
-                            .unwrap_or_default(),
-                    );
-                }
-            }
-        }
-        running
+            .into_iter()
+            .map(|(_, pod)| pod)
+            .collect()
     }
 
     async fn stop(mut self) {
@@ -263,7 +191,8 @@ async fn a_commit_becomes_running_containers() {
         "scaling up must keep the running pods"
     );
     let (code, table, _) = cluster
-        .cli(&["get", "pods", "-n", "demo", "-o", "wide"])
+        .cli()
+        .run(&["get", "pods", "-n", "demo", "-o", "wide"])
         .await;
     assert_eq!(code, 0);
     for header in ["NAME", "READY", "STATUS", "RESTARTS", "IP", "NODE"] {
@@ -292,7 +221,7 @@ async fn a_commit_becomes_running_containers() {
         }
         let sha = cluster.repo().commit(&format!("Broken {i}"));
         let status = until("the rejected commit in status", WAIT, || async {
-            let (_, out, _) = cluster.cli(&["status"]).await;
+            let (_, out, _) = cluster.cli().run(&["status"]).await;
             out.contains(&sha[..7]).then_some(out.clone()).ok_or(out)
         })
         .await;
@@ -329,7 +258,7 @@ async fn a_commit_becomes_running_containers() {
     cluster.repo().remove("web.yaml");
     cluster.repo().commit("Remove web");
     until("pods gone", WAIT, || async {
-        let pods = cluster.pods().await?;
+        let pods = cluster.cli().pods("demo").await?;
         pods.is_empty()
             .then_some(())
             .ok_or(format!("{} pods", pods.len()))
@@ -353,7 +282,7 @@ async fn a_commit_becomes_running_containers() {
     })
     .await;
 
-    let (code, history, _) = cluster.cli(&["history"]).await;
+    let (code, history, _) = cluster.cli().run(&["history"]).await;
     assert_eq!(code, 0);
     assert!(
         history.contains("Remove web") && history.contains("rejected"),

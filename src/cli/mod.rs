@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use commitd_api::Store;
 
+pub mod bench;
 pub mod components;
 pub mod get;
 pub mod history;

@@ -1,6 +1,7 @@
 //! Shared pieces of the integration and end-to-end tests.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod git;
 pub mod wait;
 
