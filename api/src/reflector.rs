@@ -1,14 +1,15 @@
-//! A list+watch cache of one kind (the reflector of kube-runtime): list at a
-//! revision, watch from the next one, resume a broken watch where it
-//! stopped, and list again when etcd has compacted past it. Control loops
-//! read the cache and wake on its change counter; they never poll etcd.
+//! A list+watch cache of one key prefix (the reflector of kube-runtime):
+//! list at a revision, watch from the next one, resume a broken watch where
+//! it stopped, and list again when etcd has compacted past it. Control
+//! loops read the cache and wake on its change counter; they never poll
+//! etcd. [`reflect`] caches the objects of a kind; [`reflect_prefix`] any
+//! keys with a decoder of their own (node heartbeats, for one).
 
 use std::collections::BTreeMap;
-use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, KeyValue, WatchOptions};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -18,72 +19,55 @@ use crate::keys;
 use crate::meta::Object;
 use crate::store::{decode, Store};
 
-struct State<T> {
-    items: BTreeMap<String, Arc<T>>,
+struct State<V> {
+    items: BTreeMap<String, Arc<V>>,
     ready: bool,
     /// The newest etcd revision reflected in `items`.
     revision: i64,
 }
 
-/// The cached objects of one kind, kept current by a background task.
-pub struct Cache<T> {
-    state: Arc<RwLock<State<T>>>,
+/// The cached values under one prefix, kept current by a background task.
+pub struct Cache<V> {
+    state: Arc<RwLock<State<V>>>,
     changes: watch::Receiver<u64>,
-    _kind: PhantomData<T>,
 }
 
-impl<T> Clone for Cache<T> {
+impl<V> Clone for Cache<V> {
     fn clone(&self) -> Self {
         Cache {
             state: self.state.clone(),
             changes: self.changes.clone(),
-            _kind: PhantomData,
         }
     }
 }
 
-impl<T: Object> Cache<T> {
-    /// Every cached object, in key order.
-    pub fn list(&self) -> Vec<Arc<T>> {
+impl<V> Cache<V> {
+    fn read<R>(&self, f: impl FnOnce(&State<V>) -> R) -> R {
         match self.state.read() {
-            Ok(s) => s.items.values().cloned().collect(),
-            Err(poisoned) => poisoned.into_inner().items.values().cloned().collect(),
+            Ok(s) => f(&s),
+            Err(poisoned) => f(&poisoned.into_inner()),
         }
     }
 
-    /// One cached object.
-    pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<T>> {
-        let key = keys::object_key(T::STORE_KIND, namespace, name);
-        match self.state.read() {
-            Ok(s) => s.items.get(&key).cloned(),
-            Err(poisoned) => poisoned.into_inner().items.get(&key).cloned(),
-        }
+    /// Every cached value, in key order.
+    pub fn list(&self) -> Vec<Arc<V>> {
+        self.read(|s| s.items.values().cloned().collect())
+    }
+
+    /// The value under a full etcd key.
+    pub fn get_key(&self, key: &str) -> Option<Arc<V>> {
+        self.read(|s| s.items.get(key).cloned())
+    }
+
+    /// Every cached key.
+    pub fn keys(&self) -> Vec<String> {
+        self.read(|s| s.items.keys().cloned().collect())
     }
 
     /// Whether the first list has completed (before that the cache is empty
     /// because it knows nothing, not because there is nothing).
     pub fn is_ready(&self) -> bool {
-        self.state.read().map(|s| s.ready).unwrap_or(false)
-    }
-
-    /// The newest etcd revision the cache has caught up with.
-    pub fn revision(&self) -> i64 {
-        self.state.read().map(|s| s.revision).unwrap_or(0)
-    }
-
-    /// Waits until the cache reflects a write made at `revision` (read your
-    /// own writes), or `timeout` passes. Returns whether it caught up.
-    pub async fn wait_for_revision(&self, revision: i64, timeout: Duration) -> bool {
-        let mut rx = self.changes.clone();
-        let wait = async {
-            while self.revision() < revision {
-                if rx.changed().await.is_err() {
-                    return false;
-                }
-            }
-            true
-        };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+        self.read(|s| s.ready)
     }
 
     /// Waits for the first list.
@@ -100,11 +84,56 @@ impl<T: Object> Cache<T> {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
+
+    /// The newest etcd revision the cache has caught up with.
+    pub fn revision(&self) -> i64 {
+        self.read(|s| s.revision)
+    }
+
+    /// Waits until the cache reflects a write made at `revision` (read your
+    /// own writes), or `timeout` passes. Returns whether it caught up.
+    pub async fn wait_for_revision(&self, revision: i64, timeout: Duration) -> bool {
+        let mut rx = self.changes.clone();
+        let wait = async {
+            while self.revision() < revision {
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
 }
+
+impl<T: Object> Cache<T> {
+    /// One cached object.
+    pub fn get(&self, namespace: Option<&str>, name: &str) -> Option<Arc<T>> {
+        self.get_key(&keys::object_key(T::STORE_KIND, namespace, name))
+    }
+}
+
+/// Turns a key-value into a cached value, or says why it cannot.
+pub type Decoder<V> = fn(&KeyValue) -> Result<V, String>;
 
 /// Starts a reflector for kind `T` and returns its cache. The task stops
 /// when `cancel` fires.
 pub fn reflect<T: Object>(store: Store, cancel: CancellationToken) -> Cache<T> {
+    reflect_prefix(
+        store,
+        keys::kind_prefix(T::STORE_KIND),
+        |kv| decode::<T>(kv).map_err(|e| e.to_string()),
+        cancel,
+    )
+}
+
+/// Starts a reflector for every key under `prefix`, decoded by `decoder`.
+pub fn reflect_prefix<V: Send + Sync + 'static>(
+    store: Store,
+    prefix: String,
+    decoder: Decoder<V>,
+    cancel: CancellationToken,
+) -> Cache<V> {
     let state = Arc::new(RwLock::new(State {
         items: BTreeMap::new(),
         ready: false,
@@ -113,25 +142,25 @@ pub fn reflect<T: Object>(store: Store, cancel: CancellationToken) -> Cache<T> {
     let (tx, rx) = watch::channel(0u64);
     let task_state = state.clone();
     tokio::spawn(async move {
-        run::<T>(store, task_state, tx, cancel).await;
+        run(store, prefix, decoder, task_state, tx, cancel).await;
     });
-    Cache {
-        state,
-        changes: rx,
-        _kind: PhantomData,
-    }
+    Cache { state, changes: rx }
 }
 
-async fn run<T: Object>(
+async fn run<V>(
     store: Store,
-    state: Arc<RwLock<State<T>>>,
+    prefix: String,
+    decoder: Decoder<V>,
+    state: Arc<RwLock<State<V>>>,
     tx: watch::Sender<u64>,
     cancel: CancellationToken,
 ) {
-    let prefix = keys::kind_prefix(T::STORE_KIND);
-    let kind = T::STORE_KIND;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let notify = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+    let write = |f: &mut dyn FnMut(&mut State<V>)| match state.write() {
+        Ok(mut s) => f(&mut s),
+        Err(poisoned) => f(&mut poisoned.into_inner()),
+    };
     'relist: loop {
         if cancel.is_cancelled() {
             return;
@@ -139,7 +168,7 @@ async fn run<T: Object>(
         let list = match store.list_prefix(&prefix).await {
             Ok(list) => list,
             Err(e) => {
-                warn!(%kind, error = %e, "list failed; retrying");
+                warn!(%prefix, error = %e, "list failed; retrying");
                 if sleep_or_cancel(backoff.next_delay(), &cancel).await {
                     return;
                 }
@@ -148,23 +177,20 @@ async fn run<T: Object>(
         };
         let mut items = BTreeMap::new();
         for kv in &list.items {
-            match decode::<T>(kv) {
-                Ok(obj) => {
-                    items.insert(
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        Arc::new(obj),
-                    );
+            match decoder(kv) {
+                Ok(v) => {
+                    items.insert(String::from_utf8_lossy(kv.key()).into_owned(), Arc::new(v));
                 }
-                Err(e) => warn!(%kind, error = %e, "skipping an object that does not decode"),
+                Err(e) => warn!(%prefix, error = %e, "skipping a value that does not decode"),
             }
         }
-        if let Ok(mut s) = state.write() {
-            s.items = items;
+        write(&mut |s| {
+            s.items = std::mem::take(&mut items);
             s.ready = true;
             s.revision = list.revision;
-        }
+        });
         notify(&tx);
-        debug!(%kind, revision = list.revision, "listed");
+        debug!(%prefix, revision = list.revision, "listed");
         let mut from = list.revision + 1;
         loop {
             let options = WatchOptions::new()
@@ -174,7 +200,7 @@ async fn run<T: Object>(
             let mut stream = match store.client().watch(prefix.as_str(), Some(options)).await {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(%kind, error = %e, "watch failed; retrying");
+                    warn!(%prefix, error = %e, "watch failed; retrying");
                     if sleep_or_cancel(backoff.next_delay(), &cancel).await {
                         return;
                     }
@@ -189,7 +215,7 @@ async fn run<T: Object>(
                 let resp = match msg {
                     Ok(Some(resp)) => resp,
                     Ok(None) | Err(_) => {
-                        debug!(%kind, from, "watch stream ended; resuming");
+                        debug!(%prefix, from, "watch stream ended; resuming");
                         if sleep_or_cancel(backoff.next_delay(), &cancel).await {
                             return;
                         }
@@ -197,36 +223,33 @@ async fn run<T: Object>(
                     }
                 };
                 if resp.compact_revision() > 0 || resp.canceled() {
-                    warn!(%kind, from, compacted = resp.compact_revision(), "watch fell behind a compaction; listing again");
+                    warn!(%prefix, from, compacted = resp.compact_revision(), "watch fell behind a compaction; listing again");
                     continue 'relist;
                 }
                 backoff.reset();
                 if resp.events().is_empty() {
                     // A progress notification: everything up to the header's
                     // revision has been delivered.
-                    if !resp.created() {
-                        if let Some(h) = resp.header() {
-                            from = from.max(h.revision() + 1);
-                            if let Ok(mut s) = state.write() {
-                                s.revision = s.revision.max(h.revision());
-                            }
-                        }
+                    if let (false, Some(h)) = (resp.created(), resp.header()) {
+                        from = from.max(h.revision() + 1);
+                        write(&mut |s| s.revision = s.revision.max(h.revision()));
+                        notify(&tx);
                     }
                     continue;
                 }
-                if let Ok(mut s) = state.write() {
+                write(&mut |s| {
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let key = String::from_utf8_lossy(kv.key()).into_owned();
                         from = from.max(kv.mod_revision() + 1);
                         s.revision = s.revision.max(kv.mod_revision());
                         match ev.event_type() {
-                            EventType::Put => match decode::<T>(kv) {
-                                Ok(obj) => {
-                                    s.items.insert(key, Arc::new(obj));
+                            EventType::Put => match decoder(kv) {
+                                Ok(v) => {
+                                    s.items.insert(key, Arc::new(v));
                                 }
                                 Err(e) => {
-                                    warn!(%kind, error = %e, "dropping an object that does not decode");
+                                    warn!(%prefix, error = %e, "dropping a value that does not decode");
                                     s.items.remove(&key);
                                 }
                             },
@@ -235,7 +258,7 @@ async fn run<T: Object>(
                             }
                         }
                     }
-                }
+                });
                 notify(&tx);
             }
         }

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Pod, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, Pod, PodSpec, PodTemplateSpec, Secret,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::field_path::FieldPath;
@@ -334,6 +336,29 @@ impl Validate for Pod {
     }
 }
 
+/// The checks Deployments and ReplicaSets share: replicas, a selector that
+/// matches the template's labels, and a pod template that always restarts.
+fn workload(
+    replicas: Option<i32>,
+    selector: &LabelSelector,
+    template: Option<&PodTemplateSpec>,
+    kind: &str,
+    errs: &mut FieldErrors,
+) {
+    let sp = FieldPath::root().key("spec");
+    if let Some(r) = replicas.filter(|r| *r < 0) {
+        errs.invalid(sp.key("replicas"), r, "must be greater than or equal to 0");
+    }
+    let labels = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref());
+    workload_selector(Some(selector), labels, kind, errs);
+    match template.and_then(|t| t.spec.as_ref()) {
+        Some(ps) => pod_spec(ps, &sp.key("template").key("spec"), true, errs),
+        None => errs.required(sp.key("template").key("spec")),
+    }
+}
+
 impl Validate for Deployment {
     fn validate(&self, errs: &mut FieldErrors) {
         object_meta(&self.metadata, true, false, errs);
@@ -341,30 +366,22 @@ impl Validate for Deployment {
             errs.required(FieldPath::root().key("spec"));
             return;
         };
-        let sp = FieldPath::root().key("spec");
-        if let Some(r) = spec.replicas.filter(|r| *r < 0) {
-            errs.invalid(sp.key("replicas"), r, "must be greater than or equal to 0");
-        }
-        let tmeta = spec.template.metadata.as_ref();
-        workload_selector(
-            Some(&spec.selector),
-            tmeta.and_then(|m| m.labels.as_ref()),
-            "deployment",
-            errs,
-        );
         if let Some(st) = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) {
             if !["RollingUpdate", "Recreate"].contains(&st) {
                 errs.unsupported(
-                    sp.key("strategy").key("type"),
+                    FieldPath::parse("spec.strategy.type"),
                     st,
                     &["Recreate", "RollingUpdate"],
                 );
             }
         }
-        match &spec.template.spec {
-            Some(ps) => pod_spec(ps, &sp.key("template").key("spec"), true, errs),
-            None => errs.required(sp.key("template").key("spec")),
-        }
+        workload(
+            spec.replicas,
+            &spec.selector,
+            Some(&spec.template),
+            "deployment",
+            errs,
+        );
     }
 }
 
@@ -375,21 +392,13 @@ impl Validate for ReplicaSet {
             errs.required(FieldPath::root().key("spec"));
             return;
         };
-        let sp = FieldPath::root().key("spec");
-        if let Some(r) = spec.replicas.filter(|r| *r < 0) {
-            errs.invalid(sp.key("replicas"), r, "must be greater than or equal to 0");
-        }
-        let tmeta = spec.template.as_ref().and_then(|t| t.metadata.as_ref());
-        workload_selector(
-            Some(&spec.selector),
-            tmeta.and_then(|m| m.labels.as_ref()),
+        workload(
+            spec.replicas,
+            &spec.selector,
+            spec.template.as_ref(),
             "replicaset",
             errs,
         );
-        match spec.template.as_ref().and_then(|t| t.spec.as_ref()) {
-            Some(ps) => pod_spec(ps, &sp.key("template").key("spec"), true, errs),
-            None => errs.required(sp.key("template").key("spec")),
-        }
     }
 }
 
