@@ -48,17 +48,32 @@ impl Cluster {
             .await
             .expect("demo images pushed");
         let state = tempfile::tempdir().expect("tempdir");
-        let init = state.path().join("init");
-        copy_examples(&init, &registry.addr);
-        let repo_path = state.path().join("repo");
-        let log = std::fs::File::create(state.path().join("up.log")).expect("log file");
+        copy_examples(&state.path().join("init"), &registry.addr);
+        let mut cluster = Cluster {
+            up: None,
+            repo_path: state.path().join("repo"),
+            state,
+            registry,
+        };
+        cluster.start();
+        cluster
+    }
+
+    /// Starts `commitd up` on this cluster's state dir; the first start
+    /// creates the repository from the examples.
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state.path().join("up.log"))
+            .expect("log file");
         let up = Command::new(BIN)
             .args(["up", "--repo"])
-            .arg(&repo_path)
+            .arg(&self.repo_path)
             .arg("--init-from")
-            .arg(&init)
+            .arg(self.state.path().join("init"))
             .arg("--state-dir")
-            .arg(state.path().join("state"))
+            .arg(self.state_dir())
             .args([
                 "--bridge",
                 "cde2e0",
@@ -67,7 +82,7 @@ impl Cluster {
                 "--node-name",
                 "e2e-node",
             ])
-            .args(["--insecure-registry", &registry.addr])
+            .args(["--insecure-registry", &self.registry.addr])
             .args(["--poll-interval", "30"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -75,12 +90,7 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .expect("commitd up starts");
-        Cluster {
-            up: Some(up),
-            state,
-            repo_path,
-            registry,
-        }
+        self.up = Some(up);
     }
 
     fn repo(&self) -> TestRepoView<'_> {
@@ -121,7 +131,9 @@ impl Cluster {
             .collect()
     }
 
-    async fn stop(mut self) {
+    /// Stops `commitd up` with SIGTERM, as Ctrl-C would, and checks it
+    /// exits cleanly.
+    async fn stop(&mut self) {
         if let Some(mut up) = self.up.take() {
             if let Some(pid) = up.id() {
                 let _ = nix::sys::signal::kill(
@@ -168,7 +180,7 @@ impl TestRepoView<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_becomes_running_containers() {
-    let cluster = Cluster::up().await;
+    let mut cluster = Cluster::up().await;
 
     // The first commit deploys 2 replicas; each pod serves its page.
     let pages = cluster.wait_running(2, "hello from").await;
@@ -254,6 +266,12 @@ async fn a_commit_becomes_running_containers() {
         "pods were not replaced"
     );
 
+    // Stopping `up` stops everything it started; a second `up` on the same
+    // state dir resumes the applied commit.
+    cluster.stop().await;
+    cluster.start();
+    cluster.wait_running(3, "version 2").await;
+
     // Deleting the file removes pods and their containers.
     cluster.repo().remove("web.yaml");
     cluster.repo().commit("Remove web");
@@ -288,6 +306,5 @@ async fn a_commit_becomes_running_containers() {
         history.contains("Remove web") && history.contains("rejected"),
         "{history}"
     );
-    let _ = &cluster.registry;
     cluster.stop().await;
 }
