@@ -676,11 +676,14 @@ fn get_condition<'a>(
     conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Kubernetes' `SetDeploymentCondition`: no change if status and reason
-/// are the same; the transition time survives when only the reason moves.
+/// Kubernetes' `SetDeploymentCondition`: the transition time survives
+/// while the status holds. Unlike Kubernetes, a new message under the same
+/// status and reason is taken too: a rollout fast enough to skip the
+/// intermediate reasons must not leave the message naming the old
+/// ReplicaSet.
 fn set_condition(conditions: &mut Vec<DeploymentCondition>, mut c: DeploymentCondition) {
     if let Some(cur) = get_condition(conditions, &c.type_) {
-        if cur.status == c.status && cur.reason == c.reason {
+        if cur.status == c.status && cur.reason == c.reason && cur.message == c.message {
             return;
         }
         if cur.status == c.status {
@@ -923,6 +926,34 @@ fn deadline_requeue(conditions: &[DeploymentCondition], deadline: i32, now: Time
 mod tests {
     use super::*;
     use commitd_api::k8s_openapi::api::apps::v1::ReplicaSetStatus;
+
+    #[test]
+    fn a_new_message_replaces_a_stale_one_and_keeps_the_transition_time() {
+        let t0 = Timestamp::from_second(1_000).expect("time");
+        let t1 = Timestamp::from_second(2_000).expect("time");
+        let mut conds = Vec::new();
+        let avail = |rs: &str, t| {
+            condition(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{rs}\" has successfully progressed."),
+                t,
+            )
+        };
+        set_condition(&mut conds, avail("web-a", t0));
+        set_condition(&mut conds, avail("web-b", t1));
+        assert_eq!(conds.len(), 1);
+        assert_eq!(
+            conds[0].message.as_deref(),
+            Some("ReplicaSet \"web-b\" has successfully progressed.")
+        );
+        assert_eq!(conds[0].last_transition_time, Some(Time(t0)));
+        assert_eq!(conds[0].last_update_time, Some(Time(t1)));
+        // The very same condition again changes nothing.
+        set_condition(&mut conds, avail("web-b", t0));
+        assert_eq!(conds[0].last_update_time, Some(Time(t1)));
+    }
 
     fn deployment(replicas: i32, image: &str) -> Deployment {
         let mut d: Deployment = serde_json::from_value(serde_json::json!({
