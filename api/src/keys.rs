@@ -7,11 +7,20 @@
 //! /commitd/leases/nodes/<node>                         node heartbeats, on a lease
 //! /commitd/source/applied                              the commit now live (JSON)
 //! /commitd/source/rejected                             the newest rejected commit (JSON)
+//! /commitd/source/seq                                  the newest history sequence number
+//! /commitd/source/applying                             the apply lock (JSON, on a lease)
 //! /commitd/history/<seq, 20 digits>                    one record per commit seen
 //! /commitd/leader/<component>                          leader election
 //! ```
 //! The core group is spelled `core` in keys so that every key has the same
 //! number of segments.
+//!
+//! The apply lock exists only while a commit too large for one etcd
+//! transaction is written in chunks: from before the first chunk until the
+//! transaction that switches `applied` over. Control loops treat its
+//! presence as "desired state is half-written" and wait; it lives on the
+//! applying reconciler's lease, so a reconciler that dies mid-apply leaves
+//! no lock behind once the lease expires.
 
 use crate::kinds::Kind;
 
@@ -21,6 +30,12 @@ pub const ROOT: &str = "/commitd/";
 pub const APPLIED: &str = "/commitd/source/applied";
 /// The record of the newest commit that was rejected.
 pub const REJECTED: &str = "/commitd/source/rejected";
+/// The newest history sequence number; every history write is guarded by
+/// it, so records are numbered without gaps or repeats.
+pub const HISTORY_SEQ: &str = "/commitd/source/seq";
+/// The apply lock: present while a commit is written in several
+/// transactions (see the module docs).
+pub const APPLYING: &str = "/commitd/source/applying";
 /// Prefix of the per-commit history records.
 pub const HISTORY_PREFIX: &str = "/commitd/history/";
 /// Prefix of node heartbeat keys.

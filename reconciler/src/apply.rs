@@ -1,11 +1,34 @@
 //! Applying a commit: every manifest is validated before the first write;
 //! the commit's objects are diffed against the Git-owned objects in etcd;
 //! creates, updates and prunes go in ONE etcd transaction guarded by the
-//! previously applied commit and by the revision of every object touched,
-//! together with the new applied record and the history record. A commit
-//! applies whole or not at all, and two reconcilers can never interleave.
+//! previously applied commit, by the absence of the apply lock and by the
+//! revision of every object touched, together with the new applied record
+//! and the history record. A commit applies whole or not at all, and two
+//! reconcilers can never interleave.
+//!
+//! etcd caps a transaction (`--max-txn-ops`, 128 by default, counting
+//! compares and writes separately; `--max-request-bytes`). A commit that
+//! outgrows one transaction is written in chunks, and the switch-over is
+//! kept atomic with an apply lock ([`keys::APPLYING`]):
+//!
+//! 1. take the lock: one transaction guarded by the applied record's
+//!    revision and the lock's absence puts it, on a lease of this
+//!    reconciler that is kept alive while it writes;
+//! 2. write the plan in chunks, each guarded by the lock still being ours
+//!    and by every object's revision (an object that changed meanwhile
+//!    makes the rest be planned again, still under the lock);
+//! 3. switch over: applied record, sequence number and history record, and
+//!    the lock deleted, in one transaction guarded by the lock.
+//!
+//! While the lock exists, control loops hold back
+//! ([`commitd_api::controller::ApplyGate`]); other reconcilers neither apply
+//! nor correct drift. A reconciler that dies mid-apply leaves the written
+//! chunks but no lock once its lease expires; as the plan is a diff against
+//! etcd, the next apply of the same head commit writes only the rest and
+//! switches over. The commit is live only from the switch-over on.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use commitd_api::diagnostic::Diagnostic;
@@ -14,14 +37,98 @@ use commitd_api::manifest::{self, Loaded, Manifest};
 use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::records::{AppliedCommit, Changes, CommitInfo, HistoryRecord, Outcome};
 use commitd_api::{Kind, Store};
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-/// The key holding the next history sequence number.
-const SEQ_KEY: &str = "/commitd/source/seq";
 /// How often a plan is recomputed when its transaction loses a race.
 const MAX_ATTEMPTS: usize = 16;
+/// etcd's default `--max-txn-ops`.
+pub const DEFAULT_MAX_TXN_OPS: usize = 128;
+/// Key and value bytes written in one transaction at most: below etcd's
+/// default `--max-request-bytes` (1.5 MiB), leaving room for the request's
+/// own framing.
+pub const DEFAULT_MAX_TXN_BYTES: usize = 1024 * 1024;
+/// How long the apply lock outlives a reconciler that stopped renewing it.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(10);
+/// Record writes besides the objects in an apply (applied, sequence,
+/// history), and the compares besides the objects' (applied, sequence,
+/// lock absent).
+const RECORD_OPS: usize = 3;
+/// The smallest `max_txn_ops` that can switch over (applied, sequence,
+/// history, lock delete).
+const MIN_TXN_OPS: usize = 4;
+/// How long releasing the apply lock may take before it is left to expire.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How commits are written to etcd.
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// The operations etcd accepts in one transaction (its `--max-txn-ops`;
+    /// compares and writes are each limited). A plan that does not fit is
+    /// written in chunks under the apply lock.
+    pub max_txn_ops: usize,
+    /// Key and value bytes one transaction may carry (etcd's
+    /// `--max-request-bytes` bounds the whole request).
+    pub max_txn_bytes: usize,
+    /// The apply lock's lease TTL: how long control loops wait for a
+    /// reconciler that died mid-apply.
+    pub lock_ttl: Duration,
+    /// Test hook: after this many chunks the apply stops making progress
+    /// while holding the lock, as a hung or dying reconciler would.
+    #[doc(hidden)]
+    pub pause_after_chunks: Option<usize>,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            max_txn_ops: DEFAULT_MAX_TXN_OPS,
+            max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
+            lock_ttl: DEFAULT_LOCK_TTL,
+            pause_after_chunks: None,
+        }
+    }
+}
+
+impl ApplyOptions {
+    fn check(&self) -> anyhow::Result<()> {
+        if self.max_txn_ops < MIN_TXN_OPS {
+            bail!(
+                "max_txn_ops {} is too small: switching a commit over takes {MIN_TXN_OPS} operations",
+                self.max_txn_ops
+            );
+        }
+        Ok(())
+    }
+
+    fn lock_ttl_seconds(&self) -> i64 {
+        i64::try_from(self.lock_ttl.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+}
+
+/// The value of the apply lock: what is being written and on which lease,
+/// so people (`etcdctl get /commitd/source/applying`) and reconcilers can
+/// tell why control loops wait.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyLock {
+    /// The commit whose objects are being written.
+    pub commit: CommitInfo,
+    /// `Applied` for a new commit, `DriftCorrected` for putting back drift.
+    pub purpose: Outcome,
+    /// The commit that was live when the lock was taken.
+    pub previous: Option<String>,
+    /// When the lock was taken, RFC 3339.
+    pub started_at: String,
+    /// The etcd lease the lock lives on.
+    pub lease: i64,
+    /// Object writes planned when the lock was taken.
+    pub writes: usize,
+    /// Transactions those writes were split into.
+    pub chunks: usize,
+}
 
 /// An object as read from etcd.
 #[derive(Debug, Clone)]
@@ -37,13 +144,43 @@ struct Guarded<T> {
     mod_revision: i64,
 }
 
+/// One object write and the compare that guards it.
+#[derive(Debug)]
+struct Write {
+    guard: Compare,
+    op: TxnOp,
+    /// Key and value bytes, for the request size budget.
+    bytes: usize,
+}
+
+impl Write {
+    fn put(key: &str, mod_revision: i64, value: &Value) -> anyhow::Result<Write> {
+        let bytes = serde_json::to_vec(value).with_context(|| format!("encoding {key}"))?;
+        Ok(Write {
+            guard: guard(key, mod_revision),
+            bytes: 2 * key.len() + bytes.len(),
+            op: TxnOp::put(key, bytes, None),
+        })
+    }
+
+    fn delete(key: &str, mod_revision: i64) -> Write {
+        Write {
+            guard: guard(key, mod_revision),
+            op: TxnOp::delete(key, None),
+            bytes: 2 * key.len(),
+        }
+    }
+}
+
 /// What applying a set of manifests would write.
 #[derive(Debug, Default)]
 pub struct Plan {
-    compares: Vec<Compare>,
-    ops: Vec<TxnOp>,
+    writes: Vec<Write>,
     /// What changes, by `Kind namespace/name`.
     pub changes: Changes,
+    /// Unchanged objects that already carry the commit being written: an
+    /// earlier apply of it was interrupted after writing them.
+    pub resumed: usize,
 }
 
 impl Plan {
@@ -53,6 +190,38 @@ impl Plan {
             && self.changes.updated.is_empty()
             && self.changes.deleted.is_empty()
     }
+
+    /// Whether the writes fit one transaction with `extra_ops` more
+    /// operations (and as many more compares) of `extra_bytes`.
+    fn fits(&self, options: &ApplyOptions, extra_ops: usize, extra_bytes: usize) -> bool {
+        let bytes: usize = self.writes.iter().map(|w| w.bytes).sum();
+        self.writes.len() + extra_ops <= options.max_txn_ops
+            && bytes + extra_bytes <= options.max_txn_bytes
+    }
+}
+
+/// Splits writes into transactions that each leave one compare for the
+/// lock guard and stay within the byte budget (a single oversized object
+/// still gets a transaction of its own; etcd will say if it is too big).
+fn chunks(writes: Vec<Write>, options: &ApplyOptions) -> Vec<Vec<Write>> {
+    let per_chunk = options.max_txn_ops.saturating_sub(1).max(1);
+    let mut out = Vec::new();
+    let mut current: Vec<Write> = Vec::new();
+    let mut bytes = 0;
+    for w in writes {
+        if !current.is_empty()
+            && (current.len() == per_chunk || bytes + w.bytes > options.max_txn_bytes)
+        {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += w.bytes;
+        current.push(w);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 /// The fields of an object that Git decides: everything but status and the
@@ -158,7 +327,10 @@ fn display(kind: Kind, ns: Option<&str>, name: &str) -> String {
 async fn git_owned(store: &Store) -> anyhow::Result<BTreeMap<String, (Kind, Current)>> {
     let mut out = BTreeMap::new();
     for kind in Kind::FROM_GIT {
-        let list = store.list_raw(kind, None).await?;
+        let list = store
+            .list_raw(kind, None)
+            .await
+            .with_context(|| format!("listing {kind} objects"))?;
         for kv in list.items {
             let Ok(value) = serde_json::from_slice::<Value>(kv.value()) else {
                 warn!(key = %String::from_utf8_lossy(kv.key()), "skipping an object that is not JSON");
@@ -190,7 +362,11 @@ async fn read_guarded<T: serde::de::DeserializeOwned>(
     store: &Store,
     key: &str,
 ) -> anyhow::Result<Guarded<T>> {
-    let mut resp = store.client().get(key, None).await?;
+    let mut resp = store
+        .client()
+        .get(key, None)
+        .await
+        .with_context(|| format!("reading {key}"))?;
     match resp.take_kvs().into_iter().next() {
         Some(kv) => Ok(Guarded {
             value: Some(
@@ -213,6 +389,16 @@ fn guard(key: &str, mod_revision: i64) -> Compare {
     }
 }
 
+fn lock_absent() -> Compare {
+    Compare::create_revision(keys::APPLYING, CompareOp::Equal, 0)
+}
+
+fn commit_of(v: &Value) -> Option<&str> {
+    v.pointer("/metadata/annotations")
+        .and_then(|a| a.get(COMMIT_ANNOTATION))
+        .and_then(Value::as_str)
+}
+
 /// Diffs `manifests` against etcd and returns the writes that make etcd
 /// match, each guarded by the revision it was computed from.
 async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Result<Plan> {
@@ -227,7 +413,11 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
             // Not Git-owned yet: it may still exist (made by hand or by a
             // controller); Git takes it over.
             None => {
-                let mut resp = store.client().get(key.as_str(), None).await?;
+                let mut resp = store
+                    .client()
+                    .get(key.as_str(), None)
+                    .await
+                    .with_context(|| format!("reading {key}"))?;
                 resp.take_kvs().into_iter().next().and_then(|kv| {
                     serde_json::from_slice(kv.value())
                         .ok()
@@ -241,25 +431,19 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
         match existing {
             None => {
                 fill_create_fields(&mut desired);
-                plan.compares.push(guard(&key, 0));
-                plan.ops.push(TxnOp::put(
-                    key.as_str(),
-                    serde_json::to_vec(&desired)?,
-                    None,
-                ));
+                plan.writes.push(Write::put(&key, 0, &desired)?);
                 plan.changes.created.push(name);
             }
             Some(cur) if desired_view(&cur.value) == desired_view(&desired) => {
+                if commit_of(&cur.value) == Some(sha) {
+                    plan.resumed += 1;
+                }
                 plan.changes.unchanged += 1;
             }
             Some(cur) => {
                 merge_server_fields(&mut desired, &cur.value);
-                plan.compares.push(guard(&key, cur.mod_revision));
-                plan.ops.push(TxnOp::put(
-                    key.as_str(),
-                    serde_json::to_vec(&desired)?,
-                    None,
-                ));
+                plan.writes
+                    .push(Write::put(&key, cur.mod_revision, &desired)?);
                 plan.changes.updated.push(name);
             }
         }
@@ -268,11 +452,25 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
         let meta = cur.value.get("metadata");
         let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
         let name = display(kind, field("namespace"), field("name").unwrap_or_default());
-        plan.compares.push(guard(&key, cur.mod_revision));
-        plan.ops.push(TxnOp::delete(key.as_str(), None));
+        plan.writes.push(Write::delete(&key, cur.mod_revision));
         plan.changes.deleted.push(name);
     }
     Ok(plan)
+}
+
+/// Adds to `into` what a later plan found to change besides.
+fn merge_changes(into: &mut Changes, more: &Changes) {
+    for (dst, src) in [
+        (&mut into.created, &more.created),
+        (&mut into.updated, &more.updated),
+        (&mut into.deleted, &more.deleted),
+    ] {
+        for name in src {
+            if !dst.contains(name) {
+                dst.push(name.clone());
+            }
+        }
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -286,14 +484,19 @@ pub enum ApplyOutcome {
     Recorded(Box<HistoryRecord>),
     /// The commit was already applied or rejected; nothing was written.
     AlreadyKnown,
+    /// Another apply holds the apply lock; nothing was written. Try again
+    /// when the lock is gone (switched over, or its lease expired).
+    Busy(Box<ApplyLock>),
 }
 
 /// Applies the manifests of a commit, or records why it cannot be.
 pub async fn apply_commit(
     store: &Store,
+    options: &ApplyOptions,
     commit: &CommitInfo,
     files: Vec<(String, Vec<u8>)>,
 ) -> anyhow::Result<ApplyOutcome> {
+    options.check()?;
     let loaded = manifest::load_files(files);
     for attempt in 0..MAX_ATTEMPTS {
         let applied: Guarded<AppliedCommit> = read_guarded(store, keys::APPLIED).await?;
@@ -303,10 +506,14 @@ pub async fn apply_commit(
         {
             return Ok(ApplyOutcome::AlreadyKnown);
         }
-        let seq: Guarded<u64> = read_guarded(store, SEQ_KEY).await?;
+        let lock: Guarded<ApplyLock> = read_guarded(store, keys::APPLYING).await?;
+        if let Some(lock) = lock.value {
+            return Ok(ApplyOutcome::Busy(Box::new(lock)));
+        }
+        let seq: Guarded<u64> = read_guarded(store, keys::HISTORY_SEQ).await?;
         let next = seq.value.unwrap_or(0) + 1;
         let result = if loaded.is_valid() {
-            try_apply(store, commit, &loaded, &applied, &seq, next).await?
+            try_apply(store, options, commit, &loaded, &applied, &seq, next).await?
         } else {
             try_reject(store, commit, &loaded, &applied, &rejected, &seq, next).await?
         };
@@ -324,7 +531,7 @@ pub async fn apply_commit(
                 );
                 return Ok(ApplyOutcome::Recorded(Box::new(record)));
             }
-            None => tracing::debug!(attempt, "lost a race with another writer; planning again"),
+            None => debug!(attempt, "lost a race with another writer; planning again"),
         }
     }
     bail!(
@@ -357,38 +564,92 @@ fn history_record(
     }
 }
 
+/// Builds the history record (and, for an apply, the new applied record)
+/// once the sequence number is known; a chunked write knows it only at the
+/// switch-over.
+type RecordFn<'a> =
+    dyn Fn(u64, &Changes) -> (HistoryRecord, Option<AppliedCommit>) + Send + Sync + 'a;
+
+/// The puts of a switch-over: applied record (if any), sequence, history.
+fn record_ops(
+    seq: u64,
+    record: &HistoryRecord,
+    applied: Option<&AppliedCommit>,
+) -> anyhow::Result<Vec<TxnOp>> {
+    let mut ops = Vec::with_capacity(RECORD_OPS + 1);
+    if let Some(a) = applied {
+        ops.push(TxnOp::put(
+            keys::APPLIED,
+            serde_json::to_vec(a).context("encoding the applied record")?,
+            None,
+        ));
+    }
+    ops.push(TxnOp::put(
+        keys::HISTORY_SEQ,
+        serde_json::to_vec(&seq)?,
+        None,
+    ));
+    ops.push(TxnOp::put(
+        keys::history_key(seq),
+        serde_json::to_vec(record).context("encoding the history record")?,
+        None,
+    ));
+    Ok(ops)
+}
+
+fn record_bytes(record: &HistoryRecord, applied: Option<&AppliedCommit>) -> usize {
+    let len = |bytes: serde_json::Result<Vec<u8>>| bytes.map_or(0, |b| b.len());
+    len(serde_json::to_vec(record)) + applied.map_or(0, |a| len(serde_json::to_vec(a)))
+}
+
 async fn try_apply(
     store: &Store,
+    options: &ApplyOptions,
     commit: &CommitInfo,
     loaded: &Loaded,
     applied: &Guarded<AppliedCommit>,
     seq: &Guarded<u64>,
     next: u64,
 ) -> anyhow::Result<Option<HistoryRecord>> {
-    let mut plan = plan(store, &loaded.manifests, &commit.sha).await?;
-    let record = history_record(next, commit, Outcome::Applied, plan.changes.clone(), loaded);
-    let new_applied = AppliedCommit {
-        commit: commit.clone(),
-        seq: next,
-        applied_at: record.recorded_at.clone(),
-        objects: loaded.manifests.len(),
+    let plan = plan(store, &loaded.manifests, &commit.sha).await?;
+    let resumed = plan.resumed;
+    let make_record = move |seq: u64, changes: &Changes| {
+        let mut record = history_record(seq, commit, Outcome::Applied, changes.clone(), loaded);
+        if resumed > 0 {
+            record.note = Some(format!(
+                "completed an interrupted apply of this commit: {resumed} object(s) were already written"
+            ));
+        }
+        let new_applied = AppliedCommit {
+            commit: commit.clone(),
+            seq,
+            applied_at: record.recorded_at.clone(),
+            objects: loaded.manifests.len(),
+        };
+        (record, Some(new_applied))
     };
-    plan.compares
-        .push(guard(keys::APPLIED, applied.mod_revision));
-    plan.compares.push(guard(SEQ_KEY, seq.mod_revision));
-    plan.ops.push(TxnOp::put(
-        keys::APPLIED,
-        serde_json::to_vec(&new_applied)?,
-        None,
-    ));
-    plan.ops
-        .push(TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None));
-    plan.ops.push(TxnOp::put(
-        keys::history_key(next),
-        serde_json::to_vec(&record)?,
-        None,
-    ));
-    commit_txn(store, plan.compares, plan.ops)
+    let (record, new_applied) = make_record(next, &plan.changes);
+    if !plan.fits(
+        options,
+        RECORD_OPS,
+        record_bytes(&record, new_applied.as_ref()),
+    ) {
+        let target = Target {
+            commit,
+            purpose: Outcome::Applied,
+            manifests: &loaded.manifests,
+            applied,
+            record: &make_record,
+        };
+        return write_chunked(store, options, &target, plan).await;
+    }
+    let (mut compares, mut ops): (Vec<Compare>, Vec<TxnOp>) =
+        plan.writes.into_iter().map(|w| (w.guard, w.op)).unzip();
+    compares.push(guard(keys::APPLIED, applied.mod_revision));
+    compares.push(guard(keys::HISTORY_SEQ, seq.mod_revision));
+    compares.push(lock_absent());
+    ops.extend(record_ops(next, &record, new_applied.as_ref())?);
+    commit_txn(store, compares, ops)
         .await
         .map(|ok| ok.then_some(record))
 }
@@ -406,12 +667,13 @@ async fn try_reject(
     let compares = vec![
         guard(keys::APPLIED, applied.mod_revision),
         guard(keys::REJECTED, rejected.mod_revision),
-        guard(SEQ_KEY, seq.mod_revision),
+        guard(keys::HISTORY_SEQ, seq.mod_revision),
+        lock_absent(),
     ];
     let bytes = serde_json::to_vec(&record)?;
     let ops = vec![
         TxnOp::put(keys::REJECTED, bytes.clone(), None),
-        TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None),
+        TxnOp::put(keys::HISTORY_SEQ, serde_json::to_vec(&next)?, None),
         TxnOp::put(keys::history_key(next), bytes, None),
     ];
     commit_txn(store, compares, ops)
@@ -434,14 +696,282 @@ async fn commit_txn(
     Ok(resp.succeeded())
 }
 
+/// What a chunked write is for and how it is recorded.
+struct Target<'a> {
+    commit: &'a CommitInfo,
+    purpose: Outcome,
+    /// Re-planned from when an object changes under the write.
+    manifests: &'a [Manifest],
+    /// The applied record as read before planning; the lock is taken only
+    /// if it is still so.
+    applied: &'a Guarded<AppliedCommit>,
+    record: &'a RecordFn<'a>,
+}
+
+/// Writes a plan too large for one transaction: takes the apply lock on a
+/// fresh lease, writes the chunks, switches over, and releases the lease
+/// whatever happened. `None` if the lock could not be taken or was lost
+/// (another writer won; the caller plans again).
+async fn write_chunked(
+    store: &Store,
+    options: &ApplyOptions,
+    target: &Target<'_>,
+    plan: Plan,
+) -> anyhow::Result<Option<HistoryRecord>> {
+    let mut client = store.client();
+    let lease = client
+        .lease_grant(options.lock_ttl_seconds(), None)
+        .await
+        .context("granting the apply lock's lease")?
+        .id();
+    let writes = plan.writes.len();
+    let changes = plan.changes;
+    let first = chunks(plan.writes, options);
+    let lock = ApplyLock {
+        commit: target.commit.clone(),
+        purpose: target.purpose,
+        previous: target.applied.value.as_ref().map(|a| a.commit.sha.clone()),
+        started_at: now_rfc3339(),
+        lease,
+        writes,
+        chunks: first.len(),
+    };
+    let take = async {
+        let value = serde_json::to_vec(&lock).context("encoding the apply lock")?;
+        let txn = Txn::new()
+            .when([
+                guard(keys::APPLIED, target.applied.mod_revision),
+                lock_absent(),
+            ])
+            .and_then([TxnOp::put(
+                keys::APPLYING,
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = client
+            .clone()
+            .txn(txn)
+            .await
+            .context("taking the apply lock")?;
+        anyhow::Ok(
+            resp.succeeded()
+                .then(|| resp.header().map(|h| h.revision()).unwrap_or_default()),
+        )
+    };
+    let lock_revision = match take.await {
+        Ok(Some(revision)) => revision,
+        Ok(None) => {
+            release(client, lease).await;
+            return Ok(None);
+        }
+        Err(e) => {
+            release(client, lease).await;
+            return Err(e);
+        }
+    };
+    info!(
+        commit = target.commit.short_sha(),
+        purpose = ?target.purpose,
+        writes,
+        chunks = lock.chunks,
+        lease,
+        "took the apply lock; writing in chunks"
+    );
+    let result = tokio::select! {
+        r = write_under_lock(store, options, target, first, changes, lock_revision) => r,
+        e = keep_alive(client.clone(), lease, options.lock_ttl) => Err(e),
+    };
+    // Revoking deletes the lock if a failed write left it, and ends the
+    // lease either way.
+    release(client, lease).await;
+    result
+}
+
+/// Steps 2 and 3 of a chunked write, under the lock taken at
+/// `lock_revision`.
+async fn write_under_lock(
+    store: &Store,
+    options: &ApplyOptions,
+    target: &Target<'_>,
+    first: Vec<Vec<Write>>,
+    mut changes: Changes,
+    lock_revision: i64,
+) -> anyhow::Result<Option<HistoryRecord>> {
+    let ours = || Compare::mod_revision(keys::APPLYING, CompareOp::Equal, lock_revision);
+    let short = target.commit.short_sha();
+    let mut pending = Some(first);
+    let mut written = 0;
+    for _ in 0..MAX_ATTEMPTS {
+        let batch = match pending.take() {
+            Some(batch) => batch,
+            None => {
+                let again = plan(store, target.manifests, &target.commit.sha).await?;
+                merge_changes(&mut changes, &again.changes);
+                chunks(again.writes, options)
+            }
+        };
+        let mut conflict = false;
+        for chunk in batch {
+            let n = chunk.len();
+            let (mut compares, ops): (Vec<Compare>, Vec<TxnOp>) =
+                chunk.into_iter().map(|w| (w.guard, w.op)).unzip();
+            compares.push(ours());
+            let resp = store
+                .client()
+                .txn(Txn::new().when(compares).and_then(ops))
+                .await
+                .with_context(|| {
+                    format!(
+                        "commit {short}: writing chunk {} ({n} objects) under the apply lock",
+                        written + 1
+                    )
+                })?;
+            if !resp.succeeded() {
+                if !holds_lock(store, lock_revision).await? {
+                    warn!(commit = short, "lost the apply lock mid-apply");
+                    return Ok(None);
+                }
+                debug!(
+                    commit = short,
+                    "an object changed under the apply; planning the rest again"
+                );
+                conflict = true;
+                break;
+            }
+            written += 1;
+            debug!(
+                commit = short,
+                chunk = written,
+                objects = n,
+                "chunk written"
+            );
+            if options.pause_after_chunks == Some(written) {
+                warn!(
+                    commit = short,
+                    chunks = written,
+                    "test hook: pausing mid-apply with the lock held"
+                );
+                std::future::pending::<()>().await;
+            }
+        }
+        if !conflict {
+            return switch_over(store, target, &changes, lock_revision).await;
+        }
+    }
+    bail!("commit {short}: objects kept changing under the chunked apply; gave up after {MAX_ATTEMPTS} plans")
+}
+
+/// Step 3: records and lock delete in one transaction guarded by the lock.
+async fn switch_over(
+    store: &Store,
+    target: &Target<'_>,
+    changes: &Changes,
+    lock_revision: i64,
+) -> anyhow::Result<Option<HistoryRecord>> {
+    for _ in 0..MAX_ATTEMPTS {
+        let seq: Guarded<u64> = read_guarded(store, keys::HISTORY_SEQ).await?;
+        let next = seq.value.unwrap_or(0) + 1;
+        let (record, applied) = (target.record)(next, changes);
+        let compares = vec![
+            Compare::mod_revision(keys::APPLYING, CompareOp::Equal, lock_revision),
+            guard(keys::HISTORY_SEQ, seq.mod_revision),
+            guard(keys::APPLIED, target.applied.mod_revision),
+        ];
+        let mut ops = record_ops(next, &record, applied.as_ref())?;
+        ops.push(TxnOp::delete(keys::APPLYING, None));
+        if commit_txn(store, compares, ops)
+            .await
+            .context("switching over to the chunked commit")?
+        {
+            return Ok(Some(record));
+        }
+        if !holds_lock(store, lock_revision).await? {
+            warn!(
+                commit = target.commit.short_sha(),
+                "lost the apply lock before switching over"
+            );
+            return Ok(None);
+        }
+    }
+    bail!(
+        "commit {}: the history sequence kept changing at the switch-over",
+        target.commit.short_sha()
+    )
+}
+
+/// Whether the apply lock is still the one put at `lock_revision`.
+async fn holds_lock(store: &Store, lock_revision: i64) -> anyhow::Result<bool> {
+    let resp = store
+        .client()
+        .get(keys::APPLYING, None)
+        .await
+        .context("reading the apply lock")?;
+    Ok(resp
+        .kvs()
+        .first()
+        .is_some_and(|kv| kv.mod_revision() == lock_revision))
+}
+
+/// Renews the lease until renewing fails; returns why.
+async fn keep_alive(client: Client, lease: i64, ttl: Duration) -> anyhow::Error {
+    match renew(client, lease, ttl).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn renew(
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+) -> anyhow::Result<std::convert::Infallible> {
+    let period = (ttl / 3).max(Duration::from_millis(200));
+    let (mut keeper, mut stream) = client
+        .lease_keep_alive(lease)
+        .await
+        .context("starting the apply lock's keep-alive")?;
+    loop {
+        tokio::time::sleep(period).await;
+        keeper
+            .keep_alive()
+            .await
+            .context("renewing the apply lock's lease")?;
+        match tokio::time::timeout(period, stream.message()).await {
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+            Ok(Ok(Some(_))) => bail!("the apply lock's lease expired"),
+            Ok(Ok(None)) => bail!("the apply lock's keep-alive stream ended"),
+            Ok(Err(e)) => return Err(anyhow::Error::from(e).context("the apply lock's keep-alive")),
+            Err(_) => bail!("the apply lock's keep-alive got no answer within {period:?}"),
+        }
+    }
+}
+
+/// Revokes the apply lock's lease (deleting the lock if still there);
+/// bounded, since an unreachable etcd lets it expire by itself.
+async fn release(mut client: Client, lease: i64) {
+    match tokio::time::timeout(RELEASE_TIMEOUT, client.lease_revoke(lease)).await {
+        Ok(Ok(_)) => debug!(lease, "apply lock lease revoked"),
+        Ok(Err(e)) => {
+            warn!(lease, error = %e, "revoking the apply lock's lease failed; it expires by itself")
+        }
+        Err(_) => warn!(
+            lease,
+            "revoking the apply lock's lease timed out; it expires by itself"
+        ),
+    }
+}
+
 /// Puts back Git-owned objects that were changed or deleted in etcd by
 /// anyone but the reconciler, and records the correction in history.
-/// Returns the record if something was corrected.
+/// Returns the record if something was corrected. Does nothing while any
+/// apply holds the apply lock: its holder decides what etcd should hold.
 pub async fn correct_drift(
     store: &Store,
+    options: &ApplyOptions,
     applied_sha: &str,
     manifests: &[Manifest],
 ) -> anyhow::Result<Option<HistoryRecord>> {
+    options.check()?;
     for _ in 0..MAX_ATTEMPTS {
         let applied: Guarded<AppliedCommit> = read_guarded(store, keys::APPLIED).await?;
         let Some(current) = applied.value.as_ref() else {
@@ -451,40 +981,62 @@ pub async fn correct_drift(
             // A newer commit was applied meanwhile; its reconciler owns it.
             return Ok(None);
         }
-        let mut plan = plan(store, manifests, applied_sha).await?;
+        let lock: Guarded<ApplyLock> = read_guarded(store, keys::APPLYING).await?;
+        if lock.value.is_some() {
+            debug!("an apply is in progress; drift correction waits for it");
+            return Ok(None);
+        }
+        let plan = plan(store, manifests, applied_sha).await?;
         if plan.is_empty() {
             return Ok(None);
         }
-        let seq: Guarded<u64> = read_guarded(store, SEQ_KEY).await?;
-        let next = seq.value.unwrap_or(0) + 1;
-        let mut names: Vec<String> = plan.changes.created.clone();
-        names.extend(plan.changes.updated.iter().cloned());
-        names.extend(plan.changes.deleted.iter().cloned());
-        let record = HistoryRecord {
-            seq: next,
-            commit: current.commit.clone(),
-            outcome: Outcome::DriftCorrected,
-            recorded_at: now_rfc3339(),
-            changes: plan.changes.clone(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-            note: Some(format!(
-                "put back what was changed outside Git: {}",
-                names.join(", ")
-            )),
+        let commit = current.commit.clone();
+        let make_record = |seq: u64, changes: &Changes| {
+            let mut names: Vec<String> = changes.created.clone();
+            names.extend(changes.updated.iter().cloned());
+            names.extend(changes.deleted.iter().cloned());
+            let record = HistoryRecord {
+                seq,
+                commit: commit.clone(),
+                outcome: Outcome::DriftCorrected,
+                recorded_at: now_rfc3339(),
+                changes: changes.clone(),
+                errors: Vec::new(),
+                warnings: Vec::new(),
+                note: Some(format!(
+                    "put back what was changed outside Git: {}",
+                    names.join(", ")
+                )),
+            };
+            (record, None)
         };
-        plan.compares
-            .push(guard(keys::APPLIED, applied.mod_revision));
-        plan.compares.push(guard(SEQ_KEY, seq.mod_revision));
-        plan.ops
-            .push(TxnOp::put(SEQ_KEY, serde_json::to_vec(&next)?, None));
-        plan.ops.push(TxnOp::put(
-            keys::history_key(next),
-            serde_json::to_vec(&record)?,
-            None,
-        ));
-        if commit_txn(store, plan.compares, plan.ops).await? {
-            warn!(commit = current.commit.short_sha(), objects = %names.join(", "), "drift corrected");
+        let seq: Guarded<u64> = read_guarded(store, keys::HISTORY_SEQ).await?;
+        let next = seq.value.unwrap_or(0) + 1;
+        let (record, _) = make_record(next, &plan.changes);
+        let corrected = if plan.fits(options, RECORD_OPS, record_bytes(&record, None)) {
+            let (mut compares, mut ops): (Vec<Compare>, Vec<TxnOp>) =
+                plan.writes.into_iter().map(|w| (w.guard, w.op)).unzip();
+            compares.push(guard(keys::APPLIED, applied.mod_revision));
+            compares.push(guard(keys::HISTORY_SEQ, seq.mod_revision));
+            compares.push(lock_absent());
+            ops.extend(record_ops(next, &record, None)?);
+            commit_txn(store, compares, ops).await?.then_some(record)
+        } else {
+            let target = Target {
+                commit: &commit,
+                purpose: Outcome::DriftCorrected,
+                manifests,
+                applied: &applied,
+                record: &make_record,
+            };
+            write_chunked(store, options, &target, plan).await?
+        };
+        if let Some(record) = corrected {
+            let names = record.note.as_deref().unwrap_or_default();
+            warn!(
+                commit = current.commit.short_sha(),
+                "drift corrected: {names}"
+            );
             return Ok(Some(record));
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use commitd_api::backoff::Backoff;
+use commitd_api::controller::ApplyGate;
 use commitd_api::keys;
 use commitd_api::manifest::{self, Manifest};
 use commitd_api::records::AppliedCommit;
@@ -20,7 +21,7 @@ use futures::future::select_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::apply::{apply_commit, correct_drift, ApplyOutcome};
+use crate::apply::{apply_commit, correct_drift, ApplyOptions, ApplyOutcome};
 use crate::drift::GitKindCaches;
 use crate::git_source::{warn_once, GitSource, GitSourceConfig};
 
@@ -31,14 +32,25 @@ struct Desired {
 }
 
 /// Runs the Git source loop (apply new commits, correct drift) and the
-/// controllers until `cancel` fires.
+/// controllers until `cancel` fires, with the default [`ApplyOptions`]
+/// (etcd's default transaction limits).
 pub async fn run(
     store: Store,
     source: GitSourceConfig,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(store, source, ApplyOptions::default(), cancel).await
+}
+
+/// [`run`] against an etcd whose transaction limits `options` describe.
+pub async fn run_with(
+    store: Store,
+    source: GitSourceConfig,
+    options: ApplyOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     let controllers = tokio::spawn(controllers::run(store.clone(), cancel.clone()));
-    let result = follow(store, source, cancel.clone()).await;
+    let result = follow_with(store, source, options, cancel.clone()).await;
     cancel.cancel();
     match controllers.await {
         Ok(Err(e)) => warn!(error = %format!("{e:#}"), "controllers stopped with an error"),
@@ -52,6 +64,22 @@ pub async fn run(
 pub async fn follow(
     store: Store,
     source: GitSourceConfig,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    follow_with(store, source, ApplyOptions::default(), cancel).await
+}
+
+/// [`follow`] with explicit [`ApplyOptions`].
+///
+/// The head is applied until it is recorded (applied or rejected): a head
+/// found busy (another reconciler holds the apply lock) or whose apply
+/// failed midway is tried again when the lock goes away or after a
+/// back-off, so a commit left half-applied by a reconciler that died is
+/// completed here even if nothing new is committed.
+pub async fn follow_with(
+    store: Store,
+    source: GitSourceConfig,
+    options: ApplyOptions,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let git = GitSource::new(source.clone());
@@ -68,34 +96,60 @@ pub async fn follow(
         }
     };
     let caches = GitKindCaches::start(&store, &cancel);
-    let mut drift_triggers = caches.changes();
+    let gate = ApplyGate::watch(store.clone(), cancel.clone());
+    // Cache changes (drift) and the apply lock coming or going wake a pass.
+    let mut triggers = caches.changes();
+    triggers.push(gate.changes());
     let mut desired: Option<Desired> = None;
     let mut last_error = None;
     let mut handled_head: Option<String> = None;
+    let mut waiting_for: Option<String> = None;
     info!(repo = %source.repo.display(), path = %source.path, "following the repository");
     loop {
+        // Marked seen before the pass, so what changes during it wakes the
+        // next one.
+        for t in triggers.iter_mut() {
+            t.borrow_and_update();
+        }
         let step = async {
             let head = git.head().await?;
             if handled_head.as_deref() != Some(head.as_str()) {
                 let span = info_span!("commit", commit = %&head[..head.len().min(7)]);
                 let snapshot = git.snapshot(&head).instrument(span.clone()).await?;
-                let outcome = apply_commit(&store, &snapshot.commit, snapshot.files)
+                let outcome = apply_commit(&store, &options, &snapshot.commit, snapshot.files)
                     .instrument(span)
                     .await?;
-                if let ApplyOutcome::Recorded(r) = &outcome {
-                    for w in &r.warnings {
-                        warn!(commit = r.commit.short_sha(), "{w}");
+                match &outcome {
+                    ApplyOutcome::Recorded(r) => {
+                        for w in &r.warnings {
+                            warn!(commit = r.commit.short_sha(), "{w}");
+                        }
+                        for e in &r.errors {
+                            warn!(commit = r.commit.short_sha(), "{e}");
+                        }
                     }
-                    for e in &r.errors {
-                        warn!(commit = r.commit.short_sha(), "{e}");
+                    ApplyOutcome::AlreadyKnown => {}
+                    ApplyOutcome::Busy(lock) => {
+                        if waiting_for.as_deref() != Some(lock.commit.sha.as_str()) {
+                            info!(
+                                commit = %&head[..head.len().min(7)],
+                                applying = lock.commit.short_sha(),
+                                lease = lock.lease,
+                                "another apply holds the apply lock; waiting for it"
+                            );
+                            waiting_for = Some(lock.commit.sha.clone());
+                        }
+                        // Not handled: tried again when the lock goes away.
+                        return anyhow::Ok(());
                     }
                 }
+                waiting_for = None;
                 handled_head = Some(head);
             }
             refresh_desired(&store, &git, &mut desired).await?;
             if let Some(d) = &desired {
-                if caches.differs(&d.manifests, &d.sha) {
-                    correct_drift(&store, &d.sha, &d.manifests).await?;
+                if gate.is_open() && caches.differs(&d.manifests, &d.sha) {
+                    correct_drift(&store, &options, &d.sha, &d.manifests).await?;
                 }
             }
             anyhow::Ok(())
@@ -111,20 +165,14 @@ pub async fn follow(
                 Some(backoff.next_delay())
             }
         };
-        for t in drift_triggers.iter_mut() {
-            t.borrow_and_update();
-        }
-        let drift_changed = async {
-            let futs: Vec<_> = drift_triggers
-                .iter_mut()
-                .map(|t| Box::pin(t.changed()))
-                .collect();
+        let changed = async {
+            let futs: Vec<_> = triggers.iter_mut().map(|t| Box::pin(t.changed())).collect();
             let _ = select_all(futs).await;
         };
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = wake.recv() => {}
-            _ = drift_changed => {}
+            _ = changed => {}
             _ = tokio::time::sleep(wait.unwrap_or(Duration::from_secs(3600))) => {}
         }
     }

@@ -207,12 +207,15 @@ fn unsupported_fields(c: &Container) -> Vec<String> {
             "container {name}: volumeMounts are not supported yet; ignored"
         ));
     }
+    // Requests are honoured (the scheduler places pods by them); limits
+    // are not enforced on the node yet.
     if c.resources
         .as_ref()
-        .is_some_and(|r| r.limits.is_some() || r.requests.is_some())
+        .and_then(|r| r.limits.as_ref())
+        .is_some_and(|l| !l.is_empty())
     {
         w.push(format!(
-            "container {name}: resources are not enforced yet; ignored"
+            "container {name}: resources.limits are not enforced yet; ignored"
         ));
     }
     if c.security_context.is_some() {
