@@ -49,6 +49,7 @@ where
     let etcd = Etcd::start(EtcdOptions {
         data_dir: tmp.path().join("etcd"),
         client_port: None,
+        extra_args: Vec::new(),
     })
     .await?;
     let result = match Store::connect(std::slice::from_ref(&etcd.endpoint)).await {

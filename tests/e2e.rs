@@ -268,7 +268,24 @@ async fn a_commit_becomes_running_containers() {
 
     // Stopping `up` stops everything it started; a second `up` on the same
     // state dir resumes the applied commit.
+    let uids: Vec<String> = cluster
+        .cli()
+        .pods("demo")
+        .await
+        .expect("pods")
+        .iter()
+        .filter_map(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(uids.len(), 3);
     cluster.stop().await;
+    for uid in &uids {
+        let cgroup = Path::new("/sys/fs/cgroup/memory/commitd").join(format!("pod{uid}"));
+        assert!(
+            !cgroup.exists(),
+            "{} left behind after up stopped",
+            cgroup.display()
+        );
+    }
     cluster.start();
     cluster.wait_running(3, "version 2").await;
 

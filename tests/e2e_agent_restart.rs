@@ -49,6 +49,7 @@ async fn killed_node_agent_adopts_its_pods_on_restart() {
     let etcd = Etcd::start(EtcdOptions {
         data_dir: dir.path().join("etcd"),
         client_port: None,
+        extra_args: Vec::new(),
     })
     .await
     .expect("etcd");

@@ -146,6 +146,7 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
     let etcd = Etcd::start(EtcdOptions {
         data_dir: tmp_path.join("etcd"),
         client_port: None,
+        extra_args: Vec::new(),
     })
     .await?;
     let registry = Registry::start().await?;

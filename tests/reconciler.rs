@@ -53,6 +53,7 @@ impl Harness {
         let etcd = Etcd::start(EtcdOptions {
             data_dir: data.path().join("etcd"),
             client_port: None,
+            extra_args: Vec::new(),
         })
         .await
         .expect("etcd starts");

@@ -50,6 +50,7 @@ impl Cluster {
         let etcd = etcd::start(EtcdOptions {
             data_dir: dir.path().join("etcd"),
             client_port: None,
+            extra_args: Vec::new(),
         })
         .await?;
         let store = Store::connect(std::slice::from_ref(&etcd.endpoint)).await?;

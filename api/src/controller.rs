@@ -52,16 +52,6 @@ impl ApplyGate {
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.lock.changes()
     }
-
-    /// Waits until the gate is open.
-    pub async fn opened(&self) {
-        let mut rx = self.changes();
-        while !self.is_open() {
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    }
 }
 
 tokio::task_local! {

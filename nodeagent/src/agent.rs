@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use commitd_api::backoff::Backoff;
+use commitd_api::controller::ApplyGate;
 use commitd_api::reflector::{reflect, sleep_or_cancel, Cache};
 use commitd_api::Store;
 use k8s_openapi::api::core::v1::Pod;
@@ -98,6 +99,8 @@ pub async fn run(
         );
 
         let pods = reflect::<Pod>(store.clone(), local.clone());
+        // Pods are not picked up or dropped while a commit is half-applied.
+        let gate = ApplyGate::watch(store.clone(), local.clone());
         tokio::select! {
             _ = pods.ready() => {}
             _ = local.cancelled() => return Ok(()),
@@ -111,7 +114,7 @@ pub async fn run(
             state_dir,
             runtime_handler: config.runtime_handler.clone(),
         });
-        Dispatcher::new(ctx, pods, local.clone()).run().await;
+        Dispatcher::new(ctx, pods, gate, local.clone()).run().await;
 
         // Graceful stop: let the heartbeat revoke the lease.
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -192,6 +195,7 @@ struct WorkerHandle {
 struct Dispatcher {
     ctx: Arc<WorkerContext>,
     pods: Cache<Pod>,
+    gate: ApplyGate,
     cancel: CancellationToken,
     workers: HashMap<String, WorkerHandle>,
     tasks: JoinSet<()>,
@@ -201,10 +205,16 @@ struct Dispatcher {
 }
 
 impl Dispatcher {
-    fn new(ctx: Arc<WorkerContext>, pods: Cache<Pod>, cancel: CancellationToken) -> Dispatcher {
+    fn new(
+        ctx: Arc<WorkerContext>,
+        pods: Cache<Pod>,
+        gate: ApplyGate,
+        cancel: CancellationToken,
+    ) -> Dispatcher {
         Dispatcher {
             ctx,
             pods,
+            gate,
             cancel,
             workers: HashMap::new(),
             tasks: JoinSet::new(),
@@ -216,11 +226,16 @@ impl Dispatcher {
 
     async fn run(mut self) {
         let mut changes = self.pods.changes();
+        let mut gate_changes = self.gate.changes();
         let mut relist = tokio::time::interval(RELIST_PERIOD);
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             changes.borrow_and_update();
-            self.sync_workers();
+            gate_changes.borrow_and_update();
+            let open = self.gate.is_open();
+            if open {
+                self.sync_workers();
+            }
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
                 changed = changes.changed() => {
@@ -228,7 +243,14 @@ impl Dispatcher {
                         break;
                     }
                 }
-                _ = relist.tick() => self.relist().await,
+                changed = gate_changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                // The relist removes runtime objects of pods it has no
+                // worker for, so it runs only right after a sync.
+                _ = relist.tick() => if open { self.relist().await },
                 Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     self.finished(done);
                 }

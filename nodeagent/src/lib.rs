@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod cri;
+pub mod drain;
 pub mod node;
 pub mod pod;
 pub mod status;

@@ -487,14 +487,36 @@ pub enum ApplyOutcome {
     /// Another apply holds the apply lock; nothing was written. Try again
     /// when the lock is gone (switched over, or its lease expired).
     Busy(Box<ApplyLock>),
+    /// Another reconciler applied a commit since the head was read, so the
+    /// head may be stale (it may even be older than what is live now);
+    /// nothing was written. Read the head again.
+    Superseded,
+}
+
+/// The applied record's mod revision (0: none yet). Read it before the
+/// branch head and hand it to [`apply_commit`], so a head read before
+/// another reconciler's apply is never applied over it.
+pub async fn live_revision(store: &Store) -> anyhow::Result<i64> {
+    let resp = store
+        .client()
+        .get(
+            keys::APPLIED,
+            Some(etcd_client::GetOptions::new().with_keys_only()),
+        )
+        .await
+        .with_context(|| format!("reading {}", keys::APPLIED))?;
+    Ok(resp.kvs().first().map_or(0, |kv| kv.mod_revision()))
 }
 
 /// Applies the manifests of a commit, or records why it cannot be.
+/// `live_revision` is [`live_revision`] as read before the commit was
+/// chosen.
 pub async fn apply_commit(
     store: &Store,
     options: &ApplyOptions,
     commit: &CommitInfo,
     files: Vec<(String, Vec<u8>)>,
+    live_revision: i64,
 ) -> anyhow::Result<ApplyOutcome> {
     options.check()?;
     let loaded = manifest::load_files(files);
@@ -505,6 +527,9 @@ pub async fn apply_commit(
             || rejected.value.as_ref().map(|r| r.commit.sha.as_str()) == Some(&commit.sha)
         {
             return Ok(ApplyOutcome::AlreadyKnown);
+        }
+        if applied.mod_revision != live_revision {
+            return Ok(ApplyOutcome::Superseded);
         }
         let lock: Guarded<ApplyLock> = read_guarded(store, keys::APPLYING).await?;
         if let Some(lock) = lock.value {
@@ -690,7 +715,7 @@ async fn commit_txn(
     let txn = Txn::new().when(compares).and_then(ops);
     let resp = store.client().txn(txn).await.with_context(|| {
         format!(
-            "writing {n} operations in one etcd transaction (etcd's --max-txn-ops must allow it)"
+            "writing {n} operations in one etcd transaction (if etcd found too many, pass the reconciler etcd's --max-txn-ops)"
         )
     })?;
     Ok(resp.succeeded())
@@ -1061,6 +1086,87 @@ mod tests {
             "annotations": {"commitd.io/commit": "def", "commitd.io/source": "a.yaml:9"}},
             "spec": {"replicas": 2}});
         assert_ne!(desired_view(&a), desired_view(&c));
+    }
+
+    fn writes(n: usize, value_len: usize) -> Vec<Write> {
+        (0..n)
+            .map(|i| Write::put(&format!("k{i}"), 0, &Value::from("x".repeat(value_len))))
+            .collect::<anyhow::Result<_>>()
+            .expect("encodes")
+    }
+
+    #[test]
+    fn chunks_leave_a_compare_for_the_lock_guard() {
+        let options = ApplyOptions {
+            max_txn_ops: 16,
+            ..ApplyOptions::default()
+        };
+        let sizes: Vec<usize> = chunks(writes(40, 1), &options)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![15, 15, 10]);
+        assert!(chunks(Vec::new(), &options).is_empty());
+    }
+
+    #[test]
+    fn chunks_stay_within_the_byte_budget() {
+        // Each write: 2 × "kN" + the JSON string ("x" × 26 in quotes) = 32.
+        let options = ApplyOptions {
+            max_txn_ops: 128,
+            max_txn_bytes: 100,
+            ..ApplyOptions::default()
+        };
+        let sizes: Vec<usize> = chunks(writes(7, 26), &options)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![3, 3, 1]);
+        // One object over the budget still gets a transaction of its own.
+        let sizes: Vec<usize> = chunks(writes(2, 500), &options)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![1, 1]);
+    }
+
+    #[test]
+    fn a_plan_fits_one_transaction_with_its_records() {
+        let options = ApplyOptions {
+            max_txn_ops: 16,
+            ..ApplyOptions::default()
+        };
+        let plan = Plan {
+            writes: writes(13, 1),
+            ..Plan::default()
+        };
+        assert!(plan.fits(&options, RECORD_OPS, 0));
+        let plan = Plan {
+            writes: writes(14, 1),
+            ..Plan::default()
+        };
+        assert!(!plan.fits(&options, RECORD_OPS, 0));
+        let too_small = ApplyOptions {
+            max_txn_ops: 3,
+            ..ApplyOptions::default()
+        };
+        assert!(too_small.check().is_err());
+    }
+
+    #[test]
+    fn later_plans_add_only_new_names() {
+        let mut changes = Changes {
+            created: vec!["ConfigMap a/x".into()],
+            ..Changes::default()
+        };
+        let more = Changes {
+            created: vec!["ConfigMap a/x".into(), "ConfigMap a/y".into()],
+            deleted: vec!["ConfigMap a/z".into()],
+            ..Changes::default()
+        };
+        merge_changes(&mut changes, &more);
+        assert_eq!(changes.created, vec!["ConfigMap a/x", "ConfigMap a/y"]);
+        assert_eq!(changes.deleted, vec!["ConfigMap a/z"]);
     }
 
     #[test]

@@ -19,9 +19,9 @@ use commitd_api::reflector::sleep_or_cancel;
 use commitd_api::Store;
 use futures::future::select_all;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::apply::{apply_commit, correct_drift, ApplyOptions, ApplyOutcome};
+use crate::apply::{apply_commit, correct_drift, live_revision, ApplyOptions, ApplyOutcome};
 use crate::drift::GitKindCaches;
 use crate::git_source::{warn_once, GitSource, GitSourceConfig};
 
@@ -75,7 +75,9 @@ pub async fn follow(
 /// found busy (another reconciler holds the apply lock) or whose apply
 /// failed midway is tried again when the lock goes away or after a
 /// back-off, so a commit left half-applied by a reconciler that died is
-/// completed here even if nothing new is committed.
+/// completed here even if nothing new is committed. A head read before
+/// another reconciler applied a commit is read again rather than applied
+/// over it (it may be older than what that reconciler saw).
 pub async fn follow_with(
     store: Store,
     source: GitSourceConfig,
@@ -111,14 +113,20 @@ pub async fn follow_with(
         for t in triggers.iter_mut() {
             t.borrow_and_update();
         }
+        let mut read_head_again = false;
         let step = async {
+            // Before the head: an apply by another reconciler after this
+            // read makes ours stand back and read the head again, so a
+            // head read before that apply never overwrites it.
+            let live = live_revision(&store).await?;
             let head = git.head().await?;
             if handled_head.as_deref() != Some(head.as_str()) {
                 let span = info_span!("commit", commit = %&head[..head.len().min(7)]);
                 let snapshot = git.snapshot(&head).instrument(span.clone()).await?;
-                let outcome = apply_commit(&store, &options, &snapshot.commit, snapshot.files)
-                    .instrument(span)
-                    .await?;
+                let outcome =
+                    apply_commit(&store, &options, &snapshot.commit, snapshot.files, live)
+                        .instrument(span)
+                        .await?;
                 match &outcome {
                     ApplyOutcome::Recorded(r) => {
                         for w in &r.warnings {
@@ -129,6 +137,11 @@ pub async fn follow_with(
                         }
                     }
                     ApplyOutcome::AlreadyKnown => {}
+                    ApplyOutcome::Superseded => {
+                        debug!("another reconciler applied meanwhile; reading the head again");
+                        read_head_again = true;
+                        return anyhow::Ok(());
+                    }
                     ApplyOutcome::Busy(lock) => {
                         if waiting_for.as_deref() != Some(lock.commit.sha.as_str()) {
                             info!(
@@ -155,6 +168,7 @@ pub async fn follow_with(
             anyhow::Ok(())
         };
         let wait = match step.await {
+            Ok(()) if read_head_again => continue,
             Ok(()) => {
                 backoff.reset();
                 last_error = None;

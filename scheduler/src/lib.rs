@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use commitd_api::controller::{self, Requeue};
+use commitd_api::controller::{self, ApplyGate, Requeue};
 use commitd_api::meta;
 use commitd_api::reflector::{reflect, Cache};
 use commitd_api::{Store, StoreError};
@@ -79,6 +79,8 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
     let pods = reflect::<Pod>(store.clone(), watches.clone());
     let nodes = reflect::<Node>(store.clone(), watches.clone());
     let heartbeats = Heartbeats::watch(store.clone(), watches.clone());
+    // No pod is placed while a commit is half-applied.
+    let gate = ApplyGate::watch(store.clone(), watches.clone());
     let synced = async {
         pods.ready().await;
         nodes.ready().await;
@@ -92,9 +94,12 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
     let triggers = vec![pods.changes(), nodes.changes(), heartbeats.changes()];
     let scheduler = Scheduler::new(store, pods, nodes, heartbeats);
     let scheduler = &scheduler;
-    controller::run("scheduler", triggers, RESYNC, cancel, || {
-        scheduler.schedule_pending()
-    })
+    controller::gated(
+        gate,
+        controller::run("scheduler", triggers, RESYNC, cancel, || {
+            scheduler.schedule_pending()
+        }),
+    )
     .await;
     Ok(())
 }

@@ -122,7 +122,7 @@ pub struct PushToRunningArgs {
     #[arg(long, default_value = "cdbench0")]
     pub bridge: String,
     /// The benchmark node's pod subnet.
-    #[arg(long, default_value = "10.216.0.0/24")]
+    #[arg(long, default_value = "10.219.0.0/24")]
     pub pod_cidr: String,
     /// The benchmark node's name.
     #[arg(long, default_value = "bench-node")]
@@ -242,6 +242,7 @@ impl Lab {
             Etcd::start(EtcdOptions {
                 data_dir: self.state_dir.join("etcd"),
                 client_port: None,
+                extra_args: Vec::new(),
             })
             .await
             .context("starting etcd")?,
@@ -416,7 +417,10 @@ impl Lab {
             })
             .await
             .with_context(|| {
-                format!("{n} pods did not all run after commit {}", &landed.sha[..7])
+                format!(
+                    "{n} pods did not all run after commit {}",
+                    landed.sha.get(..7).unwrap_or(&landed.sha)
+                )
             })?;
         let total = seen.running_all.unwrap_or_else(|| t0.elapsed());
         let pods = watch.live_pods();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use commitd_nodeagent::NodeAgentConfig;
+use commitd_reconciler::apply::{ApplyOptions, DEFAULT_MAX_TXN_OPS};
 use commitd_reconciler::git_source::GitSourceConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,23 @@ pub struct ReconcilerArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub source: SourceArgs,
+    /// etcd's --max-txn-ops: a commit needing more operations is
+    /// written in several transactions under an apply lock.
+    #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS, value_parser = max_txn_ops_parser())]
+    pub max_txn_ops: usize,
+}
+
+/// Accepts what can still switch a commit over in one transaction.
+pub fn max_txn_ops_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(4..)
+}
+
+/// How the reconciler writes to an etcd with this `--max-txn-ops`.
+pub fn apply_options(max_txn_ops: usize) -> ApplyOptions {
+    ApplyOptions {
+        max_txn_ops,
+        ..ApplyOptions::default()
+    }
 }
 
 /// `commitd scheduler`.
@@ -119,7 +137,13 @@ pub fn shutdown_token() -> anyhow::Result<CancellationToken> {
 pub async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<ExitCode> {
     let store = args.cluster.connect().await?;
     let cancel = shutdown_token()?;
-    commitd_reconciler::run(store, args.source.config(), cancel).await?;
+    commitd_reconciler::run_with(
+        store,
+        args.source.config(),
+        apply_options(args.max_txn_ops),
+        cancel,
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,11 +13,14 @@ use commitd_api::Store;
 use commitd_nodeagent::NodeAgentConfig;
 use tracing::{info, warn};
 
-use super::components::{shutdown_token, NodeArgs, SourceArgs};
+use super::components::{apply_options, max_txn_ops_parser, shutdown_token, NodeArgs, SourceArgs};
 use super::{write_endpoint_file, DEFAULT_STATE_DIR};
 use crate::cluster::containerd::{Containerd, ContainerdOptions};
 use crate::cluster::etcd::{Etcd, EtcdOptions};
 use crate::cluster::image::{ensure_pause_image, PAUSE_IMAGE};
+
+/// How long a container may take to stop when `up` shuts down.
+const DRAIN_GRACE_SECONDS: i64 = 10;
 
 /// `commitd up`.
 #[derive(Args, Debug)]
@@ -54,7 +57,17 @@ pub struct UpArgs {
     pub insecure_registry: Vec<String>,
     #[command(flatten)]
     pub node: NodeArgs,
+    /// etcd's --max-txn-ops; a commit needing more operations is written in
+    /// several transactions under an apply lock. Default: 1024 with the
+    /// etcd `up` starts (which it starts with that limit, or this one if
+    /// larger), else 128, etcd's default.
+    #[arg(long, value_parser = max_txn_ops_parser())]
+    pub max_txn_ops: Option<usize>,
 }
+
+/// The `--max-txn-ops` the etcd that `up` starts runs with: large enough
+/// that the commits of a single-node install fit one transaction.
+const OWN_ETCD_MAX_TXN_OPS: usize = 1024;
 
 /// Runs the all-in-one cluster until SIGINT or SIGTERM.
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -66,10 +79,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     prepare_repository(&repo, args.init_from.as_deref()).await?;
 
     let mut etcd = None;
+    let max_txn_ops = args.max_txn_ops.unwrap_or(if args.etcd.is_empty() {
+        OWN_ETCD_MAX_TXN_OPS
+    } else {
+        commitd_reconciler::apply::DEFAULT_MAX_TXN_OPS
+    });
     let endpoints = if args.etcd.is_empty() {
         let e = Etcd::start(EtcdOptions {
             data_dir: state_dir.join("etcd"),
             client_port: None,
+            extra_args: vec![
+                "--max-txn-ops".to_string(),
+                max_txn_ops.max(OWN_ETCD_MAX_TXN_OPS).to_string(),
+            ],
         })
         .await
         .context("starting etcd")?;
@@ -116,15 +138,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     source.repo = repo.clone();
     let agent = NodeAgentConfig {
         node_name: node_name.clone(),
-        containerd_socket: socket,
+        containerd_socket: socket.clone(),
         state_dir: state_dir.join("agent"),
         node_ip: args.node.node_ip,
         runtime_handler: String::new(),
     };
     let tasks = vec![
-        tokio::spawn(commitd_reconciler::run(
+        tokio::spawn(commitd_reconciler::run_with(
             store.clone(),
             source,
+            apply_options(max_txn_ops),
             cancel.clone(),
         )),
         tokio::spawn(commitd_scheduler::run(store.clone(), cancel.clone())),
@@ -152,6 +175,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if let Some(c) = containerd {
+        // Everything on this containerd is ours: stop the pods gracefully
+        // and clean their cgroups and logs, which containerd would leave.
+        if let Err(e) = commitd_nodeagent::drain::drain(
+            &socket,
+            &node_name,
+            &state_dir.join("agent"),
+            DRAIN_GRACE_SECONDS,
+        )
+        .await
+        {
+            warn!(error = %format!("{e:#}"), "draining the node");
+        }
         if let Err(e) = c.stop().await {
             warn!(error = %format!("{e:#}"), "stopping containerd");
         }

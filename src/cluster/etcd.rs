@@ -44,6 +44,9 @@ pub struct EtcdOptions {
     /// The loopback port clients connect to; `None` picks a free one (what
     /// tests want; `commitd up` may want a fixed one to print).
     pub client_port: Option<u16>,
+    /// More etcd flags, after commitd's own (a later flag wins), e.g.
+    /// `--max-txn-ops 1024`.
+    pub extra_args: Vec<String>,
 }
 
 /// A running private etcd. Dropping it kills etcd; [`Etcd::stop`] stops it
@@ -85,7 +88,7 @@ impl Etcd {
         prepare_data_dir(&data_dir).await?;
         let mut attempt = 1;
         loop {
-            match start_once(&data_dir, opts.client_port).await {
+            match start_once(&data_dir, opts.client_port, &opts.extra_args).await {
                 Ok(etcd) => return Ok(etcd),
                 // Fresh ports may help; a fixed client port that is taken
                 // stays taken.
@@ -157,7 +160,11 @@ async fn prepare_data_dir(data_dir: &Path) -> anyhow::Result<()> {
 }
 
 /// One attempt: pick ports, spawn etcd, wait for it.
-async fn start_once(data_dir: &Path, client_port: Option<u16>) -> Result<Etcd, AttemptError> {
+async fn start_once(
+    data_dir: &Path,
+    client_port: Option<u16>,
+    extra_args: &[String],
+) -> Result<Etcd, AttemptError> {
     let (client_port, peer_port) = pick_ports(client_port).await.map_err(AttemptError::Fatal)?;
     let name = unique_name();
     let endpoint = format!("http://127.0.0.1:{client_port}");
@@ -212,6 +219,7 @@ async fn start_once(data_dir: &Path, client_port: Option<u16>) -> Result<Etcd, A
         .arg("zap")
         .arg("--log-outputs")
         .arg("stderr")
+        .args(extra_args)
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
@@ -371,6 +379,7 @@ mod tests {
         let opts = EtcdOptions {
             data_dir: dir.path().join("etcd"),
             client_port: None,
+            extra_args: Vec::new(),
         };
         let etcd = start(opts.clone()).await?;
         let mut client = Client::connect([etcd.endpoint.as_str()], None).await?;
@@ -401,6 +410,7 @@ mod tests {
         let err = start(EtcdOptions {
             data_dir: dir.path().to_path_buf(),
             client_port: Some(port),
+            extra_args: Vec::new(),
         })
         .await
         .expect_err("the port is taken");

@@ -512,36 +512,9 @@ impl Worker {
         ))
     }
 
-    /// Removes the pod's cgroups and log directories. Every log directory
-    /// ending in `_<uid>` goes, so an orphan whose name is unknown is
-    /// cleaned as well.
+    /// Removes the pod's cgroups and log directories.
     async fn clean_up_host(&self) -> anyhow::Result<()> {
-        let parent = cgroup_parent(&self.uid);
-        tokio::task::spawn_blocking(move || cgroup_cleanup(&parent))
-            .await
-            .context("cgroup cleanup panicked")?
-            .context("removing the pod's cgroups")?;
-        let suffix = format!("_{}", sanitize(&self.uid));
-        let pods_dir = self.ctx.pods_dir();
-        let mut entries = match tokio::fs::read_dir(&pods_dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", pods_dir.display())),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(&suffix) {
-                let path = entry.path();
-                match tokio::fs::remove_dir_all(&path).await {
-                    Ok(()) => debug!(dir = %path.display(), "removed log directory"),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("removing {}", path.display()))
-                    }
-                }
-            }
-        }
-        Ok(())
+        remove_host_leftovers(&self.ctx.pods_dir(), &self.uid).await
     }
 
     /// Deletes the Pod object, guarded by uid and resourceVersion so a
@@ -601,4 +574,33 @@ async fn remove_log_file(log_path: &str) {
         // Fails harmlessly while other instances' logs remain.
         let _ = tokio::fs::remove_dir(dir).await;
     }
+}
+
+/// Removes what containerd leaves behind for a pod: its cgroups in every
+/// hierarchy and its log directories. Every log directory ending in
+/// `_<uid>` goes, so an orphan whose name is unknown is cleaned as well.
+pub async fn remove_host_leftovers(pods_dir: &Path, uid: &str) -> anyhow::Result<()> {
+    let parent = cgroup_parent(uid);
+    tokio::task::spawn_blocking(move || cgroup_cleanup(&parent))
+        .await
+        .context("cgroup cleanup panicked")?
+        .context("removing the pod's cgroups")?;
+    let suffix = format!("_{}", sanitize(uid));
+    let mut entries = match tokio::fs::read_dir(pods_dir).await {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pods_dir.display())),
+    };
+    while let Some(entry) = entries.next_entry().await? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(&suffix) {
+            let path = entry.path();
+            match tokio::fs::remove_dir_all(&path).await {
+                Ok(()) => debug!(dir = %path.display(), "removed log directory"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+            }
+        }
+    }
+    Ok(())
 }

@@ -20,6 +20,7 @@ mod replicaset;
 use std::time::Duration;
 
 use anyhow::Context;
+use commitd_api::controller::{self, ApplyGate};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use commitd_api::k8s_openapi::api::core::v1::Pod;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta_v1;
@@ -68,6 +69,8 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
         replica_sets: reflect::<ReplicaSet>(store.clone(), caches_cancel.clone()),
         pods: reflect::<Pod>(store.clone(), caches_cancel.clone()),
     };
+    // No pass starts while a commit is half-applied.
+    let gate = ApplyGate::watch(store.clone(), caches_cancel.clone());
     let all_ready = async {
         caches.deployments.ready().await;
         caches.replica_sets.ready().await;
@@ -78,11 +81,14 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
         _ = all_ready => {}
     }
     info!("controllers started: deployment, replicaset, garbage-collector");
-    tokio::join!(
-        deployment::run(store.clone(), caches.clone(), cancel.clone()),
-        replicaset::run(store.clone(), caches.clone(), cancel.clone()),
-        garbage_collector::run(store.clone(), caches.clone(), cancel.clone()),
-    );
+    controller::gated(gate, async {
+        tokio::join!(
+            deployment::run(store.clone(), caches.clone(), cancel.clone()),
+            replicaset::run(store.clone(), caches.clone(), cancel.clone()),
+            garbage_collector::run(store.clone(), caches.clone(), cancel.clone()),
+        )
+    })
+    .await;
     info!("controllers stopped");
     Ok(())
 }
