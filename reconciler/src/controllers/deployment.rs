@@ -347,7 +347,7 @@ impl DeploymentController {
         let (status, requeue) =
             compute_status(d, rollout.new.as_ref(), &rollout.all(), event.as_ref(), now);
         if d.status.as_ref() != Some(&status) {
-            self.write_status(d, &uid, status).await?;
+            self.write_status(d, status).await?;
         }
         Ok(requeue)
     }
@@ -417,24 +417,21 @@ impl DeploymentController {
     }
 
     /// Writes a Deployment's status (and nothing else: the rest is Git's).
-    async fn write_status(
-        &self,
-        d: &Deployment,
-        uid: &str,
-        status: DeploymentStatus,
-    ) -> Result<()> {
-        self.store
-            .modify::<Deployment, _>(meta::namespace(d), meta::name(d), |cur| {
-                if cur.metadata.uid.as_deref() != Some(uid) || cur.status.as_ref() == Some(&status)
-                {
-                    return false;
-                }
-                cur.status = Some(status.clone());
-                true
-            })
-            .await
-            .context("writing deployment status")?;
-        debug!("wrote deployment status");
+    async fn write_status(&self, d: &Deployment, status: DeploymentStatus) -> Result<()> {
+        // Guarded by the revision the status was computed from, as
+        // Kubernetes' UpdateStatus is: the status depends on the previous
+        // conditions, so one computed from a stale copy must not be
+        // written over a fresher one. On conflict the cache is behind; its
+        // update triggers the next pass, which recomputes.
+        let mut next = d.clone();
+        next.status = Some(status);
+        match self.store.update(next).await {
+            Ok(_) => debug!("wrote deployment status"),
+            Err(e) if e.is_conflict() => {
+                debug!("deployment changed since it was read; the next pass recomputes")
+            }
+            Err(e) => return Err(e).context("writing deployment status"),
+        }
         Ok(())
     }
 
