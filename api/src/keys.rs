@@ -10,7 +10,7 @@
 //! /commitd/source/seq                                  the newest history sequence number
 //! /commitd/source/applying                             the apply lock (JSON, on a lease)
 //! /commitd/history/<seq, 20 digits>                    one record per commit seen
-//! /commitd/leader/<component>                          leader election
+//! /commitd/leader/<component>                          reserved for leader election (not used yet)
 //! ```
 //! The core group is spelled `core` in keys so that every key has the same
 //! number of segments.
@@ -76,23 +76,6 @@ pub fn node_lease_key(node: &str) -> String {
     format!("{NODE_LEASE_PREFIX}{node}")
 }
 
-/// The leader-election key of a component.
-pub fn leader_key(component: &str) -> String {
-    format!("/commitd/leader/{component}")
-}
-
-/// The end of a prefix range for etcd range requests.
-pub fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,11 +99,5 @@ mod tests {
             "/commitd/objects/core/Node/n1"
         );
         assert_eq!(history_key(42), "/commitd/history/00000000000000000042");
-    }
-
-    #[test]
-    fn prefix_end_covers_exactly_the_prefix() {
-        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
-        assert_eq!(prefix_end("a\u{7f}"), b"a\x80".to_vec());
     }
 }
