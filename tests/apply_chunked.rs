@@ -94,27 +94,11 @@ impl Harness {
     }
 
     async fn history(&self) -> Vec<HistoryRecord> {
-        let list = self
-            .store
-            .list_prefix(keys::HISTORY_PREFIX)
-            .await
-            .expect("list history");
-        list.items
-            .iter()
-            .map(|kv| serde_json::from_slice(kv.value()).expect("history record decodes"))
-            .collect()
+        support::history::records(&self.store).await
     }
 
     async fn wait_for_record(&self, sha: &str) -> HistoryRecord {
-        until("a history record of the commit", WAIT, || async {
-            let h = self.history().await;
-            h.iter()
-                .rev()
-                .find(|r| r.commit.sha == sha)
-                .cloned()
-                .ok_or_else(|| format!("{} records, none for {sha}", h.len()))
-        })
-        .await
+        support::history::wait_for_record(&self.store, sha, WAIT).await
     }
 
     async fn applied(&self) -> Option<AppliedCommit> {

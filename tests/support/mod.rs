@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod git;
+pub mod history;
 pub mod wait;
 
 use std::time::Duration;
