@@ -14,7 +14,7 @@ use commitd_api::k8s_openapi::api::core::v1::{
 };
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use commitd_api::k8s_openapi::jiff::Timestamp;
-use commitd_api::{meta, store, Kind, Object, Store};
+use commitd_api::{meta, Kind, Object, Store};
 use serde_json::{json, Value};
 
 use super::output::{self, age, pod_summary, Table};
@@ -288,7 +288,7 @@ async fn fetch_kind<T: Object + Columns>(
     let mut objects: Vec<T> = Vec::new();
     let mut missing = Vec::new();
     if names.is_empty() {
-        objects = list_objects::<T>(store, scope).await?;
+        objects = super::list_objects::<T>(store, scope).await?;
     } else {
         for name in names {
             let found = store
@@ -320,23 +320,6 @@ async fn fetch_kind<T: Object + Columns>(
         items,
         missing,
     })
-}
-
-/// Lists a kind, skipping (with a warning) any stored value that does not
-/// decode, so one bad key never hides every other object.
-async fn list_objects<T: Object>(store: &Store, scope: Option<&str>) -> anyhow::Result<Vec<T>> {
-    let raw = store
-        .list_raw(T::STORE_KIND, scope)
-        .await
-        .with_context(|| format!("listing {}", T::STORE_KIND.plural()))?;
-    let mut out = Vec::with_capacity(raw.items.len());
-    for kv in &raw.items {
-        match store::decode::<T>(kv) {
-            Ok(obj) => out.push(obj),
-            Err(e) => eprintln!("warning: skipping an object that cannot be read: {e}"),
-        }
-    }
-    Ok(out)
 }
 
 /// The tables of every kind that has objects, one after the other and

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use commitd_api::Store;
+use commitd_api::{store, Object, Store};
 
 pub mod bench;
 pub mod components;
@@ -74,4 +74,24 @@ pub fn init_tracing() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Lists a kind, skipping (with a warning) any stored value that does not
+/// decode, so one bad key never hides every other object.
+pub(crate) async fn list_objects<T: Object>(
+    store: &Store,
+    scope: Option<&str>,
+) -> anyhow::Result<Vec<T>> {
+    let raw = store
+        .list_raw(T::STORE_KIND, scope)
+        .await
+        .with_context(|| format!("listing {}", T::STORE_KIND.plural()))?;
+    let mut out = Vec::with_capacity(raw.items.len());
+    for kv in &raw.items {
+        match store::decode::<T>(kv) {
+            Ok(obj) => out.push(obj),
+            Err(e) => eprintln!("warning: skipping an object that cannot be read: {e}"),
+        }
+    }
+    Ok(out)
 }

@@ -10,7 +10,7 @@ use commitd_api::k8s_openapi::api::apps::v1::Deployment;
 use commitd_api::k8s_openapi::api::core::v1::{Node, Pod};
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::records::{AppliedCommit, CommitInfo, HistoryRecord};
-use commitd_api::{keys, meta, store, Object, Store};
+use commitd_api::{keys, meta};
 
 use super::get::node_status;
 use super::output::{self, age, age_of_rfc3339, diagnostic_line, plural, pod_summary, Table};
@@ -32,7 +32,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         .get_record(keys::REJECTED)
         .await
         .context("reading the last rejected commit")?;
-    let nodes = list::<Node>(&store).await?;
+    let nodes = super::list_objects::<Node>(&store, None).await?;
     let leases = store
         .list_prefix(keys::NODE_LEASE_PREFIX)
         .await
@@ -44,8 +44,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         .filter_map(|k| k.strip_prefix(keys::NODE_LEASE_PREFIX))
         .map(str::to_string)
         .collect();
-    let deployments = list::<Deployment>(&store).await?;
-    let pods = list::<Pod>(&store).await?;
+    let deployments = super::list_objects::<Deployment>(&store, None).await?;
+    let pods = super::list_objects::<Pod>(&store, None).await?;
 
     let mut text = commit_block(applied.as_ref(), rejected.as_ref(), now);
     text.push('\n');
@@ -56,21 +56,6 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     text.push_str(&pods_block(&pods, now));
     output::emit(&text)?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn list<T: Object>(store: &Store) -> anyhow::Result<Vec<T>> {
-    let raw = store
-        .list_raw(T::STORE_KIND, None)
-        .await
-        .with_context(|| format!("listing {}", T::STORE_KIND.plural()))?;
-    let mut out = Vec::with_capacity(raw.items.len());
-    for kv in &raw.items {
-        match store::decode::<T>(kv) {
-            Ok(obj) => out.push(obj),
-            Err(e) => eprintln!("warning: skipping an object that cannot be read: {e}"),
-        }
-    }
-    Ok(out)
 }
 
 fn label(name: &str) -> String {
