@@ -2,12 +2,13 @@
 //! private containerd, CRI over its unix socket, CNI bridge networking.
 //! Needs root (CI runs as root); skipped with a message otherwise.
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use commitd::cluster::containerd::{Containerd, ContainerdOptions};
 use commitd::cluster::image::{ensure_pause_image, PAUSE_IMAGE};
 use commitd::cluster::registry::Registry;
@@ -16,8 +17,8 @@ use commitd_nodeagent::cri::proto::{
     PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
 };
 use commitd_nodeagent::cri::{cgroup_cleanup, Cri};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
+use support::http_get;
+use support::wait::until;
 
 /// Own bridge and subnet, so this test never collides with other tests.
 const BRIDGE: &str = "cdtest0";
@@ -289,7 +290,12 @@ async fn run_pod(cri: &Cri, registry: &str, tmp: &Path) -> anyhow::Result<()> {
     assert_eq!(state, PodSandboxState::SandboxReady);
     let ip = ip.context("sandbox has no IP")?;
     assert!(ip.to_string().starts_with("10.213.0."), "pod IP {ip}");
-    let page = http_get_until(ip, Duration::from_secs(30)).await?;
+    // httpd needs a moment after StartContainer to bind its port.
+    let addr = format!("{ip}:80");
+    let page = until("the pod to serve its page", Duration::from_secs(30), || {
+        http_get(&addr)
+    })
+    .await;
     println!("GET http://{ip}/ -> {}", page.trim());
     assert!(
         page.contains(&format!("hello from {HOSTNAME}")),
@@ -325,40 +331,6 @@ async fn run_pod(cri: &Cri, registry: &str, tmp: &Path) -> anyhow::Result<()> {
     assert!(cri.list_containers(&all).await?.is_empty());
     assert!(cri.list_pod_sandboxes(&all).await?.is_empty());
     Ok(())
-}
-
-/// GETs `/` from the pod until it answers 200 or the deadline passes:
-/// httpd needs a moment after StartContainer to bind its port.
-async fn http_get_until(ip: IpAddr, within: Duration) -> anyhow::Result<String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let attempt = tokio::time::timeout(Duration::from_secs(2), http_get(ip)).await;
-        let error = match attempt {
-            Ok(Ok(body)) => return Ok(body),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "timed out".to_string(),
-        };
-        if Instant::now() >= deadline {
-            bail!("GET http://{ip}/ never succeeded: {error}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn http_get(ip: IpAddr) -> anyhow::Result<String> {
-    let mut stream = tokio::net::TcpStream::connect((ip, 80)).await?;
-    stream
-        .write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("unexpected response: {head}");
-    }
-    Ok(body.to_string())
 }
 
 fn to_hash_map(labels: &BTreeMap<String, String>) -> HashMap<String, String> {
