@@ -9,15 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use commitd::cluster::containerd::{Containerd, ContainerdOptions};
 use commitd::cluster::image::{ensure_pause_image, PAUSE_IMAGE};
-use commitd::cluster::registry::Registry;
 use commitd_nodeagent::cri::proto::{
     ContainerConfig, ContainerMetadata, ContainerState, ImageSpec, LinuxPodSandboxConfig,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
 };
 use commitd_nodeagent::cri::{cgroup_cleanup, Cri};
 use support::http_get;
+use support::node::{containerd_with_pause, registry_with_demo_images};
 use support::wait::until;
 
 /// Own bridge and subnet, so this test never collides with other tests.
@@ -41,21 +40,9 @@ async fn pod_runs_and_serves_http_through_cri() -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("cdt").tempdir()?;
     let tmp_path = tmp.path().to_path_buf();
 
-    let registry = Registry::start().await?;
+    let registry = registry_with_demo_images().await?;
     println!("registry on {}", registry.addr);
-    registry
-        .push_demo_images(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .await?;
-
-    let containerd = Containerd::start(ContainerdOptions {
-        state_dir: tmp_path.join("containerd"),
-        sandbox_image: PAUSE_IMAGE.to_string(),
-        pod_cidr: POD_CIDR.to_string(),
-        bridge: BRIDGE.to_string(),
-        registries: vec![registry.addr.clone()],
-    })
-    .await?;
-    ensure_pause_image(&containerd.socket, &tmp_path.join("work")).await?;
+    let containerd = containerd_with_pause(&tmp_path, BRIDGE, POD_CIDR, Some(&registry)).await?;
     // Idempotent: the second call finds the image and does nothing.
     ensure_pause_image(&containerd.socket, &tmp_path.join("work")).await?;
 
@@ -124,15 +111,7 @@ async fn containerd_killed_with_a_running_pod_leaves_nothing() -> anyhow::Result
 async fn abandon_running_pod(bridge: &str, pod_cidr: &str, kill_first: bool) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("cdt").tempdir()?;
     let tmp_path = tmp.path().to_path_buf();
-    let containerd = Containerd::start(ContainerdOptions {
-        state_dir: tmp_path.join("containerd"),
-        sandbox_image: PAUSE_IMAGE.to_string(),
-        pod_cidr: pod_cidr.to_string(),
-        bridge: bridge.to_string(),
-        registries: Vec::new(),
-    })
-    .await?;
-    ensure_pause_image(&containerd.socket, &tmp_path.join("work")).await?;
+    let containerd = containerd_with_pause(&tmp_path, bridge, pod_cidr, None).await?;
     let cri = Cri::connect(&containerd.socket).await?;
     let cgroup_parent = format!("/commitd-{bridge}-{}", std::process::id());
     let log_dir = tmp_path.join("logs");

@@ -42,11 +42,9 @@ fn copy_examples(to: &Path, registry: &str) {
 
 impl Cluster {
     async fn up() -> Cluster {
-        let registry = Registry::start().await.expect("registry starts");
-        registry
-            .push_demo_images(Path::new(env!("CARGO_MANIFEST_DIR")))
+        let registry = support::node::registry_with_demo_images()
             .await
-            .expect("demo images pushed");
+            .expect("registry with the demo images");
         let state = tempfile::tempdir().expect("tempdir");
         copy_examples(&state.path().join("init"), &registry.addr);
         let mut cluster = Cluster {

@@ -10,13 +10,11 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use commitd::cluster::containerd::{Containerd, ContainerdOptions};
 use commitd::cluster::etcd::{Etcd, EtcdOptions};
-use commitd::cluster::image::{ensure_pause_image, PAUSE_IMAGE};
-use commitd::cluster::registry::Registry;
 use commitd_nodeagent::cri::Cri;
 use support::cli::{running_containers, Cli, BIN};
 use support::git::{examples_dir, TestRepo};
+use support::node::{containerd_with_pause, registry_with_demo_images};
 use support::wait::until;
 use tokio::process::{Child, Command};
 
@@ -41,11 +39,9 @@ fn spawn(args: &[OsString], log: &Path) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_agent_adopts_its_pods_on_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let registry = Registry::start().await.expect("registry");
-    registry
-        .push_demo_images(Path::new(env!("CARGO_MANIFEST_DIR")))
+    let registry = registry_with_demo_images()
         .await
-        .expect("images");
+        .expect("registry with images");
     let etcd = Etcd::start(EtcdOptions {
         data_dir: dir.path().join("etcd"),
         client_port: None,
@@ -53,18 +49,9 @@ async fn killed_node_agent_adopts_its_pods_on_restart() {
     })
     .await
     .expect("etcd");
-    let containerd = Containerd::start(ContainerdOptions {
-        state_dir: dir.path().join("containerd"),
-        sandbox_image: PAUSE_IMAGE.to_string(),
-        pod_cidr: "10.217.0.0/24".into(),
-        bridge: "cdkill0".into(),
-        registries: vec![registry.addr.clone()],
-    })
-    .await
-    .expect("containerd");
-    ensure_pause_image(&containerd.socket, &dir.path().join("images"))
+    let containerd = containerd_with_pause(dir.path(), "cdkill0", "10.217.0.0/24", Some(&registry))
         .await
-        .expect("pause image");
+        .expect("containerd with the pause image");
 
     // The demo manifests, pointed at this test's registry.
     let repo = TestRepo::new();

@@ -9,11 +9,10 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use support::node::{containerd_with_pause, registry_with_demo_images};
 
-use commitd::cluster::containerd::{Containerd, ContainerdOptions};
 use commitd::cluster::etcd::{Etcd, EtcdOptions};
-use commitd::cluster::image::{ensure_pause_image, PAUSE_IMAGE};
-use commitd::cluster::registry::Registry;
+use commitd::cluster::image::PAUSE_IMAGE;
 use commitd_api::keys::node_lease_key;
 use commitd_api::Store;
 use commitd_nodeagent::cri::proto::{
@@ -149,19 +148,8 @@ async fn node_agent_runs_restarts_adopts_and_deletes_pods() -> anyhow::Result<()
         extra_args: Vec::new(),
     })
     .await?;
-    let registry = Registry::start().await?;
-    registry
-        .push_demo_images(Path::new(env!("CARGO_MANIFEST_DIR")))
-        .await?;
-    let containerd = Containerd::start(ContainerdOptions {
-        state_dir: tmp_path.join("containerd"),
-        sandbox_image: PAUSE_IMAGE.to_string(),
-        pod_cidr: POD_CIDR.to_string(),
-        bridge: BRIDGE.to_string(),
-        registries: vec![registry.addr.clone()],
-    })
-    .await?;
-    ensure_pause_image(&containerd.socket, &tmp_path.join("work")).await?;
+    let registry = registry_with_demo_images().await?;
+    let containerd = containerd_with_pause(&tmp_path, BRIDGE, POD_CIDR, Some(&registry)).await?;
     let store = Store::connect(std::slice::from_ref(&etcd.endpoint)).await?;
     let cri = Cri::connect(&containerd.socket).await?;
     let agent_dir = tmp_path.join("agent");

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod git;
 pub mod history;
+pub mod node;
 pub mod wait;
 
 use std::time::Duration;
