@@ -31,6 +31,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 const REMOVE_PODS_DEADLINE: Duration = Duration::from_secs(20);
 /// How long containerd may take to exit after SIGTERM before SIGKILL.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long processes killed on the way out may take to exit.
+const REAP_DEADLINE: Duration = Duration::from_secs(10);
 /// Interval between readiness probes while starting.
 const POLL: Duration = Duration::from_millis(50);
 /// Unix socket paths longer than this do not fit `sockaddr_un`.
@@ -440,13 +442,19 @@ fn reap_leftovers(socket: &Path, state_dir: &Path) {
         // A shim removes its socket (in /run/containerd/s) only when it exits
         // cleanly, so note where it listens before killing it.
         let sockets = listening_sockets(&shims);
-        for (pid, ppid) in processes() {
-            if shims.contains(&ppid) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-        }
-        for pid in &shims {
+        let mut killed: Vec<i32> = processes()
+            .into_iter()
+            .filter(|(_, ppid)| shims.contains(ppid))
+            .map(|(pid, _)| pid)
+            .collect();
+        killed.extend(&shims);
+        for pid in &killed {
             let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        // SIGKILL is delivered asynchronously: until the processes have
+        // exited, their cgroups cannot be removed and their mounts stay busy.
+        if !wait_exited(&killed, REAP_DEADLINE) {
+            tracing::warn!(pids = ?killed, "processes still alive {REAP_DEADLINE:?} after SIGKILL");
         }
         for path in sockets {
             let _ = std::fs::remove_file(path);
@@ -456,6 +464,35 @@ fn reap_leftovers(socket: &Path, state_dir: &Path) {
         tracing::warn!(mount = %mount_point.display(), "detaching mount left by containerd");
         let _ = nix::mount::umount2(&mount_point, nix::mount::MntFlags::MNT_DETACH);
     }
+}
+
+/// Waits until none of `pids` runs any more (gone, or a zombie waiting to
+/// be reaped); false if some still ran at the deadline.
+fn wait_exited(pids: &[i32], deadline: Duration) -> bool {
+    let until = std::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if !pids.iter().any(|pid| is_running(*pid)) {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Whether `pid` exists and has not exited yet (a zombie has exited: it no
+/// longer holds cgroups or mounts).
+fn is_running(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    !matches!(state, Some("Z" | "X"))
 }
 
 /// Pids of `containerd-shim-*` processes started with `-address SOCKET`.
