@@ -5,7 +5,9 @@
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
 };
-use k8s_openapi::api::core::v1::{Container, PodSecurityContext, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{
+    ClientIPConfig, Container, PodSecurityContext, PodSpec, Secret, Service, SessionAffinityConfig,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
@@ -102,6 +104,43 @@ pub fn secret(s: &mut Secret) {
     }
 }
 
+/// Service defaults, as the API server fills them in: type `ClusterIP`,
+/// no session affinity (ClientIP sticks for 3 hours), TCP ports whose
+/// target port is the port, single-stack IPv4, traffic policies `Cluster`.
+pub fn service(s: &mut Service) {
+    let spec = s.spec.get_or_insert_with(Default::default);
+    let ty = spec.type_.get_or_insert_with(|| "ClusterIP".into()).clone();
+    let affinity = spec.session_affinity.get_or_insert_with(|| "None".into());
+    if affinity == "ClientIP" {
+        let config = spec
+            .session_affinity_config
+            .get_or_insert_with(SessionAffinityConfig::default)
+            .client_ip
+            .get_or_insert_with(ClientIPConfig::default);
+        config.timeout_seconds.get_or_insert(10800);
+    }
+    for port in spec.ports.iter_mut().flatten() {
+        port.protocol.get_or_insert_with(|| "TCP".into());
+        if port.target_port.is_none() {
+            port.target_port = Some(IntOrString::Int(port.port));
+        }
+    }
+    if ty != "ExternalName" {
+        spec.internal_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+        spec.ip_family_policy
+            .get_or_insert_with(|| "SingleStack".into());
+        spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        spec.external_traffic_policy
+            .get_or_insert_with(|| "Cluster".into());
+    }
+    if ty == "LoadBalancer" {
+        spec.allocate_load_balancer_node_ports.get_or_insert(true);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +184,32 @@ mod tests {
                 .as_deref(),
             Some("TCP")
         );
+    }
+
+    #[test]
+    fn service_gets_kubernetes_defaults() {
+        let mut s: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "sessionAffinity": "ClientIP",
+                "ports": [{"port": 80}, {"port": 53, "protocol": "UDP", "targetPort": "dns"}]}
+        }))
+        .expect("valid service");
+        service(&mut s);
+        let spec = s.spec.expect("spec");
+        let ports = spec.ports.expect("ports");
+        assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
+        assert_eq!(ports[0].target_port, Some(IntOrString::Int(80)));
+        assert_eq!(
+            ports[1].target_port,
+            Some(IntOrString::String("dns".into()))
+        );
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
+        assert_eq!(spec.ip_families, Some(vec!["IPv4".to_string()]));
+        let timeout = spec
+            .session_affinity_config
+            .and_then(|c| c.client_ip)
+            .and_then(|c| c.timeout_seconds);
+        assert_eq!(timeout, Some(10800));
     }
 
     #[test]

@@ -14,26 +14,31 @@ pub enum Kind {
     ReplicaSet,
     Deployment,
     Node,
+    Service,
+    Endpoints,
 }
 
 impl Kind {
     /// Every kind, in the order a commit applies them (namespaces first,
     /// configuration before the workloads that read it).
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Namespace,
         Kind::ConfigMap,
         Kind::Secret,
         Kind::Node,
+        Kind::Service,
+        Kind::Endpoints,
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Pod,
     ];
 
     /// Kinds a manifest in Git may declare.
-    pub const FROM_GIT: [Kind; 6] = [
+    pub const FROM_GIT: [Kind; 7] = [
         Kind::Namespace,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::Service,
         Kind::Deployment,
         Kind::ReplicaSet,
         Kind::Pod,
@@ -65,6 +70,8 @@ impl Kind {
             Kind::ReplicaSet => "ReplicaSet",
             Kind::Deployment => "Deployment",
             Kind::Node => "Node",
+            Kind::Service => "Service",
+            Kind::Endpoints => "Endpoints",
         }
     }
 
@@ -78,6 +85,8 @@ impl Kind {
             Kind::ReplicaSet => "replicasets",
             Kind::Deployment => "deployments",
             Kind::Node => "nodes",
+            Kind::Service => "services",
+            Kind::Endpoints => "endpoints",
         }
     }
 
@@ -113,6 +122,8 @@ impl Kind {
             Kind::ReplicaSet => &["rs"],
             Kind::Deployment => &["deploy"],
             Kind::Node => &["no"],
+            Kind::Service => &["svc"],
+            Kind::Endpoints => &["ep"],
         }
     }
 }

@@ -211,7 +211,8 @@ fn load_document(
         Kind::ReplicaSet => {
             typed::<k8s_openapi::api::apps::v1::ReplicaSet>(&json, defaults::replica_set)
         }
-        Kind::Node => unreachable_kind(),
+        Kind::Service => typed::<k8s_openapi::api::core::v1::Service>(&json, defaults::service),
+        Kind::Node | Kind::Endpoints => unreachable_kind(),
     }
     .map_err(|errs| {
         errs.into_iter()

@@ -3,7 +3,7 @@
 //! helpers over `metadata` (owners, ownership by Git, identities).
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -48,6 +48,8 @@ object!(Pod, Kind::Pod);
 object!(ReplicaSet, Kind::ReplicaSet);
 object!(Deployment, Kind::Deployment);
 object!(Node, Kind::Node);
+object!(Service, Kind::Service);
+object!(Endpoints, Kind::Endpoints);
 
 /// The object's name ("" if it has none, which validation rejects).
 pub fn name<T: Object>(obj: &T) -> &str {

@@ -53,7 +53,7 @@ fn build<T: JsonSchema>() -> Schema {
 /// The schema of a kind, built once.
 pub fn for_kind(kind: Kind) -> &'static Schema {
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
+    use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
     static SCHEMAS: OnceLock<HashMap<Kind, Schema>> = OnceLock::new();
     let all = SCHEMAS.get_or_init(|| {
         HashMap::from([
@@ -64,6 +64,8 @@ pub fn for_kind(kind: Kind) -> &'static Schema {
             (Kind::ReplicaSet, build::<ReplicaSet>()),
             (Kind::Deployment, build::<Deployment>()),
             (Kind::Node, build::<Node>()),
+            (Kind::Service, build::<Service>()),
+            (Kind::Endpoints, build::<Endpoints>()),
         ])
     });
     &all[&kind]

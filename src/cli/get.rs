@@ -273,6 +273,9 @@ async fn fetch(
         Kind::Namespace => fetch_kind::<Namespace>(store, scope, names, wide, now).await,
         Kind::ConfigMap => fetch_kind::<ConfigMap>(store, scope, names, wide, now).await,
         Kind::Secret => fetch_kind::<Secret>(store, scope, names, wide, now).await,
+        Kind::Service | Kind::Endpoints => {
+            anyhow::bail!("listing {} is not implemented yet", kind.plural())
+        }
     }
 }
 

@@ -12,21 +12,23 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::field_path::FieldPath;
 
+mod service;
+
 /// Field errors found in one object.
 #[derive(Debug, Default)]
 pub struct FieldErrors(pub Vec<(FieldPath, String)>);
 
 impl FieldErrors {
-    fn add(&mut self, path: FieldPath, msg: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: FieldPath, msg: impl Into<String>) {
         self.0.push((path, msg.into()));
     }
-    fn required(&mut self, path: FieldPath) {
+    pub(crate) fn required(&mut self, path: FieldPath) {
         self.add(path, "Required value");
     }
-    fn invalid(&mut self, path: FieldPath, value: impl std::fmt::Display, why: &str) {
+    pub(crate) fn invalid(&mut self, path: FieldPath, value: impl std::fmt::Display, why: &str) {
         self.add(path, format!("Invalid value: {value}: {why}"));
     }
-    fn unsupported(&mut self, path: FieldPath, value: &str, supported: &[&str]) {
+    pub(crate) fn unsupported(&mut self, path: FieldPath, value: &str, supported: &[&str]) {
         let list: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         self.add(
             path,
@@ -38,8 +40,8 @@ impl FieldErrors {
     }
 }
 
-const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+pub(crate) const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+pub(crate) const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 
 /// Whether `s` is an RFC 1123 label (namespaces, container names).
 pub fn is_dns1123_label(s: &str) -> bool {
@@ -54,6 +56,21 @@ pub fn is_dns1123_label(s: &str) -> bool {
 /// Whether `s` is an RFC 1123 subdomain (most object names).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+const PORT_NAME_MSG: &str = "must contain only lowercase alphanumeric characters (a-z, 0-9), and hyphens (-); must contain at least one letter (a-z); must not contain consecutive hyphens (--); hyphens (-) must not be adjacent to each other or at the ends; must be no more than 15 characters";
+
+/// Whether `n` is an IANA service name, as container and service port
+/// names must be (`http`, `metrics-2`).
+pub fn is_port_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes().any(|b| b.is_ascii_lowercase())
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
 }
 
 fn is_qualified_name(s: &str) -> bool {
@@ -98,7 +115,12 @@ fn is_env_var_name(s: &str) -> bool {
 
 /// Validates `metadata`: the name (an RFC 1123 label when `label_name`,
 /// else a subdomain), the namespace, labels and annotations.
-fn object_meta(m: &ObjectMeta, namespaced: bool, label_name: bool, errs: &mut FieldErrors) {
+pub(crate) fn object_meta(
+    m: &ObjectMeta,
+    namespaced: bool,
+    label_name: bool,
+    errs: &mut FieldErrors,
+) {
     let p = FieldPath::root().key("metadata");
     match m.name.as_deref() {
         None | Some("") => errs.add(
@@ -128,7 +150,7 @@ fn object_meta(m: &ObjectMeta, namespaced: bool, label_name: bool, errs: &mut Fi
     }
 }
 
-fn labels(l: Option<&BTreeMap<String, String>>, p: &FieldPath, errs: &mut FieldErrors) {
+pub(crate) fn labels(l: Option<&BTreeMap<String, String>>, p: &FieldPath, errs: &mut FieldErrors) {
     for (k, v) in l.into_iter().flatten() {
         if !is_qualified_name(k) {
             errs.invalid(p.clone(), format!("\"{k}\""), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')");
@@ -221,13 +243,8 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
             }
         }
         if let Some(n) = port.name.as_deref() {
-            let valid = !n.is_empty()
-                && n.len() <= 15
-                && n.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && n.bytes().any(|b| b.is_ascii_lowercase());
-            if !valid {
-                errs.invalid(pp.key("name"), format!("\"{n}\""), "must be no more than 15 characters and contain only lower case alphanumeric characters or '-', with at least one letter");
+            if !is_port_name(n) {
+                errs.invalid(pp.key("name"), format!("\"{n}\""), PORT_NAME_MSG);
             } else if !port_names.insert(n.to_string()) {
                 errs.add(pp.key("name"), format!("Duplicate value: \"{n}\""));
             }
