@@ -154,15 +154,12 @@ fn cluster_ips(
     };
     match value {
         "" => {}
-        "None" => {
-            if ty == "NodePort" || ty == "LoadBalancer" {
-                errs.invalid(
-                    field,
-                    "\"None\"",
-                    &format!("may not be set to 'None' for {ty} services"),
-                );
-            }
-        }
+        "None" if ty == "NodePort" || ty == "LoadBalancer" => errs.invalid(
+            field,
+            "\"None\"",
+            &format!("may not be set to 'None' for {ty} services"),
+        ),
+        "None" => {}
         ip if ip.parse::<Ipv4Addr>().is_err() => {
             errs.invalid(field, format!("\"{ip}\""), "must be a valid IPv4 address");
         }
