@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use commitd::cluster::etcd::{Etcd, EtcdOptions};
 use commitd_api::k8s_openapi::api::apps::v1::Deployment;
-use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use commitd_api::keys;
 use commitd_api::records::{AppliedCommit, HistoryRecord, Outcome};
+use commitd_api::service_network::ServiceNetwork;
 use commitd_api::{meta, Store};
 use commitd_reconciler::git_source::GitSourceConfig;
 use support::git::TestRepo;
@@ -375,6 +376,125 @@ async fn two_reconcilers_never_interleave() {
     assert_eq!(
         cm.data.and_then(|d| d.get("color").cloned()).as_deref(),
         Some("c4")
+    );
+    h.stop().await;
+}
+
+const SERVICES: &str = r#"apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: demo
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - name: http
+    port: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: db
+  namespace: demo
+spec:
+  clusterIP: None
+  selector: {app: db}
+"#;
+
+async fn service(store: &Store, name: &str) -> Service {
+    store
+        .get::<Service>(Some("demo"), name)
+        .await
+        .expect("read service")
+        .unwrap_or_else(|| panic!("service {name} exists"))
+}
+
+/// (clusterIP, first node port) of a stored Service.
+fn allocated(s: &Service) -> (String, Option<i32>) {
+    let spec = s.spec.clone().unwrap_or_default();
+    let node_port = spec
+        .ports
+        .unwrap_or_default()
+        .first()
+        .and_then(|p| p.node_port);
+    (spec.cluster_ip.unwrap_or_default(), node_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_keep_their_addresses_and_conflicts_reject_the_commit() {
+    let h = Harness::start().await;
+    let c1 = h.repo.commit(
+        "Services",
+        &[
+            ("manifests/ns.yaml", Some(NAMESPACE)),
+            ("manifests/svc.yaml", Some(SERVICES)),
+        ],
+    );
+    let task = h.follow();
+    assert_eq!(h.wait_for_record(&c1).await.outcome, Outcome::Applied);
+    let (web_ip, web_port) = allocated(&service(&h.store, "web").await);
+    let ip: std::net::Ipv4Addr = web_ip.parse().expect("an IPv4 ClusterIP");
+    assert!(
+        ServiceNetwork::default().assignable(ip),
+        "{ip} is not a ClusterIP of 10.96.0.0/12"
+    );
+    let web_port = web_port.expect("a node port");
+    assert!((30000..=32767).contains(&web_port), "{web_port}");
+    assert_eq!(allocated(&service(&h.store, "db").await).0, "None");
+
+    // Another commit renumbers the port: what it was given stays.
+    let c2 = h.repo.commit(
+        "Renumber the port",
+        &[(
+            "manifests/svc.yaml",
+            Some(&SERVICES.replace("    port: 80\n", "    port: 81\n")),
+        )],
+    );
+    let r2 = h.wait_for_record(&c2).await;
+    assert_eq!(r2.outcome, Outcome::Applied);
+    assert_eq!(r2.changes.updated, vec!["Service demo/web".to_string()]);
+    let web = service(&h.store, "web").await;
+    assert_eq!(allocated(&web), (web_ip.clone(), Some(web_port)));
+
+    // A restarted reconciler sees no drift and changes nothing.
+    h.cancel.cancel();
+    task.await.expect("join").expect("follow");
+    let revision = web.metadata.resource_version.clone();
+    let h = Harness {
+        cancel: CancellationToken::new(),
+        ..h
+    };
+    let _task = h.follow();
+
+    // Taking web's address or node port explicitly is rejected with the
+    // file, line and field, and nothing changes.
+    let thief = format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: thief\n  namespace: demo\nspec:\n  type: NodePort\n  clusterIP: {web_ip}\n  ports:\n  - port: 80\n    nodePort: {web_port}\n"
+    );
+    let c3 = h.repo.commit(
+        "Steal an address",
+        &[("manifests/thief.yaml", Some(&thief))],
+    );
+    let r3 = h.wait_for_record(&c3).await;
+    assert_eq!(r3.outcome, Outcome::Rejected);
+    let errors: Vec<String> = r3.errors.iter().map(|d| d.to_string()).collect();
+    assert_eq!(
+        errors,
+        vec![
+            format!("manifests/thief.yaml:8: error: spec.clusterIP: Invalid value: \"{web_ip}\": failed to allocate IP {web_ip}: provided IP is already allocated (to Service demo/web)"),
+            format!("manifests/thief.yaml:11: error: spec.ports[0].nodePort: Invalid value: {web_port}: provided port is already allocated (to Service demo/web)"),
+        ]
+    );
+    assert!(h
+        .store
+        .get::<Service>(Some("demo"), "thief")
+        .await
+        .expect("read")
+        .is_none());
+    assert_eq!(
+        service(&h.store, "web").await.metadata.resource_version,
+        revision
     );
     h.stop().await;
 }

@@ -22,6 +22,8 @@ pub mod manifest;
 pub mod records;
 pub mod schema;
 pub mod selector;
+pub mod service_checks;
+pub mod service_network;
 pub mod unsupported;
 pub mod validation;
 pub mod yaml_position;

@@ -44,6 +44,9 @@ pub struct Manifest {
     pub source: Source,
     /// The object as JSON (apiVersion, kind, metadata, spec/data).
     pub object: Value,
+    /// Where each field of the document is, for diagnostics found later
+    /// (when the commit is checked against the cluster).
+    pub positions: DocumentIndex,
 }
 
 impl Manifest {
@@ -54,10 +57,30 @@ impl Manifest {
             None => format!("{} {}", self.kind, self.name),
         }
     }
+
+    /// An error about `field` of this manifest, at the field's line.
+    pub fn error(&self, field: &FieldPath, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::error(
+            &self.source.path,
+            self.positions.line_of(field),
+            Some(field.to_string()),
+            message,
+        )
+    }
+
+    /// A warning about `field` of this manifest, at the field's line.
+    pub fn warning(&self, field: &FieldPath, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::warning(
+            &self.source.path,
+            self.positions.line_of(field),
+            Some(field.to_string()),
+            message,
+        )
+    }
 }
 
 /// The objects of a set of files and everything found wrong or doubtful.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Loaded {
     pub manifests: Vec<Manifest>,
     pub diagnostics: Vec<Diagnostic>,
@@ -242,6 +265,7 @@ fn load_document(
                 line: index.start_line,
             },
             object,
+            positions: index.clone(),
         },
         warnings,
     ))
@@ -352,6 +376,8 @@ fn check_set(loaded: &mut Loaded) {
         }
     }
     loaded.diagnostics.extend(diags);
+    let service_warnings = crate::service_checks::warnings(&loaded.manifests);
+    loaded.diagnostics.extend(service_warnings);
 }
 
 #[cfg(test)]

@@ -32,10 +32,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use commitd_api::diagnostic::Diagnostic;
+use commitd_api::k8s_openapi::api::core::v1::Service;
 use commitd_api::keys;
 use commitd_api::manifest::{self, Loaded, Manifest};
 use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::records::{AppliedCommit, Changes, CommitInfo, HistoryRecord, Outcome};
+use commitd_api::service_network::{self, ServiceNetwork};
 use commitd_api::{Kind, Store};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
@@ -75,6 +77,8 @@ pub struct ApplyOptions {
     /// The apply lock's lease TTL: how long control loops wait for a
     /// reconciler that died mid-apply.
     pub lock_ttl: Duration,
+    /// Where Services get their ClusterIPs and node ports.
+    pub service_network: ServiceNetwork,
     /// Test hook: after this many chunks the apply stops making progress
     /// while holding the lock, as a hung or dying reconciler would.
     #[doc(hidden)]
@@ -87,6 +91,7 @@ impl Default for ApplyOptions {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
             lock_ttl: DEFAULT_LOCK_TTL,
+            service_network: ServiceNetwork::default(),
             pause_after_chunks: None,
         }
     }
@@ -537,6 +542,11 @@ pub async fn apply_commit(
         }
         let seq: Guarded<u64> = read_guarded(store, keys::HISTORY_SEQ).await?;
         let next = seq.value.unwrap_or(0) + 1;
+        let mut loaded = loaded.clone();
+        if loaded.is_valid() {
+            let errors = allocate_services(store, &mut loaded.manifests, options).await?;
+            loaded.diagnostics.extend(errors);
+        }
         let result = if loaded.is_valid() {
             try_apply(store, options, commit, &loaded, &applied, &seq, next).await?
         } else {
@@ -563,6 +573,28 @@ pub async fn apply_commit(
         "commit {}: etcd kept changing under the apply; gave up after {MAX_ATTEMPTS} attempts",
         commit.short_sha()
     )
+}
+
+/// Gives the commit's Services their ClusterIPs and node ports, keeping
+/// those the Services in etcd hold (see [`service_network`]); returns the
+/// errors that reject the commit.
+pub async fn allocate_services(
+    store: &Store,
+    manifests: &mut [Manifest],
+    options: &ApplyOptions,
+) -> anyhow::Result<Vec<Diagnostic>> {
+    if !manifests.iter().any(|m| m.kind == Kind::Service) {
+        return Ok(Vec::new());
+    }
+    let existing = store
+        .list::<Service>(None)
+        .await
+        .context("listing Services to allocate addresses")?;
+    Ok(service_network::allocate(
+        manifests,
+        &existing.items,
+        &options.service_network,
+    ))
 }
 
 fn history_record(

@@ -21,7 +21,9 @@ use futures::future::select_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::apply::{apply_commit, correct_drift, live_revision, ApplyOptions, ApplyOutcome};
+use crate::apply::{
+    allocate_services, apply_commit, correct_drift, live_revision, ApplyOptions, ApplyOutcome,
+};
 use crate::drift::GitKindCaches;
 use crate::git_source::{warn_once, GitSource, GitSourceConfig};
 
@@ -159,7 +161,7 @@ pub async fn follow_with(
                 waiting_for = None;
                 handled_head = Some(head);
             }
-            refresh_desired(&store, &git, &mut desired).await?;
+            refresh_desired(&store, &options, &git, &mut desired).await?;
             if let Some(d) = &desired {
                 if gate.is_open() && caches.differs(&d.manifests, &d.sha) {
                     correct_drift(&store, &options, &d.sha, &d.manifests).await?;
@@ -195,6 +197,7 @@ pub async fn follow_with(
 /// Loads the applied commit's manifests when the applied commit changed.
 async fn refresh_desired(
     store: &Store,
+    options: &ApplyOptions,
     git: &GitSource,
     desired: &mut Option<Desired>,
 ) -> anyhow::Result<()> {
@@ -210,7 +213,9 @@ async fn refresh_desired(
         .snapshot(&applied.commit.sha)
         .await
         .with_context(|| format!("reading applied commit {}", applied.commit.short_sha()))?;
-    let loaded = manifest::load_files(snapshot.files);
+    let mut loaded = manifest::load_files(snapshot.files);
+    // The addresses and ports the applied Services were given.
+    allocate_services(store, &mut loaded.manifests, options).await?;
     *desired = Some(Desired {
         sha: applied.commit.sha,
         manifests: loaded.manifests,
