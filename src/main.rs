@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an all-in-one cluster on this machine (etcd, containerd, reconciler, scheduler, node agent).
-    Up(cli::up::UpArgs),
+    Up(Box<cli::up::UpArgs>),
     /// Run the reconciler alone against an existing etcd.
     Reconciler(cli::components::ReconcilerArgs),
     /// Run the scheduler alone against an existing etcd.
@@ -30,6 +30,8 @@ enum Command {
     Nodeagent(cli::components::NodeAgentArgs),
     /// Show objects, like `kubectl get`.
     Get(cli::get::GetArgs),
+    /// Show one object in detail, like `kubectl describe` (services).
+    Describe(cli::describe::DescribeArgs),
     /// Show the applied commit, the last rejected one, nodes and workloads.
     Status(cli::ClusterArgs),
     /// Show every commit seen, newest first.
@@ -59,11 +61,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Up(a) => cli::up::run(a).await,
+            Command::Up(a) => cli::up::run(*a).await,
             Command::Reconciler(a) => cli::components::reconciler(a).await,
             Command::Scheduler(a) => cli::components::scheduler(a).await,
             Command::Nodeagent(a) => cli::components::nodeagent(a).await,
             Command::Get(a) => cli::get::run(a).await,
+            Command::Describe(a) => cli::describe::run(a).await,
             Command::Status(a) => cli::status::run(a).await,
             Command::History(a) => cli::history::run(a).await,
             Command::Validate(a) => cli::validate::run(&a.path),

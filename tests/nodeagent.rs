@@ -60,6 +60,9 @@ impl Agent {
             state_dir: state_dir.to_path_buf(),
             node_ip: None,
             runtime_handler: String::new(),
+            cluster_dns: None,
+            dns_listen: None,
+            proxy: None,
         };
         let handle = tokio::spawn(commitd_nodeagent::run(
             store.clone(),

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,16 +26,19 @@ use commitd_api::backoff::Backoff;
 use commitd_api::controller::ApplyGate;
 use commitd_api::reflector::{reflect, sleep_or_cancel, Cache};
 use commitd_api::Store;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::cri::Cri;
+use crate::dns;
 use crate::node::{self, NodeFacts};
+use crate::pod::service_links::ClusterDns;
 use crate::pod::worker::{self, WorkerContext};
 use crate::pod::{LABEL_NODE, LABEL_POD_UID};
+use crate::proxy::{self, ProxyConfig};
 
 /// How often the runtime is relisted to notice container exits.
 pub const RELIST_PERIOD: Duration = Duration::from_secs(1);
@@ -57,6 +60,14 @@ pub struct NodeAgentConfig {
     pub node_ip: Option<IpAddr>,
     /// CRI runtime handler for every sandbox ("" = the runtime's default).
     pub runtime_handler: String,
+    /// The cluster DNS pods are pointed at; `None`: pods use the node's
+    /// own resolvers.
+    pub cluster_dns: Option<ClusterDns>,
+    /// Serve cluster DNS on this address (`0.0.0.0:port`); the proxy sends
+    /// the cluster DNS address's port 53 there.
+    pub dns_listen: Option<SocketAddr>,
+    /// Program service rules (kube-proxy); `None`: no service rules.
+    pub proxy: Option<ProxyConfig>,
 }
 
 /// Runs the node agent until `cancel` fires. Waits (with back-off) for
@@ -99,6 +110,8 @@ pub async fn run(
         );
 
         let pods = reflect::<Pod>(store.clone(), local.clone());
+        let services = reflect::<Service>(store.clone(), local.clone());
+        start_service_networking(&config, &services, &store, &local, &mut tasks).await?;
         // Pods are not picked up or dropped while a commit is half-applied.
         let gate = ApplyGate::watch(store.clone(), local.clone());
         tokio::select! {
@@ -113,6 +126,8 @@ pub async fn run(
             host_ip: node_ip.to_string(),
             state_dir,
             runtime_handler: config.runtime_handler.clone(),
+            cluster_dns: config.cluster_dns.clone(),
+            services: services.clone(),
         });
         Dispatcher::new(ctx, pods, gate, local.clone()).run().await;
 
@@ -129,6 +144,53 @@ pub async fn run(
     }
     .instrument(span)
     .await
+}
+
+/// Starts the cluster DNS server and the service proxy this node runs.
+async fn start_service_networking(
+    config: &NodeAgentConfig,
+    services: &Cache<Service>,
+    store: &Store,
+    cancel: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    if config.dns_listen.is_none() && config.proxy.is_none() {
+        return Ok(());
+    }
+    let endpoints = reflect::<Endpoints>(store.clone(), cancel.clone());
+    if let (Some(listen), Some(cluster_dns)) = (config.dns_listen, &config.cluster_dns) {
+        let dns_config = dns::DnsConfig {
+            listen,
+            domain: cluster_dns.domain.clone(),
+            upstreams: dns::upstreams_from_resolv_conf(Path::new("/etc/resolv.conf")),
+        };
+        let directory = dns::CacheDirectory::new(services.clone(), endpoints.clone());
+        let server = dns::bind(dns_config, directory)
+            .await
+            .with_context(|| format!("serving cluster DNS on {listen}"))?;
+        info!(addr = %server.local_addr(), domain = %cluster_dns.domain, "serving cluster DNS");
+        let cancel = cancel.clone();
+        tasks.spawn(
+            async move {
+                if let Err(e) = server.serve(cancel).await {
+                    error!(error = %format!("{e:#}"), "cluster DNS stopped");
+                }
+            }
+            .instrument(info_span!("dns")),
+        );
+    }
+    if let Some(proxy_config) = config.proxy.clone() {
+        let (services, cancel) = (services.clone(), cancel.clone());
+        tasks.spawn(
+            async move {
+                if let Err(e) = proxy::run(services, endpoints, proxy_config, cancel).await {
+                    error!(error = %format!("{e:#}"), "service proxy stopped");
+                }
+            }
+            .instrument(info_span!("proxy")),
+        );
+    }
+    Ok(())
 }
 
 /// Connects to the runtime, retrying until it answers `Version`. None if

@@ -2,9 +2,11 @@
 
 pub mod agent;
 pub mod cri;
+pub mod dns;
 pub mod drain;
 pub mod node;
 pub mod pod;
+pub mod proxy;
 pub mod status;
 
 pub use agent::{run, NodeAgentConfig};

@@ -304,6 +304,9 @@ impl Lab {
             state_dir: self.state_dir.join("agent"),
             node_ip: None,
             runtime_handler: String::new(),
+            cluster_dns: None,
+            dns_listen: None,
+            proxy: None,
         };
         let tasks = vec![
             tokio::spawn(commitd_reconciler::run(
@@ -872,7 +875,7 @@ async fn start_direct_pod(
     tokio::fs::create_dir_all(&log_dir)
         .await
         .with_context(|| format!("creating {}", log_dir.display()))?;
-    let sandbox = sandbox_config(pod, desired, DIRECT_NODE, &log_dir, 0);
+    let sandbox = sandbox_config(pod, desired, DIRECT_NODE, &log_dir, 0, None);
     let sandbox_id = cri.run_pod_sandbox(&sandbox, "").await?;
     let specs = pod.spec.as_ref().map(|s| s.containers.as_slice());
     for wanted in &desired.containers {
@@ -901,6 +904,7 @@ async fn start_direct_pod(
             node_name: DIRECT_NODE.to_string(),
             host_ip: ctx.host_ip.clone(),
             pod_ip: None,
+            service_env: Vec::new(),
         };
         let (config, _) = container_config(pod, desired, spec, DIRECT_NODE, &instance, &facts);
         let id = cri.create_container(&sandbox_id, &config, &sandbox).await?;

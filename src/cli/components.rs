@@ -1,12 +1,15 @@
 //! One subcommand per component, each running alone against an existing
 //! etcd: for installs of several processes or several machines.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
+use commitd_api::service_network::{parse_port_range, ServiceNetwork};
+use commitd_nodeagent::pod::service_links::ClusterDns;
+use commitd_nodeagent::proxy::{DnsRedirect, ProxyConfig};
 use commitd_nodeagent::NodeAgentConfig;
 use commitd_reconciler::apply::{ApplyOptions, DEFAULT_MAX_TXN_OPS};
 use commitd_reconciler::git_source::GitSourceConfig;
@@ -54,6 +57,31 @@ pub struct ReconcilerArgs {
     /// written in several transactions under an apply lock.
     #[arg(long, default_value_t = DEFAULT_MAX_TXN_OPS, value_parser = max_txn_ops_parser())]
     pub max_txn_ops: usize,
+    #[command(flatten)]
+    pub services: ServiceNetworkArgs,
+}
+
+/// Where Services get their addresses and node ports (the API server's
+/// flags of the same names).
+#[derive(Args, Debug, Clone)]
+pub struct ServiceNetworkArgs {
+    /// The range ClusterIPs are allocated from; its tenth address is the
+    /// cluster DNS.
+    #[arg(long, default_value = commitd_api::service_network::DEFAULT_SERVICE_CIDR)]
+    pub service_cidr: ipnet::Ipv4Net,
+    /// The range node ports are allocated from.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    pub service_node_port_range: std::ops::RangeInclusive<u16>,
+}
+
+impl ServiceNetworkArgs {
+    /// The service network these flags describe.
+    pub fn network(&self) -> ServiceNetwork {
+        ServiceNetwork {
+            cidr: self.service_cidr.trunc(),
+            node_ports: self.service_node_port_range.clone(),
+        }
+    }
 }
 
 /// Accepts what can still switch a commit over in one transaction.
@@ -61,10 +89,12 @@ pub fn max_txn_ops_parser() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(4..)
 }
 
-/// How the reconciler writes to an etcd with this `--max-txn-ops`.
-pub fn apply_options(max_txn_ops: usize) -> ApplyOptions {
+/// How the reconciler writes to an etcd with this `--max-txn-ops`, and
+/// allocates from this service network.
+pub fn apply_options(max_txn_ops: usize, service_network: ServiceNetwork) -> ApplyOptions {
     ApplyOptions {
         max_txn_ops,
+        service_network,
         ..ApplyOptions::default()
     }
 }
@@ -85,6 +115,27 @@ pub struct NodeArgs {
     /// The address other nodes and the host reach this node at.
     #[arg(long)]
     pub node_ip: Option<IpAddr>,
+    /// The cluster DNS address pods are pointed at (default: the tenth
+    /// address of the service CIDR, 10.96.0.10).
+    #[arg(long)]
+    pub cluster_dns: Option<Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The port the node's cluster DNS server listens on (all addresses);
+    /// the cluster DNS address's port 53 is redirected to it. 0: no DNS.
+    #[arg(long, default_value_t = 10053)]
+    pub dns_port: u16,
+    /// The pod network of the whole cluster: traffic to a Service from
+    /// outside it is masqueraded (kube-proxy's --cluster-cidr).
+    #[arg(long)]
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
+    /// The nftables table the service proxy owns.
+    #[arg(long, default_value = commitd_nodeagent::proxy::DEFAULT_TABLE)]
+    pub proxy_table: String,
+    /// Seconds between full rewrites of the service rules (heals hand edits).
+    #[arg(long, default_value_t = 30)]
+    pub proxy_resync: u64,
 }
 
 impl NodeArgs {
@@ -97,6 +148,46 @@ impl NodeArgs {
                 .map(|h| h.to_ascii_lowercase())
                 .unwrap_or_else(|| "node".to_string())
         })
+    }
+
+    /// The cluster DNS pods use; `service_network` gives the default
+    /// address.
+    pub fn cluster_dns(&self, service_network: &ServiceNetwork) -> ClusterDns {
+        ClusterDns {
+            nameserver: self.cluster_dns.unwrap_or_else(|| service_network.dns_ip()),
+            domain: self.cluster_domain.trim_end_matches('.').to_string(),
+        }
+    }
+
+    /// The node agent's configuration for these flags.
+    pub fn agent_config(
+        &self,
+        containerd_socket: PathBuf,
+        state_dir: PathBuf,
+        service_network: &ServiceNetwork,
+    ) -> NodeAgentConfig {
+        let cluster_dns = self.cluster_dns(service_network);
+        let nameserver = cluster_dns.nameserver;
+        let dns_listen =
+            (self.dns_port != 0).then(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, self.dns_port)));
+        NodeAgentConfig {
+            node_name: self.name(),
+            containerd_socket,
+            state_dir,
+            node_ip: self.node_ip,
+            runtime_handler: String::new(),
+            cluster_dns: Some(cluster_dns),
+            dns_listen,
+            proxy: Some(ProxyConfig {
+                table: self.proxy_table.clone(),
+                cluster_cidr: self.cluster_cidr.map(|c| c.trunc()),
+                dns: dns_listen.map(|l| DnsRedirect {
+                    vip: nameserver,
+                    port: l.port(),
+                }),
+                resync_interval: Duration::from_secs(self.proxy_resync.max(1)),
+            }),
+        }
     }
 }
 
@@ -140,7 +231,7 @@ pub async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<ExitCode> {
     commitd_reconciler::run_with(
         store,
         args.source.config(),
-        apply_options(args.max_txn_ops),
+        apply_options(args.max_txn_ops, args.services.network()),
         cancel,
     )
     .await?;
@@ -159,13 +250,9 @@ pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
 pub async fn nodeagent(args: NodeAgentArgs) -> anyhow::Result<ExitCode> {
     let store = args.cluster.connect().await?;
     let cancel = shutdown_token()?;
-    let config = NodeAgentConfig {
-        node_name: args.node.name(),
-        containerd_socket: args.containerd,
-        state_dir: args.agent_dir,
-        node_ip: args.node.node_ip,
-        runtime_handler: String::new(),
-    };
+    let config =
+        args.node
+            .agent_config(args.containerd, args.agent_dir, &ServiceNetwork::default());
     commitd_nodeagent::run(store, config, cancel).await?;
     Ok(ExitCode::SUCCESS)
 }

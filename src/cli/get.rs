@@ -10,14 +10,15 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use commitd_api::k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret,
+    ConfigMap, Endpoints, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret, Service,
+    ServicePort,
 };
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::{meta, Kind, Object, Store};
 use serde_json::{json, Value};
 
-use super::output::{self, age, pod_summary, Table};
+use super::output::{self, age, format_endpoints, format_labels, pod_summary, Table};
 use super::ClusterArgs;
 
 /// Arguments of `commitd get`, spelled as kubectl spells them.
@@ -25,8 +26,9 @@ use super::ClusterArgs;
 pub struct GetArgs {
     /// What to show: KIND[,KIND...] [NAME...] (e.g. `pods`, `po,deploy`,
     /// `deploy web`), or KIND/NAME... (e.g. `deploy/web pod/web-x`). Kinds:
-    /// pods, deployments, replicasets, nodes, namespaces, configmaps,
-    /// secrets, or `all` (pods, deployments, replicasets).
+    /// pods, services, endpoints, deployments, replicasets, nodes,
+    /// namespaces, configmaps, secrets, or `all` (pods, services,
+    /// deployments, replicasets).
     #[arg(value_name = "RESOURCE")]
     pub resources: Vec<String>,
     /// Namespace to read from.
@@ -142,8 +144,8 @@ pub async fn run(args: GetArgs) -> anyhow::Result<ExitCode> {
 fn parse_request(args: &[String]) -> Result<Request, UsageError> {
     let Some(first) = args.first() else {
         return Err(UsageError(
-            "You must specify the type of resource to get. Kinds: pods, deployments, \
-             replicasets, nodes, namespaces, configmaps, secrets"
+            "You must specify the type of resource to get. Kinds: pods, services, \
+             endpoints, deployments, replicasets, nodes, namespaces, configmaps, secrets"
                 .into(),
         ));
     };
@@ -185,7 +187,8 @@ fn parse_request(args: &[String]) -> Result<Request, UsageError> {
     let mut requested = Vec::new();
     for word in first.split(',').filter(|w| !w.is_empty()) {
         if word.eq_ignore_ascii_case("all") {
-            requested.extend([Kind::Pod, Kind::Deployment, Kind::ReplicaSet]);
+            // kubectl's `all` category, as far as commitd has its kinds.
+            requested.extend([Kind::Pod, Kind::Service, Kind::Deployment, Kind::ReplicaSet]);
         } else {
             requested.push(resolve(word)?);
         }
@@ -215,7 +218,7 @@ fn resolve(word: &str) -> Result<Kind, UsageError> {
 }
 
 /// `deployments.apps`, as kubectl names a resource in errors.
-fn qualified_resource(kind: Kind) -> String {
+pub(crate) fn qualified_resource(kind: Kind) -> String {
     match kind.group() {
         "" => kind.plural().to_string(),
         g => format!("{}.{g}", kind.plural()),
@@ -273,9 +276,8 @@ async fn fetch(
         Kind::Namespace => fetch_kind::<Namespace>(store, scope, names, wide, now).await,
         Kind::ConfigMap => fetch_kind::<ConfigMap>(store, scope, names, wide, now).await,
         Kind::Secret => fetch_kind::<Secret>(store, scope, names, wide, now).await,
-        Kind::Service | Kind::Endpoints => {
-            anyhow::bail!("listing {} is not implemented yet", kind.plural())
-        }
+        Kind::Service => fetch_kind::<Service>(store, scope, names, wide, now).await,
+        Kind::Endpoints => fetch_kind::<Endpoints>(store, scope, names, wide, now).await,
     }
 }
 
@@ -718,6 +720,131 @@ impl Columns for Secret {
     }
 }
 
+/// kubectl's PORT(S) cell: `port/protocol`, `port:nodePort/protocol` when
+/// a node port is allocated, comma joined; `<none>` without ports.
+pub(crate) fn service_ports(ports: &[ServicePort]) -> String {
+    let pieces: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            let protocol = p.protocol.as_deref().unwrap_or("TCP");
+            match p.node_port.filter(|n| *n > 0) {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", p.port),
+                None => format!("{}/{protocol}", p.port),
+            }
+        })
+        .collect();
+    none_if_empty(&pieces.join(","))
+}
+
+/// kubectl's widest load-balancer cell outside `-o wide`.
+const LOAD_BALANCER_WIDTH: usize = 16;
+
+/// kubectl's EXTERNAL-IP cell: the external IPs of a ClusterIP or NodePort
+/// Service (`<none>`), the ingress addresses of a LoadBalancer (`<pending>`
+/// until it has one: commitd has no cloud load balancer and serves these
+/// as NodePort), the external name of an ExternalName Service.
+pub(crate) fn external_ip(svc: &Service, wide: bool) -> String {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let external_ips = spec.external_ips.unwrap_or_default();
+    match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "ClusterIP" | "NodePort" if external_ips.is_empty() => "<none>".to_string(),
+        "ClusterIP" | "NodePort" => external_ips.join(","),
+        "LoadBalancer" => {
+            let mut ingress: Vec<String> = svc
+                .status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| lb.ingress.as_ref())
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i.ip.clone()
+                        .filter(|ip| !ip.is_empty())
+                        .or_else(|| i.hostname.clone().filter(|h| !h.is_empty()))
+                })
+                .collect();
+            ingress.sort();
+            ingress.dedup();
+            let mut lb = ingress.join(",");
+            if !wide && lb.chars().count() > LOAD_BALANCER_WIDTH {
+                lb = lb.chars().take(LOAD_BALANCER_WIDTH - 3).collect::<String>() + "...";
+            }
+            let mut all: Vec<String> = Vec::new();
+            if !lb.is_empty() {
+                all.extend(lb.split(',').map(str::to_string));
+            }
+            all.extend(external_ips);
+            if all.is_empty() {
+                "<pending>".to_string()
+            } else {
+                all.join(",")
+            }
+        }
+        "ExternalName" => spec.external_name.unwrap_or_default(),
+        _ => "<unknown>".to_string(),
+    }
+}
+
+/// kubectl's CLUSTER-IP cell: the first of `clusterIPs` (`None` for a
+/// headless Service), `<none>` when there is none (ExternalName).
+pub(crate) fn cluster_ip(svc: &Service) -> String {
+    let spec = svc.spec.as_ref();
+    spec.and_then(|s| s.cluster_ips.as_ref())
+        .and_then(|ips| ips.first())
+        .or_else(|| spec.and_then(|s| s.cluster_ip.as_ref()))
+        .filter(|ip| !ip.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "<none>".to_string())
+}
+
+impl Columns for Service {
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec![
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+        ];
+        if wide {
+            h.push("SELECTOR");
+        }
+        h
+    }
+
+    fn cells(&self, wide: bool, now: Timestamp) -> Vec<String> {
+        let spec = self.spec.as_ref();
+        let mut c = vec![
+            meta::name(self).to_string(),
+            spec.and_then(|s| s.type_.clone())
+                .unwrap_or_else(|| "ClusterIP".into()),
+            cluster_ip(self),
+            external_ip(self, wide),
+            service_ports(spec.and_then(|s| s.ports.as_deref()).unwrap_or_default()),
+            age(self.metadata.creation_timestamp.as_ref(), now),
+        ];
+        if wide {
+            c.push(format_labels(spec.and_then(|s| s.selector.as_ref())));
+        }
+        c
+    }
+}
+
+impl Columns for Endpoints {
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["NAME", "ENDPOINTS", "AGE"]
+    }
+
+    fn cells(&self, _wide: bool, now: Timestamp) -> Vec<String> {
+        vec![
+            meta::name(self).to_string(),
+            format_endpoints(self, None),
+            age(self.metadata.creation_timestamp.as_ref(), now),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,7 +876,16 @@ mod tests {
             ]
         );
         let r = parse_request(&args(&["all"])).unwrap();
-        assert_eq!(r.kinds.len(), 3);
+        let kinds: Vec<Kind> = r.kinds.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            vec![Kind::Pod, Kind::Service, Kind::Deployment, Kind::ReplicaSet]
+        );
+        let r = parse_request(&args(&["services,endpoints"])).unwrap();
+        let kinds: Vec<Kind> = r.kinds.iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, vec![Kind::Service, Kind::Endpoints]);
+        let r = parse_request(&args(&["svc,ep", "web"])).unwrap();
+        assert_eq!(r.kinds.len(), 2);
         assert_eq!(
             parse_request(&args(&["pods,widgets"])),
             Err(UsageError(
@@ -766,6 +902,9 @@ mod tests {
         assert_eq!(qualified_resource(Kind::Pod), "pods");
         assert_eq!(type_prefix(Kind::ReplicaSet), "replicaset.apps");
         assert_eq!(type_prefix(Kind::ConfigMap), "configmap");
+        assert_eq!(type_prefix(Kind::Service), "service");
+        assert_eq!(type_prefix(Kind::Endpoints), "endpoints");
+        assert_eq!(qualified_resource(Kind::Endpoints), "endpoints");
     }
 
     #[test]
@@ -840,5 +979,172 @@ mod tests {
         assert_eq!(list["kind"], "List");
         assert_eq!(list["items"], json!([]));
         assert_eq!(as_document(&results, true), None);
+    }
+
+    fn service(v: Value) -> Service {
+        let mut svc: Service = serde_json::from_value(v).expect("valid service");
+        commitd_api::defaults::service(&mut svc);
+        svc
+    }
+
+    fn now() -> Timestamp {
+        "2025-01-01T00:10:00Z".parse().expect("valid time")
+    }
+
+    #[test]
+    fn service_columns_read_like_kubectl() {
+        let web = service(json!({
+            "metadata": {"name": "web", "creationTimestamp": "2025-01-01T00:05:00Z"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "selector": {"app": "web", "tier": "front"},
+                     "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]}
+        }));
+        assert_eq!(
+            web.cells(false, now()),
+            vec![
+                "web",
+                "ClusterIP",
+                "10.96.0.10",
+                "<none>",
+                "80/TCP,443/TCP",
+                "5m"
+            ]
+        );
+        assert_eq!(
+            web.cells(true, now())[6],
+            "app=web,tier=front",
+            "-o wide adds the selector"
+        );
+        let node_port = service(json!({
+            "metadata": {"name": "np"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.11", "selector": {"app": "web"},
+                     "ports": [{"port": 80, "nodePort": 30080},
+                               {"name": "dns", "port": 53, "protocol": "UDP", "nodePort": 30053}]}
+        }));
+        let cells = node_port.cells(true, now());
+        assert_eq!(
+            cells[1..5],
+            [
+                "NodePort",
+                "10.96.0.11",
+                "<none>",
+                "80:30080/TCP,53:30053/UDP"
+            ]
+        );
+        assert_eq!(cells[5], "<unknown>");
+        let lb = service(json!({
+            "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.12",
+                     "ports": [{"port": 443, "nodePort": 31443}]}
+        }));
+        let cells = lb.cells(true, now());
+        assert_eq!(
+            cells[1..5],
+            ["LoadBalancer", "10.96.0.12", "<pending>", "443:31443/TCP"]
+        );
+        assert_eq!(cells[6], "<none>", "no selector");
+        let headless = service(json!({
+            "metadata": {"name": "db"},
+            "spec": {"clusterIP": "None", "clusterIPs": ["None"], "selector": {"app": "db"}}
+        }));
+        assert_eq!(
+            headless.cells(false, now())[2..5],
+            ["None", "<none>", "<none>"]
+        );
+        let external = service(json!({
+            "metadata": {"name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": "db.example.com"}
+        }));
+        assert_eq!(
+            external.cells(false, now())[1..5],
+            ["ExternalName", "<none>", "db.example.com", "<none>"]
+        );
+        let with_ips = service(json!({
+            "metadata": {"name": "x"},
+            "spec": {"clusterIP": "10.96.0.13", "externalIPs": ["192.0.2.1", "192.0.2.2"],
+                     "ports": [{"port": 80}]}
+        }));
+        assert_eq!(external_ip(&with_ips, false), "192.0.2.1,192.0.2.2");
+    }
+
+    #[test]
+    fn load_balancer_addresses_are_cut_unless_wide() {
+        let mut lb = service(json!({
+            "metadata": {"name": "lb"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "externalIPs": ["192.0.2.9"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}, {"hostname": "lb.example.com"}]}}
+        }));
+        assert_eq!(
+            external_ip(&lb, true),
+            "203.0.113.20,lb.example.com,192.0.2.9"
+        );
+        assert_eq!(external_ip(&lb, false), "203.0.113.20,...,192.0.2.9");
+        lb.spec.as_mut().expect("spec").external_ips = None;
+        assert_eq!(external_ip(&lb, false), "203.0.113.20,...");
+    }
+
+    #[test]
+    fn endpoints_columns_read_like_kubectl() {
+        let ep: Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": "web", "creationTimestamp": "2025-01-01T00:09:30Z"},
+            "subsets": [{"addresses": [{"ip": "10.244.0.1"}, {"ip": "10.244.0.2"},
+                                       {"ip": "10.244.0.3"}, {"ip": "10.244.0.4"}],
+                         "ports": [{"port": 8080}]}]
+        }))
+        .expect("valid endpoints");
+        assert_eq!(
+            ep.cells(false, now()),
+            vec![
+                "web",
+                "10.244.0.1:8080,10.244.0.2:8080,10.244.0.3:8080 + 1 more...",
+                "30s"
+            ]
+        );
+        let empty: Endpoints =
+            serde_json::from_value(json!({"metadata": {"name": "db"}})).expect("valid endpoints");
+        assert_eq!(empty.cells(false, now())[1], "<none>");
+    }
+
+    #[test]
+    fn services_and_endpoints_print_as_kubectl_prints_them_together() {
+        let svc = service(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "selector": {"app": "web"}, "ports": [{"port": 80}]}
+        }));
+        let ep: Endpoints = serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": "10.244.0.7"}], "ports": [{"port": 80}]}]
+        }))
+        .expect("valid endpoints");
+        let item = |kind, cells: Vec<String>| Item {
+            kind,
+            namespace: Some("default".into()),
+            cells,
+            name: "web".into(),
+            json: Value::Null,
+        };
+        let results = vec![
+            Fetched {
+                kind: Kind::Service,
+                headers: Service::headers(false),
+                items: vec![item(Kind::Service, svc.cells(false, now()))],
+                missing: vec![],
+            },
+            Fetched {
+                kind: Kind::Endpoints,
+                headers: Endpoints::headers(false),
+                items: vec![item(Kind::Endpoints, ep.cells(false, now()))],
+                missing: vec![],
+            },
+        ];
+        assert_eq!(
+            tables(&results, false),
+            "NAME          TYPE        CLUSTER-IP   EXTERNAL-IP   PORT(S)   AGE\n\
+             service/web   ClusterIP   10.96.0.10   <none>        80/TCP    <unknown>\n\
+             \n\
+             NAME            ENDPOINTS       AGE\n\
+             endpoints/web   10.244.0.7:80   <unknown>\n"
+        );
     }
 }

@@ -10,6 +10,7 @@ use commitd_api::{store, Object, Store};
 
 pub mod bench;
 pub mod components;
+pub mod describe;
 pub mod get;
 pub mod history;
 pub mod output;
@@ -68,7 +69,7 @@ pub fn write_endpoint_file(state_dir: &Path, endpoint: &str) -> anyhow::Result<(
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -3,15 +3,21 @@
 //! computes them, so that people who know Kubernetes read our output without
 //! translating, and scripts written against kubectl's columns keep working.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use commitd_api::diagnostic::Diagnostic;
-use commitd_api::k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod};
+use commitd_api::k8s_openapi::api::core::v1::{Container, ContainerStatus, Endpoints, Pod};
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use commitd_api::k8s_openapi::jiff::Timestamp;
 
 /// Space between two columns, as kubectl's tabwriter pads them.
 const COLUMN_GAP: usize = 3;
+/// Space after a column of `kubectl describe` output (its tabwriter's
+/// padding, with no minimum width).
+const DESCRIBE_PADDING: usize = 2;
+/// How many endpoints kubectl lists before `+ N more...`.
+const MAX_LISTED_ENDPOINTS: usize = 3;
 /// The narrowest a column gets (kubectl's tabwriter `minwidth`), counting
 /// its gap, so that columns of tiny values still line up with the header.
 const MIN_CELL_WIDTH: usize = 6;
@@ -107,6 +113,140 @@ fn format_line(cells: &[String], widths: &[usize]) -> String {
     }
     line.truncate(line.trim_end().len());
     line
+}
+
+/// Aligns tab-separated text as Go's `text/tabwriter` does for `kubectl
+/// describe` (padding 2, no minimum width): a cell ends at a tab, the text
+/// after a line's last tab is not aligned, and a column is aligned over the
+/// run of adjacent lines that have a cell in it. That is why `Port:` lines
+/// (`Port:\thttp\t80/TCP`) align their name only with themselves, exactly
+/// as kubectl prints them.
+pub fn tabbed(text: &str) -> String {
+    let lines: Vec<Vec<&str>> = text.split('\n').map(|l| l.split('\t').collect()).collect();
+    let mut out = String::with_capacity(text.len() * 2);
+    let mut widths = Vec::new();
+    format_block(&lines, &mut widths, &mut out);
+    // `split` yields an empty last line after a final newline; the loop
+    // above wrote a newline after every line, so drop the one too many.
+    if out.ends_with('\n') {
+        out.pop();
+    }
+    out
+}
+
+/// Go's `Writer.format`: finds the blocks of adjacent lines that have a
+/// cell in the next column, fixes that column's width for each block, and
+/// recurses to the columns right of it.
+fn format_block(lines: &[Vec<&str>], widths: &mut Vec<usize>, out: &mut String) {
+    let column = widths.len();
+    let has_cell = |line: &Vec<&str>| column + 1 < line.len();
+    let mut start = 0;
+    let mut i = 0;
+    while i < lines.len() {
+        if !has_cell(&lines[i]) {
+            i += 1;
+            continue;
+        }
+        write_lines(&lines[start..i], widths, out);
+        let block_start = i;
+        let mut width = 0;
+        while i < lines.len() && has_cell(&lines[i]) {
+            width = width.max(display_width(lines[i][column]) + DESCRIBE_PADDING);
+            i += 1;
+        }
+        widths.push(width);
+        format_block(&lines[block_start..i], widths, out);
+        widths.pop();
+        start = i;
+    }
+    write_lines(&lines[start..], widths, out);
+}
+
+/// Writes lines with their aligned cells padded, and without trailing
+/// blanks (an empty value after a title, as `IP:` of an ExternalName
+/// Service, would leave some; the tables drop them too).
+fn write_lines(lines: &[Vec<&str>], widths: &[usize], out: &mut String) {
+    for line in lines {
+        let start = out.len();
+        for (j, cell) in line.iter().enumerate() {
+            out.push_str(cell);
+            if let Some(w) = widths.get(j).filter(|_| j + 1 < line.len()) {
+                out.extend(std::iter::repeat_n(
+                    ' ',
+                    w.saturating_sub(display_width(cell)),
+                ));
+            }
+        }
+        let kept = start + out[start..].trim_end_matches(' ').len();
+        out.truncate(kept);
+        out.push('\n');
+    }
+}
+
+/// A label map as kubectl's `labels.FormatLabels` writes it: `k=v` pairs
+/// sorted by key and comma joined, `<none>` when there are none.
+pub fn format_labels(labels: Option<&BTreeMap<String, String>>) -> String {
+    let pairs: Vec<String> = labels
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if pairs.is_empty() {
+        "<none>".to_string()
+    } else {
+        pairs.join(",")
+    }
+}
+
+/// `ip:port`, bracketing IPv6 addresses as Go's `net.JoinHostPort` does.
+pub fn host_port(ip: &str, port: i32) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The ready endpoints of an Endpoints object as kubectl's
+/// `formatEndpoints` lists them: `ip:port` for every ready address and
+/// port (only ports named `port`, when given), bare IPs for a subset
+/// without ports, the first three and then `+ N more...`; `<none>` when the
+/// object has no subsets, and empty when it has only not-ready addresses
+/// (kubectl prints that blank too).
+pub fn format_endpoints(endpoints: &Endpoints, port: Option<&str>) -> String {
+    let subsets = endpoints.subsets.as_deref().unwrap_or_default();
+    if subsets.is_empty() {
+        return "<none>".to_string();
+    }
+    let mut list = Vec::new();
+    let mut count = 0;
+    let mut push = |entry: String| {
+        if list.len() < MAX_LISTED_ENDPOINTS {
+            list.push(entry);
+        }
+        count += 1;
+    };
+    for subset in subsets {
+        let addresses = subset.addresses.as_deref().unwrap_or_default();
+        let ports = subset.ports.as_deref().unwrap_or_default();
+        if ports.is_empty() {
+            addresses.iter().for_each(|a| push(a.ip.clone()));
+            continue;
+        }
+        for p in ports {
+            if port.is_none_or(|want| p.name.as_deref().unwrap_or_default() == want) {
+                addresses
+                    .iter()
+                    .for_each(|a| push(host_port(&a.ip, p.port)));
+            }
+        }
+    }
+    let listed = list.join(",");
+    if count > MAX_LISTED_ENDPOINTS {
+        format!("{listed} + {} more...", count - MAX_LISTED_ENDPOINTS)
+    } else {
+        listed
+    }
 }
 
 /// Writes to stdout, treating a closed pipe (`commitd get pods | head`) as
@@ -423,6 +563,98 @@ mod tests {
         ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
         PodCondition, PodSpec, PodStatus,
     };
+
+    #[test]
+    fn describe_text_aligns_like_kubectls_tabwriter() {
+        let text = "Name:\tkubernetes\n\
+                    Labels:\tcomponent=apiserver\n\
+                    \tprovider=kubernetes\n\
+                    Port:\thttps\t443/TCP\n\
+                    TargetPort:\t6443/TCP\n\
+                    NodePort:\t<unset>\t30443/TCP\n\
+                    Internal Traffic Policy:\tCluster\n";
+        assert_eq!(
+            tabbed(text),
+            "Name:                     kubernetes\n\
+             Labels:                   component=apiserver\n\
+             \x20                         provider=kubernetes\n\
+             Port:                     https  443/TCP\n\
+             TargetPort:               6443/TCP\n\
+             NodePort:                 <unset>  30443/TCP\n\
+             Internal Traffic Policy:  Cluster\n"
+        );
+        // Lines without a tab break a block: columns on either side of
+        // them are aligned on their own.
+        assert_eq!(
+            tabbed("a:\t1\nplain\nlonger:\t2\n"),
+            "a:  1\nplain\nlonger:  2\n"
+        );
+        assert_eq!(tabbed("no tabs"), "no tabs");
+        assert_eq!(
+            tabbed("IP:\t\nType:\tExternalName\n"),
+            "IP:\nType:  ExternalName\n"
+        );
+    }
+
+    #[test]
+    fn labels_format_sorted_or_none() {
+        let labels = BTreeMap::from([
+            ("tier".to_string(), "front".to_string()),
+            ("app".to_string(), "web".to_string()),
+        ]);
+        assert_eq!(format_labels(Some(&labels)), "app=web,tier=front");
+        assert_eq!(format_labels(Some(&BTreeMap::new())), "<none>");
+        assert_eq!(format_labels(None), "<none>");
+        assert_eq!(host_port("10.0.0.1", 80), "10.0.0.1:80");
+        assert_eq!(host_port("fd00::1", 80), "[fd00::1]:80");
+    }
+
+    fn endpoints(v: serde_json::Value) -> Endpoints {
+        serde_json::from_value(v).expect("valid endpoints")
+    }
+
+    #[test]
+    fn endpoints_list_three_then_count_the_rest() {
+        let ep = endpoints(serde_json::json!({
+            "metadata": {"name": "web"},
+            "subsets": [{
+                "addresses": [{"ip": "10.244.0.1"}, {"ip": "10.244.0.2"}, {"ip": "10.244.0.3"}],
+                "notReadyAddresses": [{"ip": "10.244.0.9"}],
+                "ports": [{"name": "http", "port": 8080}, {"name": "metrics", "port": 9100}]
+            }]
+        }));
+        assert_eq!(
+            format_endpoints(&ep, None),
+            "10.244.0.1:8080,10.244.0.2:8080,10.244.0.3:8080 + 3 more..."
+        );
+        assert_eq!(
+            format_endpoints(&ep, Some("metrics")),
+            "10.244.0.1:9100,10.244.0.2:9100,10.244.0.3:9100"
+        );
+        assert_eq!(format_endpoints(&ep, Some("dns")), "");
+        let two = endpoints(serde_json::json!({
+            "metadata": {"name": "web"},
+            "subsets": [{"addresses": [{"ip": "10.244.0.1"}, {"ip": "10.244.0.2"}],
+                         "ports": [{"port": 80}]}]
+        }));
+        assert_eq!(format_endpoints(&two, None), "10.244.0.1:80,10.244.0.2:80");
+        assert_eq!(
+            format_endpoints(&two, Some("")),
+            "10.244.0.1:80,10.244.0.2:80"
+        );
+        let headless = endpoints(serde_json::json!({
+            "metadata": {"name": "db"},
+            "subsets": [{"addresses": [{"ip": "10.244.0.5"}]}]
+        }));
+        assert_eq!(format_endpoints(&headless, None), "10.244.0.5");
+        let not_ready = endpoints(serde_json::json!({
+            "metadata": {"name": "web"},
+            "subsets": [{"notReadyAddresses": [{"ip": "10.244.0.9"}], "ports": [{"port": 80}]}]
+        }));
+        assert_eq!(format_endpoints(&not_ready, None), "");
+        let empty = endpoints(serde_json::json!({"metadata": {"name": "web"}}));
+        assert_eq!(format_endpoints(&empty, None), "<none>");
+    }
 
     #[test]
     fn tables_align_like_kubectl() {

@@ -10,10 +10,11 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::Args;
 use commitd_api::Store;
-use commitd_nodeagent::NodeAgentConfig;
 use tracing::{info, warn};
 
-use super::components::{apply_options, max_txn_ops_parser, shutdown_token, NodeArgs, SourceArgs};
+use super::components::{
+    apply_options, max_txn_ops_parser, shutdown_token, NodeArgs, ServiceNetworkArgs, SourceArgs,
+};
 use super::{write_endpoint_file, DEFAULT_STATE_DIR};
 use crate::cluster::containerd::{Containerd, ContainerdOptions};
 use crate::cluster::etcd::{Etcd, EtcdOptions};
@@ -63,6 +64,8 @@ pub struct UpArgs {
     /// larger), else 128, etcd's default.
     #[arg(long, value_parser = max_txn_ops_parser())]
     pub max_txn_ops: Option<usize>,
+    #[command(flatten)]
+    pub services: ServiceNetworkArgs,
 }
 
 /// The `--max-txn-ops` the etcd that `up` starts runs with: large enough
@@ -136,18 +139,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let node_name = args.node.name();
     let mut source = args.source.config();
     source.repo = repo.clone();
-    let agent = NodeAgentConfig {
-        node_name: node_name.clone(),
-        containerd_socket: socket.clone(),
-        state_dir: state_dir.join("agent"),
-        node_ip: args.node.node_ip,
-        runtime_handler: String::new(),
-    };
+    let service_network = args.services.network();
+    let mut node = args.node.clone();
+    // One node: its pod subnet is the cluster's pod network.
+    if node.cluster_cidr.is_none() {
+        node.cluster_cidr = args.pod_cidr.parse().ok();
+    }
+    let agent = node.agent_config(socket.clone(), state_dir.join("agent"), &service_network);
+    let proxy_table = agent.proxy.as_ref().map(|p| p.table.clone());
     let tasks = vec![
         tokio::spawn(commitd_reconciler::run_with(
             store.clone(),
             source,
-            apply_options(max_txn_ops),
+            apply_options(max_txn_ops, service_network),
             cancel.clone(),
         )),
         tokio::spawn(commitd_scheduler::run(store.clone(), cancel.clone())),
@@ -172,6 +176,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 failed = true;
                 cancel.cancel();
             }
+        }
+    }
+    if let Some(table) = proxy_table {
+        // The service rules die with the cluster they served.
+        if let Err(e) = commitd_nodeagent::proxy::remove_table(&table).await {
+            warn!(error = %format!("{e:#}"), "removing the service rules");
         }
     }
     if let Some(c) = containerd {

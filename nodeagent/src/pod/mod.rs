@@ -5,6 +5,7 @@
 //! - [`decide`]: the pure state machine — given both, the one next step;
 //! - [`backoff`]: Kubernetes' crash-loop back-off, derived from CRI alone;
 //! - [`spec`]: the CRI configs built from a Pod;
+//! - [`service_links`]: the pod's DNS config and service environment;
 //! - [`worker`]: the task that runs one pod: observe, decide, report, act.
 //!
 //! Nothing here trusts memory over the runtime: every pass starts from a
@@ -15,6 +16,7 @@ pub mod backoff;
 pub mod decide;
 pub mod desired;
 pub mod observe;
+pub mod service_links;
 pub mod spec;
 pub mod worker;
 

@@ -18,7 +18,7 @@ use super::desired::DesiredPod;
 use super::{cgroup_parent, ANNOTATION_BACKOFF, ANNOTATION_RESTART_COUNT, ANNOTATION_SPEC_HASH};
 use super::{LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 use crate::cri::proto::{
-    ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, LinuxPodSandboxConfig,
+    ContainerConfig, ContainerMetadata, DnsConfig, ImageSpec, KeyValue, LinuxPodSandboxConfig,
     PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
 };
 
@@ -41,6 +41,7 @@ pub fn sandbox_config(
     node: &str,
     log_dir: &Path,
     attempt: u32,
+    dns_config: Option<DnsConfig>,
 ) -> PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
     // Like the kubelet: the pod's own labels and annotations, then ours.
@@ -89,6 +90,7 @@ pub fn sandbox_config(
         hostname: hostname.chars().take(63).collect(),
         log_directory: log_dir.to_string_lossy().into_owned(),
         port_mappings,
+        dns_config,
         labels,
         annotations,
         linux: Some(LinuxPodSandboxConfig {
@@ -116,6 +118,10 @@ pub struct EnvFacts {
     pub host_ip: String,
     /// The pod's IP, once its sandbox has one.
     pub pod_ip: Option<String>,
+    /// The service environment variables (see
+    /// [`super::service_links::service_env`]); the container's own `env`
+    /// comes after them and may refer to them.
+    pub service_env: Vec<KeyValue>,
 }
 
 /// Instance facts recorded on the container for later passes.
@@ -241,7 +247,7 @@ fn unsupported_fields(c: &Container) -> Vec<String> {
 /// The container's environment in order, each value expanded against the
 /// variables before it, as Kubernetes does.
 fn environment(pod: &Pod, c: &Container, facts: &EnvFacts) -> (Vec<KeyValue>, Vec<String>) {
-    let mut out: Vec<KeyValue> = Vec::new();
+    let mut out: Vec<KeyValue> = facts.service_env.clone();
     let mut warnings = Vec::new();
     for var in c.env.iter().flatten() {
         let value = if let Some(source) = &var.value_from {
@@ -417,7 +423,7 @@ mod tests {
     fn sandbox_carries_identity_logs_cgroup_and_host_ports() {
         let p = pod();
         let d = DesiredPod::from_pod(&p).unwrap();
-        let c = sandbox_config(&p, &d, "n1", Path::new("/s/pods/demo_web_u1"), 2);
+        let c = sandbox_config(&p, &d, "n1", Path::new("/s/pods/demo_web_u1"), 2, None);
         let m = c.metadata.clone().unwrap();
         assert_eq!(
             (

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use commitd_api::backoff::Backoff;
+use commitd_api::reflector::Cache;
 use commitd_api::Store;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,8 +20,10 @@ use tracing::{debug, info, warn};
 use super::decide::{decide, Memory, PodState, PullFailure, Step};
 use super::desired::{DesiredContainer, DesiredPod, PullPolicy};
 use super::observe::{observe, Observed};
+use super::service_links::{self, ClusterDns};
 use super::spec::{container_config, sandbox_config, EnvFacts, Instance};
 use super::{cgroup_parent, log_dir_name, now_ns, sanitize};
+use crate::cri::proto::PodSandboxConfig;
 use crate::cri::{cgroup_cleanup, Cri, CriError};
 use crate::status::{pod_status, StatusInput};
 
@@ -45,12 +48,28 @@ pub struct WorkerContext {
     pub state_dir: PathBuf,
     /// CRI runtime handler for sandboxes ("" = default).
     pub runtime_handler: String,
+    /// The cluster DNS pods are pointed at (`None`: the node's resolvers).
+    pub cluster_dns: Option<ClusterDns>,
+    /// The Services, for the service environment variables.
+    pub services: Cache<Service>,
 }
 
 impl WorkerContext {
     /// The directory of all pod log directories.
     pub fn pods_dir(&self) -> PathBuf {
         self.state_dir.join("pods")
+    }
+
+    /// The pod's sandbox config on this node.
+    fn sandbox_config(
+        &self,
+        pod: &Pod,
+        desired: &DesiredPod,
+        log_dir: &Path,
+        attempt: u32,
+    ) -> PodSandboxConfig {
+        let dns = service_links::dns_config(pod, self.cluster_dns.as_ref());
+        sandbox_config(pod, desired, &self.node_name, log_dir, attempt, dns)
     }
 }
 
@@ -344,7 +363,7 @@ impl Worker {
                 tokio::fs::create_dir_all(&log_dir)
                     .await
                     .with_context(|| format!("creating {}", log_dir.display()))?;
-                let config = sandbox_config(pod, desired, &self.ctx.node_name, &log_dir, attempt);
+                let config = self.ctx.sandbox_config(pod, desired, &log_dir, attempt);
                 let id = cri
                     .run_pod_sandbox(&config, &self.ctx.runtime_handler)
                     .await
@@ -403,8 +422,9 @@ impl Worker {
         tokio::fs::create_dir_all(&log_dir)
             .await
             .with_context(|| format!("creating {}", log_dir.display()))?;
-        let sandbox_config =
-            sandbox_config(pod, desired, &self.ctx.node_name, &log_dir, sandbox.attempt);
+        let sandbox_config = self
+            .ctx
+            .sandbox_config(pod, desired, &log_dir, sandbox.attempt);
         let image_ref = match self.ensure_image(wanted, &sandbox_config).await {
             Ok(image_ref) => {
                 self.memory.pull_failures.remove(name);
@@ -428,6 +448,7 @@ impl Worker {
             node_name: self.ctx.node_name.clone(),
             host_ip: self.ctx.host_ip.clone(),
             pod_ip: sandbox.ip.map(|ip| ip.to_string()),
+            service_env: service_links::service_env(pod, &self.ctx.services.list()),
         };
         let instance = Instance {
             restart_count,

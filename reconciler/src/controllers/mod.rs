@@ -13,6 +13,7 @@
 //! controller owner reference to the uid of what they derive from.
 
 mod deployment;
+mod endpoints;
 mod expectations;
 mod garbage_collector;
 mod replicaset;
@@ -31,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 pub use deployment::pod_template_hash;
+pub use endpoints::{
+    desired_subsets, is_managed, ComputedEndpoints, HEADLESS_LABEL, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, MAX_ENDPOINT_ADDRESSES, OVER_CAPACITY_ANNOTATION,
+};
 
 /// The grace period Kubernetes gives a pod whose spec does not say.
 const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
@@ -80,12 +85,13 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
         _ = cancel.cancelled() => return Ok(()),
         _ = all_ready => {}
     }
-    info!("controllers started: deployment, replicaset, garbage-collector");
+    info!("controllers started: deployment, replicaset, garbage-collector, endpoints");
     controller::gated(gate, async {
         tokio::join!(
             deployment::run(store.clone(), caches.clone(), cancel.clone()),
             replicaset::run(store.clone(), caches.clone(), cancel.clone()),
             garbage_collector::run(store.clone(), caches.clone(), cancel.clone()),
+            endpoints::run(store.clone(), caches.clone(), cancel.clone()),
         )
     })
     .await;
