@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::is_root;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
@@ -23,12 +25,6 @@ use support::wait::until;
 const BRIDGE: &str = "cdtest0";
 const POD_CIDR: &str = "10.213.0.0/24";
 const HOSTNAME: &str = "web-test";
-
-fn is_root() -> bool {
-    // /proc/self belongs to the effective uid.
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_runs_and_serves_http_through_cri() -> anyhow::Result<()> {

@@ -6,179 +6,24 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+use std::path::Path;
 
-use commitd::cluster::registry::Registry;
-use commitd_nodeagent::cri::Cri;
-use support::cli::{running_containers, Cli, BIN};
-use support::git::{examples_dir, TestRepo};
+use support::cluster::{Cluster, Network, WAIT};
 use support::wait::until;
-use tokio::process::{Child, Command};
 
-const WAIT: Duration = Duration::from_secs(90);
-
-/// A running `commitd up` with its repository, registry and state dir.
-struct Cluster {
-    up: Option<Child>,
-    state: tempfile::TempDir,
-    repo_path: PathBuf,
-    registry: Registry,
-}
-
-fn copy_examples(to: &Path, registry: &str) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(examples_dir()).expect("examples") {
-        let entry = entry.expect("entry");
-        let text = std::fs::read_to_string(entry.path()).expect("read example");
-        std::fs::write(
-            to.join(entry.file_name()),
-            text.replace("127.0.0.1:5000", registry),
-        )
-        .expect("write example");
-    }
-}
-
-impl Cluster {
-    async fn up() -> Cluster {
-        let registry = support::node::registry_with_demo_images()
-            .await
-            .expect("registry with the demo images");
-        let state = tempfile::tempdir().expect("tempdir");
-        copy_examples(&state.path().join("init"), &registry.addr);
-        let mut cluster = Cluster {
-            up: None,
-            repo_path: state.path().join("repo"),
-            state,
-            registry,
-        };
-        cluster.start();
-        cluster
-    }
-
-    /// Starts `commitd up` on this cluster's state dir; the first start
-    /// creates the repository from the examples.
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.state.path().join("up.log"))
-            .expect("log file");
-        let up = Command::new(BIN)
-            .args(["up", "--repo"])
-            .arg(&self.repo_path)
-            .arg("--init-from")
-            .arg(self.state.path().join("init"))
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .args([
-                "--bridge",
-                "cde2e0",
-                "--pod-cidr",
-                "10.218.0.0/24",
-                "--node-name",
-                "e2e-node",
-            ])
-            .args(["--insecure-registry", &self.registry.addr])
-            .args(["--poll-interval", "30"])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("commitd up starts");
-        self.up = Some(up);
-    }
-
-    fn repo(&self) -> TestRepoView<'_> {
-        TestRepoView {
-            path: &self.repo_path,
-        }
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.state.path().join("state")
-    }
-
-    /// The read-only commands, pointed at this cluster.
-    fn cli(&self) -> Cli {
-        Cli {
-            connection: vec!["--state-dir".into(), self.state_dir().into_os_string()],
-        }
-    }
-
-    async fn wait_running(&self, n: usize, page_contains: &str) -> Vec<(String, String)> {
-        self.cli()
-            .wait_running("demo", n, page_contains, WAIT)
-            .await
-    }
-
-    async fn cri(&self) -> Cri {
-        Cri::connect(&self.state_dir().join("containerd/containerd.sock"))
-            .await
-            .expect("containerd socket")
-    }
-
-    /// Names of the pods whose containers run, as containerd reports them.
-    async fn running_container_pods(&self) -> BTreeSet<String> {
-        running_containers(&self.cri().await)
-            .await
-            .into_iter()
-            .map(|(_, pod)| pod)
-            .collect()
-    }
-
-    /// Stops `commitd up` with SIGTERM, as Ctrl-C would, and checks it
-    /// exits cleanly.
-    async fn stop(&mut self) {
-        if let Some(mut up) = self.up.take() {
-            if let Some(pid) = up.id() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let status = tokio::time::timeout(Duration::from_secs(60), up.wait()).await;
-            let log = std::fs::read_to_string(self.state.path().join("up.log")).unwrap_or_default();
-            match status {
-                Ok(Ok(s)) => assert!(s.success(), "commitd up exited with {s}; log:\n{log}"),
-                other => panic!("commitd up did not stop: {other:?}; log:\n{log}"),
-            }
-        }
-    }
-}
-
-/// Commits in the cluster's repository as a user would.
-struct TestRepoView<'a> {
-    path: &'a Path,
-}
-
-impl TestRepoView<'_> {
-    fn edit(&self, file: &str, from: &str, to: &str) {
-        let p = self.path.join(file);
-        let text = std::fs::read_to_string(&p).expect("read");
-        assert!(text.contains(from), "{file} does not contain {from:?}");
-        std::fs::write(&p, text.replacen(from, to, 1)).expect("write");
-    }
-
-    fn write(&self, file: &str, text: &str) {
-        std::fs::write(self.path.join(file), text).expect("write");
-    }
-
-    fn remove(&self, file: &str) {
-        std::fs::remove_file(self.path.join(file)).expect("remove");
-    }
-
-    fn commit(&self, message: &str) -> String {
-        let view = TestRepo::open(self.path);
-        view.commit_all(message)
-    }
-}
+/// This test's own network, so other tests' clusters never collide.
+const NETWORK: Network = Network {
+    bridge: "cde2e0",
+    pod_cidr: "10.218.0.0/24",
+    service_cidr: "10.100.18.0/24",
+    node_name: "e2e-node",
+    dns_port: 10218,
+    proxy_table: "cde2e",
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_becomes_running_containers() {
-    let mut cluster = Cluster::up().await;
+    let mut cluster = Cluster::up(NETWORK).await;
 
     // The first commit deploys 2 replicas; each pod serves its page.
     let pages = cluster.wait_running(2, "hello from").await;

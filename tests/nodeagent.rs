@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::is_root;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,11 +40,6 @@ const POD_CIDR: &str = "10.216.0.0/24";
 const NODE: &str = "agent-test-node";
 const NS: &str = "default";
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 /// The agent running in-process. Dropping it aborts the task without any
 /// cleanup, exactly like the process being killed.

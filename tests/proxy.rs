@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::is_root;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
@@ -42,11 +44,6 @@ const EP_B: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 3);
 const EP_PORT: u16 = 8080;
 const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const DNS_PORT: u16 = 1053;
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use commitd::cluster::etcd::{Etcd, EtcdOptions};
 use commitd_api::k8s_openapi::api::apps::v1::Deployment;
-use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
+use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use commitd_api::keys;
 use commitd_api::records::{AppliedCommit, HistoryRecord, Outcome};
 use commitd_api::service_network::ServiceNetwork;
@@ -496,5 +496,51 @@ async fn services_keep_their_addresses_and_conflicts_reject_the_commit() {
         service(&h.store, "web").await.metadata.resource_version,
         revision
     );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_bound_by_the_scheduler_is_not_drift() {
+    let h = Harness::start().await;
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: solo\n  namespace: demo\nspec:\n  containers:\n  - name: c\n    image: 127.0.0.1:5000/commitd/web:1\n";
+    let c1 = h.repo.commit(
+        "A bare pod",
+        &[
+            ("manifests/ns.yaml", Some(NAMESPACE)),
+            ("manifests/pod.yaml", Some(pod)),
+        ],
+    );
+    let _task = h.follow();
+    h.wait_for_record(&c1).await;
+    // The scheduler binds it, as it does any pod.
+    h.store
+        .modify::<Pod, _>(Some("demo"), "solo", |p| {
+            p.spec.get_or_insert_with(Default::default).node_name = Some("node-1".into());
+            true
+        })
+        .await
+        .expect("bind")
+        .expect("exists");
+    // A later commit is applied; by then the binding was seen by the
+    // drift check, which must have left it alone.
+    let c2 = h
+        .repo
+        .commit("More config", &[("manifests/cm.yaml", Some(CONFIG))]);
+    assert_eq!(h.wait_for_record(&c2).await.outcome, Outcome::Applied);
+    let bound = h
+        .store
+        .get::<Pod>(Some("demo"), "solo")
+        .await
+        .expect("read")
+        .and_then(|p| p.spec)
+        .and_then(|s| s.node_name);
+    assert_eq!(bound.as_deref(), Some("node-1"));
+    let drift = h
+        .history()
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::DriftCorrected)
+        .count();
+    assert_eq!(drift, 0, "{:?}", h.history().await);
     h.stop().await;
 }

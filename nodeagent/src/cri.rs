@@ -19,7 +19,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     Container, ContainerConfig, ContainerFilter, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, ImageStatusRequest, ListContainersRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, ImageStatusRequest, ListContainersRequest,
     ListPodSandboxRequest, PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxState,
     PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
@@ -359,6 +359,33 @@ impl Cri {
         Ok(())
     }
 
+    /// Runs `cmd` in a running container and waits for it (CRI ExecSync):
+    /// what exec probes and `exec` need. `timeout_secs` 0 means no limit.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> Result<ExecOutput, CriError> {
+        let request = ExecSyncRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout_secs,
+        };
+        let response = self
+            .runtime
+            .clone()
+            .exec_sync(request)
+            .await
+            .map_err(|s| CriError::call("ExecSync", s))?
+            .into_inner();
+        Ok(ExecOutput {
+            exit_code: response.exit_code,
+            stdout: String::from_utf8_lossy(&response.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&response.stderr).into_owned(),
+        })
+    }
+
     /// Lists the containers whose labels include all of `labels` (an empty
     /// map lists all), in any state, across sandboxes.
     pub async fn list_containers(
@@ -422,6 +449,14 @@ fn non_empty(op: &'static str, field: &str, value: String) -> Result<String, Cri
     } else {
         Ok(value)
     }
+}
+
+/// What a command run with [`Cri::exec_sync`] left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Removes the pod's `cgroup_parent` directory, and everything below it,

@@ -260,6 +260,27 @@ pub fn desired_view(obj: &Value) -> Value {
     v
 }
 
+/// Copies into `desired` the spec fields the cluster assigns when Git
+/// leaves them out, so they are neither drift nor a change: a Pod's
+/// `spec.nodeName`, set by the scheduler when it binds the pod. (Service
+/// addresses and ports are allocated into the manifests before the diff.)
+pub fn keep_assigned_fields(kind: Kind, desired: &mut Value, current: &Value) {
+    if kind != Kind::Pod {
+        return;
+    }
+    let wanted = desired.pointer("/spec/nodeName").and_then(Value::as_str);
+    if wanted.is_some_and(|n| !n.is_empty()) {
+        return;
+    }
+    let assigned = current.pointer("/spec/nodeName").cloned();
+    if let (Some(node), Some(spec)) = (
+        assigned,
+        desired.get_mut("spec").and_then(Value::as_object_mut),
+    ) {
+        spec.insert("nodeName".into(), node);
+    }
+}
+
 fn spec_of(v: &Value) -> Value {
     let mut s = v.clone();
     if let Some(o) = s.as_object_mut() {
@@ -433,6 +454,9 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
                 })
             }
         };
+        if let Some(cur) = &existing {
+            keep_assigned_fields(m.kind, &mut desired, &cur.value);
+        }
         match existing {
             None => {
                 fill_create_fields(&mut desired);

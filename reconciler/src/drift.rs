@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::desired_view;
+use crate::apply::{desired_view, keep_assigned_fields};
 
 /// Caches of every kind a commit may declare.
 #[derive(Clone)]
@@ -94,6 +94,7 @@ impl GitKindCaches {
                 Some(current) => {
                     let mut desired = m.object.clone();
                     annotate_for_compare(&mut desired, m, sha);
+                    keep_assigned_fields(m.kind, &mut desired, &current);
                     desired_view(&current) != desired_view(&desired)
                 }
             },

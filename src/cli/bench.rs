@@ -24,6 +24,8 @@
 //! Running) is recorded too and printed as a breakdown, so a slow stage
 //! shows where the time goes. Everything the benchmark started is stopped
 //! and removed on the way out, on errors and on Ctrl-C as well.
+//!
+//! `commitd bench services` lives in [`super::bench_services`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -100,6 +102,8 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Time from a commit to N running pods, against starting them directly through CRI.
     PushToRunning(PushToRunningArgs),
+    /// Service rule programming (nftables) against raw `nft -f` of the same services.
+    Services(super::bench_services::ServicesArgs),
 }
 
 /// `commitd bench push-to-running`.
@@ -133,6 +137,7 @@ pub struct PushToRunningArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         BenchCommand::PushToRunning(a) => push_to_running(a).await,
+        BenchCommand::Services(a) => super::bench_services::run(a).await,
     }
 }
 

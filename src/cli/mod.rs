@@ -9,6 +9,7 @@ use clap::Args;
 use commitd_api::{store, Object, Store};
 
 pub mod bench;
+pub mod bench_services;
 pub mod components;
 pub mod describe;
 pub mod get;

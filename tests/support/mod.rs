@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod git;
 pub mod history;
 pub mod node;
@@ -10,6 +11,13 @@ pub mod wait;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Whether the tests run as root (/proc/self belongs to the effective
+/// uid): containerd, network namespaces and nftables need it.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
 
 /// Fetches `http://addr/` with a raw HTTP/1.0 GET and returns the body.
 pub async fn http_get(addr: &str) -> Result<String, String> {
