@@ -225,6 +225,7 @@ fn print_welcome(repo: &Path, state_dir: &Path, endpoints: &[String], node: &str
            git commit -am 'Scale web to 3'\n\n\
          Then look:\n\n  \
            commitd get pods -A -o wide --state-dir {state}\n  \
+           commitd get services,endpoints -A --state-dir {state}\n  \
            commitd status --state-dir {state}\n  \
            commitd history --state-dir {state}\n\n\
          Press Ctrl-C to stop everything.\n",
