@@ -216,3 +216,21 @@ fn a_missing_path_is_an_error_of_the_command() {
         describe(&out)
     );
 }
+
+#[test]
+fn service_addresses_and_node_ports_are_checked_offline() {
+    let services = "apiVersion: v1\nkind: Service\nmetadata:\n  name: a\nspec:\n  clusterIP: 10.0.0.1\n  ports:\n  - port: 80\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: b\nspec:\n  type: NodePort\n  ports:\n  - port: 80\n    nodePort: 80\n";
+    let dir = repo(&[("svc.yaml", services)]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        stdout_lines(&out),
+        vec![
+            "svc.yaml:6: error: spec.clusterIP: Invalid value: \"10.0.0.1\": failed to allocate IP 10.0.0.1: the provided IP (10.0.0.1) is not in the valid range. The range of valid IPs is 10.96.0.0/12",
+            "svc.yaml:18: error: spec.ports[0].nodePort: Invalid value: 80: provided port is not in the valid range. The range of valid ports is 30000-32767",
+            "2 errors",
+        ],
+        "{}",
+        describe(&out)
+    );
+}

@@ -1,12 +1,15 @@
 //! `commitd validate`: the reconciler's verdict on a directory of manifests
 //! before it is pushed, without a cluster — the same loader, the same
-//! messages, so a clean `validate` means the commit will not be refused.
+//! messages, so a clean `validate` means the commit will not be refused
+//! (short of a Service address or node port that another Service in the
+//! cluster holds, which only the cluster knows).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use commitd_api::manifest::{is_manifest_path, load_files};
+use commitd_api::service_network::{allocate, ServiceNetwork};
 
 use super::output::{self, plural};
 
@@ -18,7 +21,13 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if files.is_empty() {
         eprintln!("warning: no *.yaml or *.yml files under {}", path.display());
     }
-    let loaded = load_files(files);
+    let mut loaded = load_files(files);
+    if loaded.is_valid() {
+        // What allocation can tell without the cluster: explicit addresses
+        // and node ports outside the default ranges or claimed twice.
+        let errors = allocate(&mut loaded.manifests, &[], &ServiceNetwork::default());
+        loaded.diagnostics.extend(errors);
+    }
     // Set-level findings (duplicates) come last from the loader; reading
     // them in file and line order is easier than in discovery order.
     let mut diagnostics: Vec<_> = loaded.diagnostics.iter().collect();
