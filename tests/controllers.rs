@@ -7,107 +7,26 @@
 //! ready and finishes graceful deletions itself, the way those components
 //! would.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use commitd::cluster::etcd::{Etcd, EtcdOptions};
+use anyhow::{anyhow, Context, Result};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet};
 use commitd_api::k8s_openapi::api::core::v1::{Pod, PodCondition};
 use commitd_api::meta::{self, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use commitd_api::{keys, Kind, Object, Store};
 use commitd_reconciler::controllers;
 use etcd_client::{EventType, WatchOptions};
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use support::etcd::{with_etcd, Controllers};
+use support::wait::eventually;
 
 const NS: &str = "demo";
 const DEADLINE: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(50);
 const NODE: &str = "node-1";
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,commitd_reconciler=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Runs `scenario` against a fresh private etcd, and always stops etcd.
-async fn with_etcd<F, Fut>(scenario: F) -> Result<()>
-where
-    F: FnOnce(Store) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    init_tracing();
-    let tmp = tempfile::Builder::new().prefix("cdctl").tempdir()?;
-    let etcd = Etcd::start(EtcdOptions {
-        data_dir: tmp.path().join("etcd"),
-        client_port: None,
-        extra_args: Vec::new(),
-    })
-    .await?;
-    let result = match Store::connect(std::slice::from_ref(&etcd.endpoint)).await {
-        Ok(store) => scenario(store).await,
-        Err(e) => Err(anyhow!(e).context("connecting to etcd")),
-    };
-    let stopped = etcd.stop().await;
-    result?;
-    stopped
-}
-
-/// A running `controllers::run`.
-struct Controllers {
-    cancel: CancellationToken,
-    task: JoinHandle<Result<()>>,
-}
-
-impl Controllers {
-    fn start(store: &Store) -> Controllers {
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(controllers::run(store.clone(), cancel.clone()));
-        Controllers { cancel, task }
-    }
-
-    /// Cancels and waits: the loops finish the pass they are in.
-    async fn stop(self) -> Result<()> {
-        self.cancel.cancel();
-        self.task.await.context("controller task panicked")?
-    }
-
-    /// Drops the task wherever it is (mid-write included), like a killed
-    /// process; then stops whatever it left running.
-    async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
-        self.cancel.cancel();
-    }
-}
-
-/// Polls `check` until it returns `Ok`, or fails after [`DEADLINE`] with
-/// the last state `check` described.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let last = match check().await {
-            Ok(v) => return Ok(v),
-            Err(state) => state,
-        };
-        if Instant::now() > deadline {
-            bail!("timed out after {DEADLINE:?} waiting for {what}; last state: {last}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 fn deployment(name: &str, replicas: i32, image: &str) -> Result<Deployment> {
     let mut d: Deployment = serde_json::from_value(serde_json::json!({
@@ -217,6 +136,7 @@ async fn wait_for_rollout(
     let d_uid = uid(d);
     eventually(
         &format!("rollout of {want_name} with {replicas} pods"),
+        DEADLINE,
         || async {
             let s = snapshot(store).await?;
             let owned = owned_by(&s.replica_sets, &d_uid);
@@ -332,6 +252,7 @@ async fn wait_for_complete_status(
 ) -> Result<()> {
     eventually(
         &format!("deployment status: {n} available on {rs}"),
+        DEADLINE,
         || async {
             let d = store
                 .get::<Deployment>(Some(NS), name)
@@ -525,7 +446,7 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     // The file is deleted from Git: the garbage collector removes the
     // ReplicaSets, then their pods (bound: marked; unbound: deleted).
     store.delete::<Deployment>(Some(NS), "web", None).await?;
-    let s = eventually("replica sets and pods collected", || async {
+    let s = eventually("replica sets and pods collected", DEADLINE, || async {
         let s = snapshot(store).await?;
         let live_pods = s
             .pods

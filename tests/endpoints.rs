@@ -12,104 +12,20 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use commitd::cluster::etcd::{Etcd, EtcdOptions};
+use anyhow::{anyhow, Context, Result};
 use commitd_api::k8s_openapi::api::core::v1::{Endpoints, Pod, PodCondition, Service};
 use commitd_api::{meta, Store};
 use commitd_reconciler::controllers::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use serde_json::json;
 use support::cli::Cli;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+
+use support::etcd::{with_etcd, with_etcd_at, Controllers};
+use support::wait::eventually;
 
 const NS: &str = "demo";
 const DEADLINE: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(25);
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,commitd_reconciler=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Runs `scenario` against a fresh private etcd, and always stops etcd.
-async fn with_etcd<F, Fut>(scenario: F) -> Result<()>
-where
-    F: FnOnce(Store) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    with_etcd_at(|store, _| scenario(store)).await
-}
-
-/// [`with_etcd`], also telling the scenario etcd's endpoint.
-async fn with_etcd_at<F, Fut>(scenario: F) -> Result<()>
-where
-    F: FnOnce(Store, String) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    init_tracing();
-    let tmp = tempfile::Builder::new().prefix("cdep").tempdir()?;
-    let etcd = Etcd::start(EtcdOptions {
-        data_dir: tmp.path().join("etcd"),
-        client_port: None,
-        extra_args: Vec::new(),
-    })
-    .await?;
-    let result = match Store::connect(std::slice::from_ref(&etcd.endpoint)).await {
-        Ok(store) => scenario(store, etcd.endpoint.clone()).await,
-        Err(e) => Err(anyhow!(e).context("connecting to etcd")),
-    };
-    let stopped = etcd.stop().await;
-    result?;
-    stopped
-}
-
-/// A running `controllers::run`.
-struct Controllers {
-    cancel: CancellationToken,
-    task: JoinHandle<Result<()>>,
-}
-
-impl Controllers {
-    fn start(store: &Store) -> Controllers {
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(controllers::run(store.clone(), cancel.clone()));
-        Controllers { cancel, task }
-    }
-
-    async fn stop(self) -> Result<()> {
-        self.cancel.cancel();
-        self.task.await.context("controller task panicked")?
-    }
-}
-
-/// Polls `check` until it returns `Ok`, or fails after [`DEADLINE`] with
-/// the last state `check` described.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let last = match check().await {
-            Ok(v) => return Ok(v),
-            Err(state) => state,
-        };
-        if Instant::now() > deadline {
-            bail!("timed out after {DEADLINE:?} waiting for {what}; last state: {last}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
 
 /// Stores a Service as the reconciler would (defaults filled in).
 async fn create_service(store: &Store, value: serde_json::Value) -> Result<Service> {
@@ -227,18 +143,22 @@ async fn get_endpoints(store: &Store, name: &str) -> Result<Option<Endpoints>, S
 
 /// Waits until the Endpoints `name` in etcd reads as `want`; returns them.
 async fn wait_for_view(store: &Store, name: &str, want: View) -> Result<Endpoints> {
-    eventually(&format!("endpoints {name} = {want:?}"), || async {
-        match get_endpoints(store, name).await? {
-            Some(ep) if view(&ep) == want => Ok(ep),
-            Some(ep) => Err(format!("{:?}", view(&ep))),
-            None => Err("no endpoints".into()),
-        }
-    })
+    eventually(
+        &format!("endpoints {name} = {want:?}"),
+        DEADLINE,
+        || async {
+            match get_endpoints(store, name).await? {
+                Some(ep) if view(&ep) == want => Ok(ep),
+                Some(ep) => Err(format!("{:?}", view(&ep))),
+                None => Err("no endpoints".into()),
+            }
+        },
+    )
     .await
 }
 
 async fn wait_for_absent(store: &Store, name: &str) -> Result<()> {
-    eventually(&format!("endpoints {name} deleted"), || async {
+    eventually(&format!("endpoints {name} deleted"), DEADLINE, || async {
         match get_endpoints(store, name).await? {
             None => Ok(()),
             Some(ep) => Err(format!("still there: {:?}", view(&ep))),
@@ -547,7 +467,7 @@ async fn headless_scenario(store: &Store) -> Result<()> {
         set_ready_condition(&mut pod, true);
         store.create(pod).await?;
     }
-    let ep = eventually("headless endpoints with hostnames", || async {
+    let ep = eventually("headless endpoints with hostnames", DEADLINE, || async {
         let ep = get_endpoints(store, "db").await?.ok_or("no endpoints")?;
         let hosts: Vec<(String, Option<String>)> = ep
             .subsets

@@ -10,6 +10,7 @@
 
 mod support;
 
+use support::etcd::{init_tracing, with_etcd};
 use support::is_root;
 
 use std::collections::BTreeSet;
@@ -21,7 +22,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use commitd::cluster::etcd::{Etcd, EtcdOptions};
 use commitd_api::k8s_openapi::api::core::v1::{Endpoints, Service};
 use commitd_api::reflector::reflect;
 use commitd_api::Store;
@@ -44,16 +44,6 @@ const EP_B: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 3);
 const EP_PORT: u16 = 8080;
 const DNS_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const DNS_PORT: u16 = 1053;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,commitd_nodeagent::proxy=debug".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 fn sh(args: &[&str]) -> Result<()> {
     let out = Command::new(args[0])
@@ -377,22 +367,10 @@ async fn run_loop_programs_services_from_etcd() -> Result<()> {
         eprintln!("skipping: needs root to create network namespaces and program nftables");
         return Ok(());
     }
-    init_tracing();
-    let tmp = tempfile::Builder::new().prefix("cdproxy").tempdir()?;
-    let etcd = Etcd::start(EtcdOptions {
-        data_dir: tmp.path().join("etcd"),
-        client_port: None,
-        extra_args: Vec::new(),
-    })
-    .await?;
-    let result = run_loop_scenario(&etcd).await;
-    let stopped = etcd.stop().await;
-    result?;
-    stopped
+    with_etcd(run_loop_scenario).await
 }
 
-async fn run_loop_scenario(etcd: &Etcd) -> Result<()> {
-    let store = Store::connect(std::slice::from_ref(&etcd.endpoint)).await?;
+async fn run_loop_scenario(store: Store) -> Result<()> {
     let lab = Lab::start("loop").await?;
     let table = "cdproxytest";
     let web_key = ServicePortKey::new(NS, "web", "http");

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod etcd;
 pub mod git;
 pub mod history;
 pub mod node;
