@@ -4,7 +4,8 @@
 //! pod template, or a named `targetPort` that no selected container
 //! declares, is most often a typo, and then the Service silently has no
 //! endpoints; saying so in the commit's record turns that into a message
-//! naming the file and line.
+//! naming the file and line. Service fields commitd does not act on
+//! (external IPs, load balancers, `Local` traffic policies) are named too.
 
 use std::collections::BTreeMap;
 
@@ -64,6 +65,44 @@ fn templates(manifests: &[Manifest]) -> Vec<Template<'_>> {
         .collect()
 }
 
+/// Service fields commitd accepts but does not act on, each named.
+fn not_acted_on(svc: &Manifest, spec: &Value) -> Vec<Diagnostic> {
+    let field = |name: &str| FieldPath::root().key("spec").key(name);
+    let mut out = Vec::new();
+    if spec.get("type").and_then(Value::as_str) == Some("LoadBalancer") {
+        out.push(svc.warning(
+            &field("type"),
+            "commitd has no load balancer: the Service is served as NodePort on every node, and its EXTERNAL-IP stays <pending>",
+        ));
+    }
+    for name in [
+        "externalIPs",
+        "loadBalancerIP",
+        "loadBalancerSourceRanges",
+        "loadBalancerClass",
+        "healthCheckNodePort",
+    ] {
+        let set = spec.get(name).is_some_and(|v| match v {
+            Value::Null => false,
+            Value::Array(a) => !a.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            _ => true,
+        });
+        if set {
+            out.push(svc.warning(
+                &field(name),
+                "not supported by commitd yet; the field is stored but ignored",
+            ));
+        }
+    }
+    for name in ["externalTrafficPolicy", "internalTrafficPolicy"] {
+        if spec.get(name).and_then(Value::as_str) == Some("Local") {
+            out.push(svc.warning(&field(name), "Local is not supported by commitd yet: traffic goes to endpoints on every node (Cluster)"));
+        }
+    }
+    out
+}
+
 /// Warnings for the commit's Services whose selector matches no pod
 /// template of the commit, or whose named target port the selected
 /// templates do not declare.
@@ -74,6 +113,7 @@ pub fn warnings(manifests: &[Manifest]) -> Vec<Diagnostic> {
         let Some(spec) = svc.object.get("spec") else {
             continue;
         };
+        out.extend(not_acted_on(svc, spec));
         let selector: BTreeMap<String, String> = match spec.get("selector") {
             Some(s) if !s.is_null() => serde_json::from_value(s.clone()).unwrap_or_default(),
             _ => continue, // no selector: endpoints are managed by hand
@@ -155,6 +195,19 @@ mod tests {
         let no_selector =
             "apiVersion: v1\nkind: Service\nmetadata: {name: ext}\nspec:\n  ports: [{port: 80}]\n";
         assert_eq!(warnings(no_selector), Vec::<String>::new());
+    }
+
+    #[test]
+    fn fields_not_acted_on_are_named() {
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  externalIPs: [192.0.2.1]\n  selector: {app: web}\n  ports: [{port: 80, targetPort: http}]\n";
+        assert_eq!(
+            warnings(svc),
+            vec![
+                "svc.yaml:5: warning: spec.type: commitd has no load balancer: the Service is served as NodePort on every node, and its EXTERNAL-IP stays <pending>",
+                "svc.yaml:7: warning: spec.externalIPs: not supported by commitd yet; the field is stored but ignored",
+                "svc.yaml:6: warning: spec.externalTrafficPolicy: Local is not supported by commitd yet: traffic goes to endpoints on every node (Cluster)",
+            ]
+        );
     }
 
     #[test]
