@@ -34,6 +34,8 @@ pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 /// Lets packets with a loopback source be routed off the host after DNAT,
 /// which NodePort on 127.0.0.1 needs.
 const ROUTE_LOCALNET: &str = "/proc/sys/net/ipv4/conf/all/route_localnet";
+/// Makes bridged (pod-to-pod on one node) traffic pass the ip hooks.
+const BRIDGE_NF_CALL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 /// Sends cluster DNS traffic (the DNS service's VIP, port 53) to the
 /// node's own DNS server, which listens on `0.0.0.0:port`.
@@ -91,6 +93,9 @@ pub async fn run(
         let mut proxier = Proxier::new(&config)?;
         if let Err(e) = enable_route_localnet().await {
             warn!(error = format!("{e:#}"), "node ports will not answer on 127.0.0.1");
+        }
+        if let Err(e) = enable_bridge_netfilter().await {
+            warn!(error = format!("{e:#}"), "pods on one bridge may not reach each other through a Service");
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -170,6 +175,31 @@ pub async fn enable_route_localnet() -> anyhow::Result<()> {
     tokio::fs::write(ROUTE_LOCALNET, "1")
         .await
         .with_context(|| format!("writing 1 to {ROUTE_LOCALNET}"))
+}
+
+/// Sets `net.bridge.bridge-nf-call-iptables=1`, loading `br_netfilter`
+/// if needed: without it, a pod's packets to a Service whose endpoint is
+/// on the same bridge are switched, never seen by the nat hooks.
+pub async fn enable_bridge_netfilter() -> anyhow::Result<()> {
+    if !tokio::fs::try_exists(BRIDGE_NF_CALL).await.unwrap_or(false) {
+        let status = tokio::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status()
+            .await
+            .context("running modprobe br_netfilter")?;
+        anyhow::ensure!(status.success(), "modprobe br_netfilter: {status}");
+    }
+    if tokio::fs::read_to_string(BRIDGE_NF_CALL)
+        .await
+        .unwrap_or_default()
+        .trim()
+        == "1"
+    {
+        return Ok(());
+    }
+    tokio::fs::write(BRIDGE_NF_CALL, "1")
+        .await
+        .with_context(|| format!("writing 1 to {BRIDGE_NF_CALL}"))
 }
 
 /// Deletes the proxy's table (all service rules) if it exists, for an
