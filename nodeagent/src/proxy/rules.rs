@@ -237,7 +237,6 @@ struct Applied {
 #[derive(Debug)]
 pub struct Proxier {
     table: String,
-    cluster_cidr: Option<Ipv4Net>,
     base_chains: Vec<Chain>,
     applied: Option<Applied>,
 }
@@ -251,8 +250,10 @@ impl Proxier {
         }
         Ok(Proxier {
             table: config.table.clone(),
-            cluster_cidr: config.cluster_cidr.map(|n| n.trunc()),
-            base_chains: base_chains(config.dns.as_ref()),
+            base_chains: base_chains(
+                config.dns.as_ref(),
+                config.cluster_cidr.map(|n| n.trunc()),
+            ),
             applied: None,
         })
     }
@@ -635,17 +636,9 @@ impl Proxier {
                 value: Some(verdict),
             });
         }
+        // Masquerade marks (node ports, sources outside the cluster) are
+        // set once in the `services` chain, not per service.
         let mut rules = Vec::new();
-        if port.node_port.is_some() {
-            // Only node-port traffic enters with another destination.
-            rules.push(format!(
-                "ip daddr != {} jump mark-for-masquerade",
-                port.cluster_ip
-            ));
-        }
-        if let Some(cidr) = self.cluster_cidr {
-            rules.push(format!("ip saddr != {cidr} jump mark-for-masquerade"));
-        }
         let n = port.endpoints.len();
         let mut targets = Vec::with_capacity(n);
         match port.affinity_timeout {
@@ -849,7 +842,7 @@ fn add_elements(s: &mut String, table: &str, name: &str, elems: &[String]) {
 }
 
 /// The chains every table has, whatever the services.
-fn base_chains(dns: Option<&DnsRedirect>) -> Vec<Chain> {
+fn base_chains(dns: Option<&DnsRedirect>, cluster_cidr: Option<Ipv4Net>) -> Vec<Chain> {
     let chain = |name: &str, hook: Option<&'static str>, rules: &[&str]| Chain {
         name: name.to_string(),
         hook,
@@ -877,13 +870,23 @@ fn base_chains(dns: Option<&DnsRedirect>) -> Vec<Chain> {
     }
     prerouting.push("jump services".to_string());
     output.push("jump services".to_string());
+    // The masquerade mark is set before the lookups and cleared when none
+    // matched (a match jumps away with `goto`): traffic to a VIP from
+    // outside the cluster, and all node-port traffic, is masqueraded, with
+    // one rule for all services instead of one per service.
+    let mark = format!("meta mark set meta mark | {MASQ_MARK:#x}");
     let mut services = Vec::new();
+    if let Some(cidr) = cluster_cidr {
+        services.push(format!("ip saddr != {cidr} {mark}"));
+    }
     services.push(format!(
         "ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"
     ));
+    services.push(format!("fib daddr type local {mark}"));
     services.push(format!(
         "fib daddr type local meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
     ));
+    services.push(format!("meta mark set meta mark & {:#x}", !MASQ_MARK));
     let check = "ct state new jump endpoints-check";
     vec![
         chain(
