@@ -250,10 +250,7 @@ impl Proxier {
         }
         Ok(Proxier {
             table: config.table.clone(),
-            base_chains: base_chains(
-                config.dns.as_ref(),
-                config.cluster_cidr.map(|n| n.trunc()),
-            ),
+            base_chains: base_chains(config.dns.as_ref(), config.cluster_cidr.map(|n| n.trunc())),
             applied: None,
         })
     }
