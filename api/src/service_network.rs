@@ -118,6 +118,37 @@ struct Given {
     node_ports: Vec<(usize, u16)>,
 }
 
+/// The addresses and node ports given so far, and to whom.
+#[derive(Default)]
+struct Ledger {
+    ips: HashMap<Ipv4Addr, Holder>,
+    node_ports: HashMap<u16, Holder>,
+    /// By manifest index.
+    given: HashMap<usize, Given>,
+}
+
+impl Ledger {
+    fn claim_ip(&mut self, w: &Wanted, ip: Ipv4Addr) {
+        self.ips.insert(ip, Holder(w.key.clone()));
+        self.given.entry(w.index).or_default().cluster_ip = Some(ip.to_string());
+    }
+
+    /// Whether `np` is free, or held by the same Service (which may use
+    /// one node port for TCP and UDP).
+    fn node_port_free_for(&self, np: u16, w: &Wanted) -> bool {
+        self.node_ports.get(&np).is_none_or(|o| o.0 == w.key)
+    }
+
+    fn claim_node_port(&mut self, w: &Wanted, port_index: usize, np: u16) {
+        self.node_ports.insert(np, Holder(w.key.clone()));
+        self.given
+            .entry(w.index)
+            .or_default()
+            .node_ports
+            .push((port_index, np));
+    }
+}
+
 /// What a Service holds now in etcd, by its `namespace/name`.
 #[derive(Debug, Default, Clone)]
 struct Held {
@@ -265,9 +296,7 @@ pub fn allocate(
         .map(|(i, m)| wanted(i, m))
         .collect();
     let mut errors = Vec::new();
-    let mut ips: HashMap<Ipv4Addr, Holder> = HashMap::new();
-    let mut node_ports: HashMap<u16, Holder> = HashMap::new();
-    let mut results: HashMap<usize, Given> = HashMap::new();
+    let mut ledger = Ledger::default();
 
     let gets_ip = |w: &Wanted| w.ty != "ExternalName" && w.cluster_ip != "None";
     let gets_node_ports = |w: &Wanted| w.ty == "NodePort" || w.ty == "LoadBalancer";
@@ -278,9 +307,8 @@ pub fn allocate(
         .filter(|w| gets_ip(w) && w.cluster_ip.is_empty())
     {
         if let Some(ip) = held.get(&w.key).and_then(|h| h.cluster_ip) {
-            if network.assignable(ip) && !ips.contains_key(&ip) {
-                ips.insert(ip, Holder(w.key.clone()));
-                results.entry(w.index).or_default().cluster_ip = Some(ip.to_string());
+            if network.assignable(ip) && !ledger.ips.contains_key(&ip) {
+                ledger.claim_ip(w, ip);
             }
         }
     }
@@ -313,14 +341,13 @@ pub fn allocate(
                 &field,
                 format!("Invalid value: \"{ip}\": failed to allocate IP {ip}: the address is reserved (the range's first, last, .1 and the cluster DNS address {})", network.dns_ip()),
             ));
-        } else if let Some(other) = ips.get(&ip) {
+        } else if let Some(other) = ledger.ips.get(&ip) {
             errors.push(m.error(
                 &field,
                 format!("Invalid value: \"{ip}\": failed to allocate IP {ip}: provided IP is already allocated (to Service {other})"),
             ));
         } else {
-            ips.insert(ip, Holder(w.key.clone()));
-            results.entry(w.index).or_default().cluster_ip = Some(ip.to_string());
+            ledger.claim_ip(w, ip);
         }
     }
     // 3. Node ports kept, then node ports Git names.
@@ -336,14 +363,8 @@ pub fn allocate(
                 .find(|(held, _)| same_port(held, id))
                 .map(|(_, np)| *np);
             if let Some(np) = kept.filter(|np| network.node_ports.contains(np)) {
-                let free = node_ports.get(&np).is_none_or(|o| o.0 == w.key);
-                if free {
-                    node_ports.insert(np, Holder(w.key.clone()));
-                    results
-                        .entry(w.index)
-                        .or_default()
-                        .node_ports
-                        .push((*i, np));
+                if ledger.node_port_free_for(np, w) {
+                    ledger.claim_node_port(w, *i, np);
                 }
             }
         }
@@ -364,31 +385,26 @@ pub fn allocate(
                 )));
                 continue;
             }
-            match node_ports.get(&np) {
-                // The same Service may use one node port for TCP and UDP.
-                Some(other) if other.0 != w.key => errors.push(m.error(
+            if ledger.node_port_free_for(np, w) {
+                ledger.claim_node_port(w, *i, np);
+            } else if let Some(other) = ledger.node_ports.get(&np) {
+                errors.push(m.error(
                     &field,
                     format!("Invalid value: {np}: provided port is already allocated (to Service {other})"),
-                )),
-                _ => {
-                    node_ports.insert(np, Holder(w.key.clone()));
-                    results.entry(w.index).or_default().node_ports.push((*i, np));
-                }
+                ));
             }
         }
     }
     // 4. New addresses and ports for the rest.
     for w in &services {
         let m = &manifests[w.index];
-        let has_ip = results
+        let has_ip = ledger
+            .given
             .get(&w.index)
             .is_some_and(|r| r.cluster_ip.is_some());
         if gets_ip(w) && w.cluster_ip.is_empty() && !has_ip {
-            match free_ip(&w.key, network, &ips) {
-                Some(ip) => {
-                    ips.insert(ip, Holder(w.key.clone()));
-                    results.entry(w.index).or_default().cluster_ip = Some(ip.to_string());
-                }
+            match free_ip(&w.key, network, &ledger.ips) {
+                Some(ip) => ledger.claim_ip(w, ip),
                 None => errors.push(m.error(
                     &FieldPath::parse("spec.clusterIP"),
                     format!(
@@ -402,21 +418,15 @@ pub fn allocate(
             continue;
         }
         for (i, _, explicit) in &w.ports {
-            let done = results
+            let done = ledger
+                .given
                 .get(&w.index)
                 .is_some_and(|r| r.node_ports.iter().any(|(j, _)| j == i));
             if done || explicit.is_some() {
                 continue;
             }
-            match free_node_port(&format!("{}/{i}", w.key), network, &node_ports) {
-                Some(np) => {
-                    node_ports.insert(np, Holder(w.key.clone()));
-                    results
-                        .entry(w.index)
-                        .or_default()
-                        .node_ports
-                        .push((*i, np));
-                }
+            match free_node_port(&format!("{}/{i}", w.key), network, &ledger.node_ports) {
+                Some(np) => ledger.claim_node_port(w, *i, np),
                 None => errors.push(
                     m.error(
                         &FieldPath::root()
@@ -440,7 +450,7 @@ pub fn allocate(
         let Some(spec) = m.object.get_mut("spec").and_then(Value::as_object_mut) else {
             continue;
         };
-        let given = results.remove(&w.index).unwrap_or_default();
+        let given = ledger.given.remove(&w.index).unwrap_or_default();
         if let Some(ip) = given.cluster_ip {
             spec.insert("clusterIP".into(), Value::from(ip.clone()));
             spec.insert("clusterIPs".into(), Value::from(vec![ip]));

@@ -1011,12 +1011,13 @@ fn wall_ns() -> i64 {
         .unwrap_or(0)
 }
 
-fn ms(d: Duration) -> f64 {
+/// A duration in milliseconds, for figures.
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// (median, min, max) of the finite values; NaN when there are none.
-fn summary(values: impl IntoIterator<Item = f64>) -> (f64, f64, f64) {
+pub(super) fn summary(values: impl IntoIterator<Item = f64>) -> (f64, f64, f64) {
     let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return (f64::NAN, f64::NAN, f64::NAN);

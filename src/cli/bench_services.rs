@@ -48,6 +48,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::bench::{ms, summary};
 use super::components::shutdown_token;
 
 /// Prefix of the network namespace (`<prefix>-<pid>`).
@@ -798,28 +799,8 @@ fn raw_script(table: &str, model: &Model, pick: Pick) -> String {
     s
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// (median, min, max) of the finite values; NaN when there are none.
-fn summary(values: &[f64]) -> (f64, f64, f64) {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    let median = if v.len() % 2 == 0 {
-        (v[mid - 1] + v[mid]) / 2.0
-    } else {
-        v[mid]
-    };
-    (median, v[0], v[v.len() - 1])
-}
-
 fn median(values: &[f64]) -> f64 {
-    summary(values).0
+    summary(values.iter().copied()).0
 }
 
 /// `10000` as `10 000`, as the issue writes counts.
@@ -862,7 +843,7 @@ fn full_ratio(f: &Figures) -> f64 {
 fn size_report(f: &Figures) -> String {
     let mut s = String::new();
     let row = |s: &mut String, name: &str, values: &[f64]| {
-        let (m, lo, hi) = summary(values);
+        let (m, lo, hi) = summary(values.iter().copied());
         let _ = writeln!(s, "  {name:<44} {m:>10.2} {lo:>10.2} {hi:>10.2}");
     };
     let title = format!(
@@ -1094,9 +1075,9 @@ mod tests {
 
     #[test]
     fn summaries_counts_and_goals() {
-        assert_eq!(summary(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
-        assert_eq!(summary(&[4.0, 1.0, 2.0, 3.0]).0, 2.5);
-        assert!(summary(&[]).0.is_nan());
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
         assert_eq!(thousands(10_000), "10 000");
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_234_567), "1 234 567");
