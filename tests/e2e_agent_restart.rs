@@ -20,6 +20,9 @@ use tokio::process::{Child, Command};
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// The nftables table this test's node agent owns.
+const PROXY_TABLE: &str = "cdkill";
+
 fn spawn(args: &[OsString], log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -72,7 +75,15 @@ async fn killed_node_agent_adopts_its_pods_on_restart() {
         args
     };
     let mut reconciler = spawn(
-        &command("reconciler", &["--repo".into(), repo.path().into()]),
+        &command(
+            "reconciler",
+            &[
+                "--repo".into(),
+                repo.path().into(),
+                "--service-cidr".into(),
+                "10.100.17.0/24".into(),
+            ],
+        ),
         &log,
     );
     let mut scheduler = spawn(&command("scheduler", &[]), &log);
@@ -85,6 +96,13 @@ async fn killed_node_agent_adopts_its_pods_on_restart() {
             "kill-node".into(),
             "--agent-dir".into(),
             dir.path().join("agent").into(),
+            // Service rules and DNS of this test's own, never the host's.
+            "--proxy-table".into(),
+            PROXY_TABLE.into(),
+            "--cluster-dns".into(),
+            "10.100.17.10".into(),
+            "--dns-port".into(),
+            "10217".into(),
         ],
     );
     let mut agent = spawn(&agent_cmd, &log);
@@ -155,6 +173,11 @@ async fn killed_node_agent_adopts_its_pods_on_restart() {
             std::fs::read_to_string(&log).unwrap_or_default()
         );
     }
+    // A stopped agent leaves its service rules for the next one; the test
+    // removes them as `commitd up` does.
+    commitd_nodeagent::proxy::remove_table(PROXY_TABLE)
+        .await
+        .expect("service rules removed");
     containerd.stop().await.expect("containerd stops");
     etcd.stop().await.expect("etcd stops");
     registry.stop().await.expect("registry stops");
