@@ -27,6 +27,7 @@
 //! etcd, the next apply of the same head commit writes only the rest and
 //! switches over. The commit is live only from the switch-over on.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -566,10 +567,12 @@ pub async fn apply_commit(
         }
         let seq: Guarded<u64> = read_guarded(store, keys::HISTORY_SEQ).await?;
         let next = seq.value.unwrap_or(0) + 1;
-        let mut loaded = loaded.clone();
-        if loaded.is_valid() {
-            let errors = allocate_services(store, &mut loaded.manifests, options).await?;
-            loaded.diagnostics.extend(errors);
+        // Each attempt allocates afresh, from the manifests as Git has them.
+        let mut loaded = Cow::Borrowed(&loaded);
+        if loaded.is_valid() && loaded.manifests.iter().any(|m| m.kind == Kind::Service) {
+            let with_addresses = loaded.to_mut();
+            let errors = allocate_services(store, &mut with_addresses.manifests, options).await?;
+            with_addresses.diagnostics.extend(errors);
         }
         let result = if loaded.is_valid() {
             try_apply(store, options, commit, &loaded, &applied, &seq, next).await?

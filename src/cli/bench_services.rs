@@ -304,11 +304,43 @@ fn header(version: &str, netns: &str, args: &ServicesArgs) -> String {
     );
     let _ = write!(
         s,
-        "  The proxy's table holds more than the raw one: a masquerade-mark rule per service \
-         (sources outside\n  the cluster CIDR), a hairpin set of every endpoint address, \
+        "  The proxy's table holds more than the raw one: masquerade marks (sources outside \
+         the cluster\n  CIDR, node ports), a hairpin set of every endpoint address, \
          no-endpoint sets and filter chains."
     );
     s
+}
+
+/// The runs of one proxier sync, by phase (ms).
+#[derive(Debug, Clone, Default)]
+struct Series {
+    plan: Vec<f64>,
+    nft: Vec<f64>,
+    commit: Vec<f64>,
+    total: Vec<f64>,
+}
+
+impl Series {
+    fn push(&mut self, t: &Timed) {
+        self.plan.push(t.plan);
+        self.nft.push(t.nft);
+        self.commit.push(t.commit);
+        self.total.push(t.total());
+    }
+
+    /// The total row, then one indented row per phase.
+    fn rows(&self, s: &mut String, title: &str) {
+        row(s, title, &self.total);
+        row(s, "      planning", &self.plan);
+        row(s, "      nft -f", &self.nft);
+        row(s, "      commit", &self.commit);
+    }
+}
+
+/// One report row: median, min and max of `values`.
+fn row(s: &mut String, name: &str, values: &[f64]) {
+    let (m, lo, hi) = summary(values.iter().copied());
+    let _ = writeln!(s, "  {name:<44} {m:>10.2} {lo:>10.2} {hi:>10.2}");
 }
 
 /// What was measured for one service count (all times in ms).
@@ -316,17 +348,11 @@ fn header(version: &str, netns: &str, args: &ServicesArgs) -> String {
 struct Figures {
     services: usize,
     endpoints: usize,
-    full_plan: Vec<f64>,
-    full_nft: Vec<f64>,
-    full_commit: Vec<f64>,
-    full_total: Vec<f64>,
+    full: Series,
     raw_cascade: Vec<f64>,
     /// `None` with `--skip-raw-map`.
     raw_map: Option<Vec<f64>>,
-    change_plan: Vec<f64>,
-    change_nft: Vec<f64>,
-    change_commit: Vec<f64>,
-    change_total: Vec<f64>,
+    change: Series,
     model_build: Vec<f64>,
     full_bytes: usize,
     full_rules: usize,
@@ -393,10 +419,7 @@ async fn measure_size(
             t.plan,
             t.nft
         ));
-        f.full_plan.push(t.plan);
-        f.full_nft.push(t.nft);
-        f.full_commit.push(t.commit);
-        f.full_total.push(t.total());
+        f.full.push(&t);
         let raw = load_raw(&cascade, cancel).await?;
         progress(format_args!(
             "{label}: run {run}/{}: raw cascade {raw:.1} ms",
@@ -436,10 +459,7 @@ async fn measure_size(
             t.plan,
             t.nft
         ));
-        f.change_plan.push(t.plan);
-        f.change_nft.push(t.nft);
-        f.change_commit.push(t.commit);
-        f.change_total.push(t.total());
+        f.change.push(&t);
     }
     let expected = if args.runs % 2 == 1 { &model } else { &changed };
     check_endpoints_loaded(&changed_key, expected).await?;
@@ -836,35 +856,24 @@ fn met(ok: bool) -> &'static str {
 
 /// Full sync over raw cascade, as a ratio of medians.
 fn full_ratio(f: &Figures) -> f64 {
-    median(&f.full_total) / median(&f.raw_cascade)
+    median(&f.full.total) / median(&f.raw_cascade)
 }
 
 /// The table of one service count.
 fn size_report(f: &Figures) -> String {
     let mut s = String::new();
-    let row = |s: &mut String, name: &str, values: &[f64]| {
-        let (m, lo, hi) = summary(values.iter().copied());
-        let _ = writeln!(s, "  {name:<44} {m:>10.2} {lo:>10.2} {hi:>10.2}");
-    };
     let title = format!(
         "{} services x {} endpoints, {} run(s)",
         thousands(f.services),
         f.endpoints,
-        f.full_total.len()
+        f.full.total.len()
     );
     let _ = writeln!(
         s,
         "\n{title:<46} {:>10} {:>10} {:>10}",
         "median", "min", "max"
     );
-    row(
-        &mut s,
-        "(a) full sync from scratch (Proxier)",
-        &f.full_total,
-    );
-    row(&mut s, "      planning", &f.full_plan);
-    row(&mut s, "      nft -f", &f.full_nft);
-    row(&mut s, "      commit", &f.full_commit);
+    f.full.rows(&mut s, "(a) full sync from scratch (Proxier)");
     row(&mut s, "(c) raw nft -f, numgen cascade", &f.raw_cascade);
     if let Some(map) = &f.raw_map {
         row(&mut s, "(c) raw nft -f, numgen map", map);
@@ -881,18 +890,12 @@ fn size_report(f: &Figures) -> String {
             s,
             "  {:<44} {:>10.2}   (for reference)",
             "full sync / raw numgen map",
-            median(&f.full_total) / median(map)
+            median(&f.full.total) / median(map)
         );
     }
-    row(
-        &mut s,
-        "(b) one endpoint change, table loaded",
-        &f.change_total,
-    );
-    row(&mut s, "      planning", &f.change_plan);
-    row(&mut s, "      nft -f", &f.change_nft);
-    row(&mut s, "      commit", &f.change_commit);
-    let change = median(&f.change_total);
+    f.change
+        .rows(&mut s, "(b) one endpoint change, table loaded");
+    let change = median(&f.change.total);
     let _ = writeln!(
         s,
         "  {:<44} {:>10}   goal <= {GOAL_CHANGE_MS:.0} ms{}: {}",
@@ -951,7 +954,7 @@ fn goals_report(all: &[Figures]) -> String {
     );
     match all.iter().find(|f| f.services == GOAL_CHANGE_SERVICES) {
         Some(f) => {
-            let change = median(&f.change_total);
+            let change = median(&f.change.total);
             let with_build = change + median(&f.model_build);
             let _ = write!(
                 s,
@@ -1084,9 +1087,15 @@ mod tests {
         let f = Figures {
             services: 10_000,
             endpoints: 5,
-            full_total: vec![130.0],
+            full: Series {
+                total: vec![130.0],
+                ..Series::default()
+            },
             raw_cascade: vec![100.0],
-            change_total: vec![60.0],
+            change: Series {
+                total: vec![60.0],
+                ..Series::default()
+            },
             model_build: vec![5.0],
             ..Figures::default()
         };
@@ -1096,8 +1105,14 @@ mod tests {
         let report = size_report(&f);
         assert!(report.contains("goal <= 1.20: NOT met"), "{report}");
         let good = Figures {
-            full_total: vec![110.0],
-            change_total: vec![20.0],
+            full: Series {
+                total: vec![110.0],
+                ..Series::default()
+            },
+            change: Series {
+                total: vec![20.0],
+                ..Series::default()
+            },
             ..f
         };
         let goals = goals_report(&[good]);
