@@ -13,7 +13,7 @@ mod support;
 use support::etcd::{init_tracing, with_etcd};
 use support::is_root;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -26,8 +26,8 @@ use commitd_api::k8s_openapi::api::core::v1::{Endpoints, Service};
 use commitd_api::reflector::reflect;
 use commitd_api::Store;
 use commitd_nodeagent::proxy::{
-    self, nft, service_chain_name, DnsRedirect, Endpoint, Model, Protocol, Proxier, ProxyConfig,
-    ServicePort, ServicePortKey, SyncKind,
+    self, nft, DnsRedirect, Endpoint, Model, Protocol, Proxier, ProxyConfig, ServicePort,
+    ServicePortKey, SyncKind,
 };
 use support::wait::until;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -373,8 +373,6 @@ async fn run_loop_programs_services_from_etcd() -> Result<()> {
 async fn run_loop_scenario(store: Store) -> Result<()> {
     let lab = Lab::start("loop").await?;
     let table = "cdproxytest";
-    let web_key = ServicePortKey::new(NS, "web", "http");
-    let web_chain = service_chain_name(&web_key);
 
     store
         .create(service(
@@ -526,18 +524,21 @@ async fn run_loop_scenario(store: Store) -> Result<()> {
     let g = lab.pod.run(greeting(vip(20, 80), Some(EP_A))).await?;
     assert_eq!(g, "a 10.231.0.1");
 
-    // A chain flushed by hand comes back with the periodic resync.
-    lab.nft(&["flush", "chain", "ip", table, &web_chain])
+    // A map and a chain flushed by hand come back with the periodic
+    // resync.
+    let endpoint = "10.96.0.20 . tcp . 80 : 10.231.0.2 . 8080";
+    lab.nft(&["flush", "map", "ip", table, "endpoint-slot-0"])
+        .await?;
+    lab.nft(&["flush", "chain", "ip", table, "dnat-slot-0"])
         .await?;
     let listing = lab.table(table).await.context("table exists")?;
-    assert!(!listing.contains("dnat to 10.231.0.2:8080"), "{listing}");
+    assert!(!listing.contains(endpoint), "{listing}");
     until(
-        "the periodic resync to restore the flushed chain",
+        "the periodic resync to restore the flushed map and chain",
         DEADLINE,
         || async {
             let listing = lab.table(table).await.unwrap_or_default();
-            listing
-                .contains("dnat to 10.231.0.2:8080")
+            (listing.contains(endpoint) && listing.contains("map @endpoint-slot-0"))
                 .then_some(())
                 .ok_or_else(|| "not yet".to_string())
         },
@@ -547,13 +548,15 @@ async fn run_loop_scenario(store: Store) -> Result<()> {
         .await
         .context("VIP after the resync")?;
 
-    // Deleting the Service removes its chain and elements.
+    // Deleting the Service removes its elements, and the chains and maps
+    // no other service uses.
     store.delete::<Service>(Some(NS), "web", None).await?;
     until("the deleted service's rules to go", DEADLINE, || async {
         let listing = lab.table(table).await.unwrap_or_default();
-        if listing.contains(&web_chain)
-            || listing.contains("10.96.0.20")
+        if listing.contains("10.96.0.20")
             || listing.contains("30080")
+            || listing.contains("slot-")
+            || listing.contains("pick-of-")
         {
             Err(listing)
         } else {
@@ -692,6 +695,142 @@ async fn proxier_affinity_and_rebuild_keep_connections() -> Result<()> {
 
     lab.node
         .run(async { proxy::remove_table("cdproxydirect").await })
+        .await?;
+    Ok(())
+}
+
+/// A table listing reduced to what must match: its maps, sets and chains
+/// by header (nft lists them in creation order), each with its lines in
+/// order, except set elements (listed in hash order), which are sorted.
+fn normalized(listing: &str, table: &str) -> BTreeMap<String, Vec<String>> {
+    let mut blocks = BTreeMap::new();
+    let mut header = String::new();
+    let mut lines = Vec::new();
+    let mut elements: Option<Vec<String>> = None;
+    for line in listing.replace(table, "TABLE").lines() {
+        let l = line.trim();
+        if !line.starts_with("\t\t") {
+            if line.starts_with('\t') && l == "}" {
+                blocks.insert(std::mem::take(&mut header), std::mem::take(&mut lines));
+            } else if line.starts_with('\t') {
+                header = l.to_string();
+            }
+            continue;
+        }
+        let (body, collecting) = match (&elements, l.strip_prefix("elements = {")) {
+            (None, Some(rest)) => (rest, true),
+            (Some(_), _) => (l, true),
+            (None, None) => (l, false),
+        };
+        if !collecting {
+            lines.push(l.to_string());
+            continue;
+        }
+        let (body, last) = match body.strip_suffix('}') {
+            Some(b) => (b, true),
+            None => (body, false),
+        };
+        let all = elements.get_or_insert_with(Vec::new);
+        all.extend(
+            body.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(String::from),
+        );
+        if last {
+            let mut all = elements.take().unwrap_or_default();
+            all.sort();
+            lines.push(format!("elements = {{ {} }}", all.join(", ")));
+        }
+    }
+    blocks
+}
+
+/// Incremental transactions against the real kernel, over a random walk of
+/// changes (endpoints replaced, added and removed, services with node
+/// ports, with affinity, without endpoints, created and deleted), leave
+/// exactly the table a full sync of the same model builds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_updates_leave_the_table_a_full_sync_builds() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipping: needs root to create network namespaces and program nftables");
+        return Ok(());
+    }
+    init_tracing();
+    let lab = Lab::start("walk").await?;
+    let (inc_table, full_table) = ("cdwalkinc", "cdwalkfull");
+    let config = |table: &str| ProxyConfig {
+        table: table.into(),
+        cluster_cidr: Some("10.231.0.0/24".parse().expect("cidr")),
+        ..ProxyConfig::default()
+    };
+    let (inc_config, full_config) = (config(inc_table), config(full_table));
+    let mut proxiers = lab
+        .node
+        .run(async move {
+            Ok::<_, anyhow::Error>((Proxier::new(&inc_config)?, Proxier::new(&full_config)?))
+        })
+        .await?;
+    let mut model = Model::new();
+    let mut seed = 0x9e37_79b9_u32;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let mut kinds = BTreeSet::new();
+    for step in 0..40 {
+        // One to three services change per step.
+        for _ in 0..=next() % 3 {
+            let svc = (next() % 6) as u8;
+            let key = ServicePortKey::new(NS, &format!("s{svc}"), "");
+            if next() % 6 == 0 {
+                model.remove(&key);
+                continue;
+            }
+            let eps: Vec<Ipv4Addr> = (0..next() % 5)
+                .map(|_| Ipv4Addr::new(10, 231, 0, 2 + (next() % 8) as u8))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut p = port(40 + svc, (next() % 5 == 0).then_some(60), &eps);
+            p.node_port = (next() % 2 == 0).then_some(30100 + u16::from(svc));
+            model.insert(key, p);
+        }
+        let m = model.clone();
+        let (p, result) = lab
+            .node
+            .run(async move {
+                let (mut inc, mut full) = proxiers;
+                let r = async {
+                    let stats = inc.sync(m.clone(), SyncKind::Incremental).await?;
+                    full.sync(m, SyncKind::Full).await?;
+                    Ok::<_, anyhow::Error>(stats.kind)
+                }
+                .await;
+                ((inc, full), r)
+            })
+            .await;
+        proxiers = p;
+        kinds.insert(format!(
+            "{:?}",
+            result.with_context(|| format!("step {step}"))?
+        ));
+        let inc = lab.table(inc_table).await.context("incremental table")?;
+        let full = lab.table(full_table).await.context("full table")?;
+        assert_eq!(
+            normalized(&inc, inc_table),
+            normalized(&full, full_table),
+            "step {step}: incremental\n{inc}\nfull\n{full}"
+        );
+    }
+    assert!(kinds.contains("Incremental"), "{kinds:?}");
+    lab.node
+        .run(async move {
+            proxy::remove_table(inc_table).await?;
+            proxy::remove_table(full_table).await
+        })
         .await?;
     Ok(())
 }

@@ -3,10 +3,11 @@
 //! endpoints, one atomic `nft -f -` transaction per change.
 //!
 //! [`model`] reduces Service and Endpoints objects to plain values,
-//! [`rules`] turns them into nft scripts (full, refresh, or only what
-//! changed) and [`nft`] runs them; [`run`] is the loop that keeps the
-//! kernel in step with the caches.
+//! [`layout`] names what commitd's table holds, [`rules`] turns the model
+//! into nft scripts (full, refresh, or only what changed) and [`nft`] runs
+//! them; [`run`] is the loop that keeps the kernel in step with the caches.
 
+pub mod layout;
 pub mod model;
 pub mod nft;
 pub mod rules;
@@ -24,8 +25,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+pub use layout::service_chain_name;
 pub use model::{Endpoint, Model, Protocol, ServicePort, ServicePortKey};
-pub use rules::{service_chain_name, Proxier, SyncKind, SyncStats, Update};
+pub use rules::{Proxier, SyncKind, SyncStats, Update};
 
 /// The table commitd owns unless configured otherwise.
 pub const DEFAULT_TABLE: &str = "commitd";
@@ -205,7 +207,7 @@ pub async fn enable_bridge_netfilter() -> anyhow::Result<()> {
 /// Deletes the proxy's table (all service rules) if it exists, for an
 /// all-in-one cluster that is shutting down.
 pub async fn remove_table(table: &str) -> anyhow::Result<()> {
-    if !rules::valid_table_name(table) {
+    if !layout::valid_table_name(table) {
         return Err(rules::InvalidTableName(table.to_string()).into());
     }
     // Adding first makes the delete succeed whether or not it existed.

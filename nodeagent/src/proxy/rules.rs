@@ -2,24 +2,30 @@
 //! remembers what the kernel was last given so the next change is written
 //! as a transaction that touches only the service ports that changed.
 //!
-//! # Layout (one `ip` table owned by commitd)
+//! # Layout (one `ip` table owned by commitd, names in [`super::layout`])
 //!
-//! - `service-ips`: verdict map `daddr . l4proto . dport` → `goto` the
-//!   service port's chain; `service-nodeports`: `l4proto . dport` → the
-//!   same chain, consulted only for packets to a local address
-//!   (`fib daddr type local`, so node IPs and 127.0.0.1 alike).
-//! - One chain per service port (`svc-<hash>-<ns>/<name>[/<port>]`) that
-//!   marks traffic for masquerade (node-port traffic always, VIP traffic
-//!   from outside the cluster CIDR) and picks a ready endpoint at random.
-//!   The pick is a cascade of `numgen random mod (N-i) == 0` rules (what
-//!   iptables' `statistic` does) rather than an anonymous `numgen` map:
-//!   the kernel names anonymous sets by scanning every set of the table,
-//!   so thousands of them load in quadratic time (10 000 services took
-//!   50 s here against under 2 s for the cascade).
-//! - ClientIP affinity (only for services that ask for it): a chain and a
-//!   timeout set per endpoint; the service chain first sends a client found
-//!   in an endpoint's set to that endpoint, and the endpoint chain refreshes
-//!   the client's entry.
+//! - `service-ips`: verdict map `daddr . l4proto . dport` → `goto` a pick
+//!   chain; `service-nodeports`: `l4proto . dport` → the node-port pick
+//!   chain, consulted only for packets to a local address (`fib daddr type
+//!   local`, so node IPs and 127.0.0.1 alike).
+//! - Endpoints are data, not rules: map `endpoint-slot-i` holds the i-th
+//!   ready endpoint (`ip . port`) of every service port (`VIP . l4proto .
+//!   port`) that has one, and chain `dnat-slot-i` DNATs through it. A pick
+//!   chain per endpoint count in use (`pick-of-N`) draws a slot with
+//!   `numgen random mod N` and goes to its chain. Node ports have the same
+//!   under `nodeport-`, keyed by `l4proto . port`. Replacing an endpoint
+//!   therefore rewrites one element and scaling repoints one verdict: no
+//!   rule is added, and the kernel does not re-validate the table, which it
+//!   does, walking every chain, whenever a rule with NAT or a jump is added.
+//! - ClientIP affinity (only for services that ask for it): the port's
+//!   verdict goes to its own chain (`svc-<hash>-<ns>/<name>[/<port>]`),
+//!   with a chain and a timeout set per endpoint; the service chain first
+//!   sends a client found in an endpoint's set to that endpoint, otherwise
+//!   picks one with a cascade of `numgen random mod (N-i) == 0` rules, and
+//!   the endpoint chain refreshes the client's entry.
+//! - Masquerade marks (node-port traffic always, VIP traffic from outside
+//!   the cluster CIDR) are set once in the `services` chain and cleared
+//!   when no map matched.
 //! - Hairpin (a pod reaching itself through its service): after DNAT the
 //!   source equals the destination, which nft cannot compare directly, so a
 //!   set of `ip . ip` pairs, one per endpoint address, is checked in
@@ -32,89 +38,31 @@
 //! - The cluster DNS redirect (`vip:53` → a local port) sits in the nat
 //!   hook chains, in front of the service maps.
 //!
+//! Pick and slot chains, slot maps and hairpin elements are shared between
+//! service ports, so
+//! the proxier keeps reference counts of them: an incremental transaction
+//! adds one when its first user appears and deletes it with its last.
+//!
 //! A full sync recreates the table in one transaction (`add table`,
 //! `delete table`, `table { … }`): conntrack keeps the NAT decision of
 //! established flows, so they survive it. A refresh (the periodic resync)
 //! re-adds and flushes every object instead of deleting the table, which
 //! heals hand edits while keeping the affinity sets' entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
-use sha2::{Digest, Sha256};
-
+use super::layout::{
+    base_chains, readable, service_chain_name, short_hash, valid_table_name, Chain, Container,
+    Pick, Slot,
+};
 use super::model::{Model, ServicePort, ServicePortKey};
 use super::nft::{self, NftError};
-use super::{DnsRedirect, ProxyConfig};
+use super::ProxyConfig;
 
-/// The packet mark bit that asks postrouting to masquerade.
-const MASQ_MARK: u32 = 0x4000;
-
-/// Name of the verdict map from VIP . protocol . port to service chains.
-pub const SERVICE_IPS: &str = "service-ips";
-/// Name of the verdict map from protocol . node port to service chains.
-pub const SERVICE_NODEPORTS: &str = "service-nodeports";
-/// Name of the set of VIP . protocol . port without ready endpoints.
-pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
-/// Name of the set of protocol . node port without ready endpoints.
-pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-/// Name of the set of endpoint . endpoint pairs for hairpin masquerade.
-pub const HAIRPIN: &str = "hairpin";
-
-/// The table's named sets and maps that hold per-service elements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Container {
-    ServiceIps,
-    NodePorts,
-    NoEndpointServices,
-    NoEndpointNodePorts,
-}
-
-impl Container {
-    const ALL: [Container; 4] = [
-        Container::ServiceIps,
-        Container::NodePorts,
-        Container::NoEndpointServices,
-        Container::NoEndpointNodePorts,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Container::ServiceIps => SERVICE_IPS,
-            Container::NodePorts => SERVICE_NODEPORTS,
-            Container::NoEndpointServices => NO_ENDPOINT_SERVICES,
-            Container::NoEndpointNodePorts => NO_ENDPOINT_NODEPORTS,
-        }
-    }
-
-    fn is_map(self) -> bool {
-        matches!(self, Container::ServiceIps | Container::NodePorts)
-    }
-
-    fn type_decl(self) -> &'static str {
-        match self {
-            Container::ServiceIps => "type ipv4_addr . inet_proto . inet_service : verdict;",
-            Container::NodePorts => "type inet_proto . inet_service : verdict;",
-            Container::NoEndpointServices => "type ipv4_addr . inet_proto . inet_service;",
-            Container::NoEndpointNodePorts => "type inet_proto . inet_service;",
-        }
-    }
-}
-
-const HAIRPIN_DECL: &str = "type ipv4_addr . ipv4_addr;";
-
-/// A chain: base chains have a hook line, the others none.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Chain {
-    name: String,
-    hook: Option<&'static str>,
-    rules: Vec<String>,
-}
-
-/// One element of a [`Container`]: the key, and the verdict for maps.
+/// One element of a [`Container`]: the key, and the value for maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Element {
     container: Container,
@@ -123,6 +71,14 @@ struct Element {
 }
 
 impl Element {
+    fn new(container: Container, key: String, value: Option<String>) -> Element {
+        Element {
+            container,
+            key,
+            value,
+        }
+    }
+
     fn text(&self) -> String {
         match &self.value {
             Some(v) => format!("{} : {}", self.key, v),
@@ -131,14 +87,117 @@ impl Element {
     }
 }
 
-/// Everything one service port adds to the table.
+/// What one service port adds to the table on its own (shared objects
+/// aside, see [`Shared`]).
 #[derive(Debug, Default)]
 struct PortRules {
-    /// The service chain first, then endpoint chains.
+    /// Affinity only: the service chain first, then endpoint chains.
     chains: Vec<Chain>,
     /// Affinity sets: name and declaration.
     sets: Vec<(String, String)>,
     elements: Vec<Element>,
+}
+
+/// Objects several service ports can share: they exist while at least one
+/// port uses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Shared {
+    /// The pick chain for a count of endpoints.
+    Pick(Pick),
+    /// A slot's map and chain.
+    Slot(Slot),
+    /// The `hairpin` element of an endpoint address.
+    Hairpin(Ipv4Addr),
+}
+
+impl Shared {
+    /// The shared objects `port` uses, once per use.
+    fn used_by(port: &ServicePort) -> impl Iterator<Item = Shared> + '_ {
+        let count = port.endpoints.len();
+        let picks = if port.affinity_timeout.is_none() && count > 0 {
+            let vip = Some(Pick {
+                node_port: false,
+                count,
+            });
+            let np = port.node_port.map(|_| Pick {
+                node_port: true,
+                count,
+            });
+            [vip, np]
+        } else {
+            [None, None]
+        };
+        picks
+            .into_iter()
+            .flatten()
+            .flat_map(|p| std::iter::once(Shared::Pick(p)).chain(p.slots().map(Shared::Slot)))
+            .chain(port.endpoints.iter().map(|ep| Shared::Hairpin(ep.ip)))
+    }
+
+    fn element(self) -> Option<String> {
+        match self {
+            Shared::Hairpin(ip) => Some(format!("{ip} . {ip}")),
+            Shared::Pick(_) | Shared::Slot(_) => None,
+        }
+    }
+
+    fn chain(self) -> Option<Chain> {
+        match self {
+            Shared::Pick(p) => Some(p.chain()),
+            Shared::Slot(s) => Some(s.chain()),
+            Shared::Hairpin(_) => None,
+        }
+    }
+
+    fn map(self) -> Option<Container> {
+        match self {
+            Shared::Slot(s) => Some(Container::Slot(s)),
+            _ => None,
+        }
+    }
+}
+
+/// How many uses each shared object has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RefCounts(BTreeMap<Shared, u32>);
+
+impl RefCounts {
+    fn of(model: &Model) -> RefCounts {
+        let mut counts = BTreeMap::new();
+        for port in model.ports().values() {
+            for s in Shared::used_by(port) {
+                *counts.entry(s).or_insert(0u32) += 1;
+            }
+        }
+        RefCounts(counts)
+    }
+
+    /// The objects `delta` brings into use, and those it leaves unused.
+    fn transitions(&self, delta: &BTreeMap<Shared, i64>) -> (Vec<Shared>, Vec<Shared>) {
+        let mut appear = Vec::new();
+        let mut vanish = Vec::new();
+        for (s, d) in delta {
+            let before = i64::from(self.0.get(s).copied().unwrap_or(0));
+            let after = before + d;
+            if before <= 0 && after > 0 {
+                appear.push(*s);
+            } else if before > 0 && after <= 0 {
+                vanish.push(*s);
+            }
+        }
+        (appear, vanish)
+    }
+
+    fn apply(&mut self, delta: &BTreeMap<Shared, i64>) {
+        for (s, d) in delta {
+            let now = i64::from(self.0.get(s).copied().unwrap_or(0)) + d;
+            if now > 0 {
+                self.0.insert(*s, u32::try_from(now).unwrap_or(u32::MAX));
+            } else {
+                self.0.remove(s);
+            }
+        }
+    }
 }
 
 /// Which kind of transaction an [`Update`] is.
@@ -153,11 +212,12 @@ pub enum SyncKind {
     Incremental,
 }
 
-/// How the hairpin reference counts change when an update is committed.
+/// How the shared objects' reference counts change when an update is
+/// committed.
 #[derive(Debug)]
-enum HairpinChange {
-    Replace(HashMap<Ipv4Addr, u32>),
-    Delta(Vec<(Ipv4Addr, i64)>),
+enum SharedChange {
+    Replace(RefCounts),
+    Delta(BTreeMap<Shared, i64>),
 }
 
 /// A planned transaction: the nft script and the model it brings the
@@ -169,7 +229,7 @@ pub struct Update {
     changed: Vec<ServicePortKey>,
     rules: usize,
     model: Model,
-    hairpin: HairpinChange,
+    shared: SharedChange,
 }
 
 impl Update {
@@ -227,8 +287,19 @@ pub struct InvalidTableName(pub String);
 #[derive(Debug)]
 struct Applied {
     model: Model,
-    /// Endpoint address → how many (port, endpoint) pairs use it.
-    hairpin: HashMap<Ipv4Addr, u32>,
+    shared: RefCounts,
+}
+
+/// Everything a whole model puts in the table, for full syncs and
+/// refreshes.
+struct Whole {
+    /// The fixed containers, then slot maps.
+    containers: Vec<Container>,
+    elements: BTreeMap<Container, Vec<String>>,
+    sets: Vec<(String, String)>,
+    /// Base chains, then pick chains, then affinity chains.
+    chains: Vec<Chain>,
+    shared: RefCounts,
 }
 
 /// The proxy's rule state: plans full, refresh and incremental
@@ -273,24 +344,17 @@ impl Proxier {
 
     /// Records that `update` was applied.
     pub fn commit(&mut self, update: Update) {
-        let hairpin = match update.hairpin {
-            HairpinChange::Replace(counts) => counts,
-            HairpinChange::Delta(delta) => {
-                let mut counts = self.applied.take().map(|a| a.hairpin).unwrap_or_default();
-                for (ip, d) in delta {
-                    let now = i64::from(counts.get(&ip).copied().unwrap_or(0)) + d;
-                    if now > 0 {
-                        counts.insert(ip, u32::try_from(now).unwrap_or(u32::MAX));
-                    } else {
-                        counts.remove(&ip);
-                    }
-                }
+        let shared = match update.shared {
+            SharedChange::Replace(counts) => counts,
+            SharedChange::Delta(delta) => {
+                let mut counts = self.applied.take().map(|a| a.shared).unwrap_or_default();
+                counts.apply(&delta);
                 counts
             }
         };
         self.applied = Some(Applied {
             model: update.model,
-            hairpin,
+            shared,
         });
     }
 
@@ -328,29 +392,26 @@ impl Proxier {
     /// A transaction that recreates the table with exactly `model`.
     pub fn plan_full(&self, model: Model) -> Update {
         let t = &self.table;
-        let mut rules = 0;
-        let (elements, sets, chains) = self.all_port_rules(&model);
-        let hairpin = hairpin_counts(&model);
+        let whole = self.whole(&model);
         let mut s = String::with_capacity(256 * (model.len() + 16));
         let _ = writeln!(s, "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{");
-        for c in Container::ALL {
-            let kind = if c.is_map() { "map" } else { "set" };
-            block_set(
-                &mut s,
-                kind,
-                c.name(),
-                c.type_decl(),
-                elements.get(&c).map(Vec::as_slice),
-            );
+        for &c in &whole.containers {
+            let _ = writeln!(s, "\t{} {} {{\n\t\t{}", c.keyword(), c.name(), c.decl());
+            if let Some(elems) = whole.elements.get(&c).filter(|e| !e.is_empty()) {
+                s.push_str("\t\telements = {\n");
+                for (i, e) in elems.iter().enumerate() {
+                    let sep = if i + 1 < elems.len() { "," } else { "" };
+                    let _ = writeln!(s, "\t\t\t{e}{sep}");
+                }
+                s.push_str("\t\t}\n");
+            }
+            s.push_str("\t}\n");
         }
-        let pairs: Vec<String> = sorted_ips(&hairpin)
-            .map(|ip| format!("{ip} . {ip}"))
-            .collect();
-        block_set(&mut s, "set", HAIRPIN, HAIRPIN_DECL, Some(&pairs));
-        for (name, decl) in &sets {
+        for (name, decl) in &whole.sets {
             let _ = writeln!(s, "\tset {name} {{ {decl} }}");
         }
-        for chain in self.base_chains.iter().chain(&chains) {
+        let mut rules = 0;
+        for chain in &whole.chains {
             let _ = writeln!(s, "\tchain {} {{", chain.name);
             if let Some(hook) = chain.hook {
                 let _ = writeln!(s, "\t\t{hook}");
@@ -368,7 +429,7 @@ impl Proxier {
             changed: model.ports().keys().cloned().collect(),
             rules,
             model,
-            hairpin: HairpinChange::Replace(hairpin),
+            shared: SharedChange::Replace(whole.shared),
         }
     }
 
@@ -379,13 +440,10 @@ impl Proxier {
     /// someone added them by hand: a full sync removes them.
     pub fn plan_refresh(&self, model: Model) -> Update {
         let t = &self.table;
-        let mut rules = 0;
-        let (elements, sets, chains) = self.all_port_rules(&model);
-        let hairpin = hairpin_counts(&model);
+        let whole = self.whole(&model);
         let mut s = String::with_capacity(256 * (model.len() + 16));
         let _ = writeln!(s, "add table ip {t}");
-        let all_chains: Vec<&Chain> = self.base_chains.iter().chain(&chains).collect();
-        for chain in &all_chains {
+        for chain in &whole.chains {
             match chain.hook {
                 Some(hook) => {
                     let _ = writeln!(s, "add chain ip {t} {} {{ {hook} }}", chain.name);
@@ -396,24 +454,19 @@ impl Proxier {
             }
             let _ = writeln!(s, "flush chain ip {t} {}", chain.name);
         }
-        for c in Container::ALL {
-            let kind = if c.is_map() { "map" } else { "set" };
-            let _ = writeln!(s, "add {kind} ip {t} {} {{ {} }}", c.name(), c.type_decl());
-            let _ = writeln!(s, "flush {kind} ip {t} {}", c.name());
+        for &c in &whole.containers {
+            let (kind, name) = (c.keyword(), c.name());
+            let _ = writeln!(s, "add {kind} ip {t} {name} {{ {} }}", c.decl());
+            let _ = writeln!(s, "flush {kind} ip {t} {name}");
         }
-        let _ = writeln!(s, "add set ip {t} {HAIRPIN} {{ {HAIRPIN_DECL} }}");
-        let _ = writeln!(s, "flush set ip {t} {HAIRPIN}");
-        for (name, decl) in &sets {
+        for (name, decl) in &whole.sets {
             let _ = writeln!(s, "add set ip {t} {name} {{ {decl} }}");
         }
-        for (c, elems) in &elements {
-            add_elements(&mut s, t, c.name(), elems);
+        for (c, elems) in &whole.elements {
+            add_elements(&mut s, t, &c.name(), elems);
         }
-        let pairs: Vec<String> = sorted_ips(&hairpin)
-            .map(|ip| format!("{ip} . {ip}"))
-            .collect();
-        add_elements(&mut s, t, HAIRPIN, &pairs);
-        for chain in &all_chains {
+        let mut rules = 0;
+        for chain in &whole.chains {
             for r in &chain.rules {
                 let _ = writeln!(s, "add rule ip {t} {} {r}", chain.name);
             }
@@ -425,15 +478,16 @@ impl Proxier {
             changed: model.ports().keys().cloned().collect(),
             rules,
             model,
-            hairpin: HairpinChange::Replace(hairpin),
+            shared: SharedChange::Replace(whole.shared),
         }
     }
 
     /// A transaction touching only the service ports whose model changed
-    /// since the last committed update: their chains are added, flushed and
-    /// refilled or deleted, their map and set elements added or deleted.
-    /// Empty script when nothing changed; a full plan when the kernel state
-    /// is unknown.
+    /// since the last committed update: their elements are deleted or
+    /// added, affinity chains and sets added, refilled or deleted, and
+    /// shared objects added with their first user and deleted with their
+    /// last. Empty script when nothing changed; a full plan when the kernel
+    /// state is unknown.
     pub fn plan_incremental(&self, model: Model) -> Update {
         let Some(applied) = &self.applied else {
             return self.plan_full(model);
@@ -445,22 +499,24 @@ impl Proxier {
         let mut new_elements: BTreeMap<Container, Vec<String>> = BTreeMap::new();
         let mut add_sets = Vec::new();
         let mut del_sets = Vec::new();
+        let mut add_maps = Vec::new();
+        let mut del_maps = Vec::new();
         let mut add_chains = Vec::new();
         let mut flush_chains = Vec::new();
         let mut fill_chains: Vec<Chain> = Vec::new();
         let mut del_chains = Vec::new();
-        let mut hairpin_delta: HashMap<Ipv4Addr, i64> = HashMap::new();
+        let mut delta: BTreeMap<Shared, i64> = BTreeMap::new();
         for key in &changed {
             let before = old.get(key);
             let after = model.get(key);
-            for ep in before.iter().flat_map(|p| &p.endpoints) {
-                *hairpin_delta.entry(ep.ip).or_default() -= 1;
+            for s in before.into_iter().flat_map(Shared::used_by) {
+                *delta.entry(s).or_default() -= 1;
             }
-            for ep in after.iter().flat_map(|p| &p.endpoints) {
-                *hairpin_delta.entry(ep.ip).or_default() += 1;
+            for s in after.into_iter().flat_map(Shared::used_by) {
+                *delta.entry(s).or_default() += 1;
             }
-            let before = before.map(|p| self.port_rules(key, p)).unwrap_or_default();
-            let after = after.map(|p| self.port_rules(key, p)).unwrap_or_default();
+            let before = before.map(|p| port_rules(key, p)).unwrap_or_default();
+            let after = after.map(|p| port_rules(key, p)).unwrap_or_default();
             for e in &before.elements {
                 if !after.elements.contains(e) {
                     del_elements
@@ -484,9 +540,8 @@ impl Proxier {
                     del_sets.push(name.clone());
                 }
             }
-            let kept: Vec<&str> = after.chains.iter().map(|c| c.name.as_str()).collect();
             for chain in &before.chains {
-                if !kept.contains(&chain.name.as_str()) {
+                if !after.chains.iter().any(|c| c.name == chain.name) {
                     del_chains.push(chain.name.clone());
                 }
             }
@@ -504,21 +559,45 @@ impl Proxier {
                 }
             }
         }
+        delta.retain(|_, d| *d != 0);
+        let (appear, vanish) = applied.shared.transitions(&delta);
+        for s in appear {
+            if let Some(e) = s.element() {
+                new_elements.entry(Container::Hairpin).or_default().push(e);
+            }
+            if let Some(chain) = s.chain() {
+                add_chains.push(chain.name.clone());
+                fill_chains.push(chain);
+            }
+            add_maps.extend(s.map());
+        }
+        for s in vanish {
+            if let Some(e) = s.element() {
+                del_elements.entry(Container::Hairpin).or_default().push(e);
+            }
+            if let Some(chain) = s.chain() {
+                del_chains.push(chain.name);
+            }
+            del_maps.extend(s.map());
+        }
 
+        // Order matters: elements go before the chains they point to, and
+        // chains and sets come before the elements and rules that use them.
         let t = &self.table;
         let mut s = String::new();
         for (c, keys) in &del_elements {
-            if !keys.is_empty() {
-                let _ = writeln!(
-                    s,
-                    "delete element ip {t} {} {{ {} }}",
-                    c.name(),
-                    keys.join(", ")
-                );
-            }
+            let _ = writeln!(
+                s,
+                "delete element ip {t} {} {{ {} }}",
+                c.name(),
+                keys.join(", ")
+            );
         }
         for (name, decl) in &add_sets {
             let _ = writeln!(s, "add set ip {t} {name} {{ {decl} }}");
+        }
+        for c in &add_maps {
+            let _ = writeln!(s, "add map ip {t} {} {{ {} }}", c.name(), c.decl());
         }
         for name in &add_chains {
             let _ = writeln!(s, "add chain ip {t} {name}");
@@ -534,7 +613,7 @@ impl Proxier {
             rules += chain.rules.len();
         }
         for (c, elems) in &new_elements {
-            add_elements(&mut s, t, c.name(), elems);
+            add_elements(&mut s, t, &c.name(), elems);
         }
         for name in &del_chains {
             let _ = writeln!(s, "delete chain ip {t} {name}");
@@ -542,177 +621,163 @@ impl Proxier {
         for name in &del_sets {
             let _ = writeln!(s, "delete set ip {t} {name}");
         }
-        let mut delta: Vec<(Ipv4Addr, i64)> =
-            hairpin_delta.into_iter().filter(|(_, d)| *d != 0).collect();
-        delta.sort();
-        let mut hp_add = Vec::new();
-        let mut hp_del = Vec::new();
-        for (ip, d) in &delta {
-            let before = i64::from(applied.hairpin.get(ip).copied().unwrap_or(0));
-            let after = before + d;
-            if before == 0 && after > 0 {
-                hp_add.push(format!("{ip} . {ip}"));
-            } else if before > 0 && after <= 0 {
-                hp_del.push(format!("{ip} . {ip}"));
-            }
+        for c in &del_maps {
+            let _ = writeln!(s, "delete map ip {t} {}", c.name());
         }
-        if !hp_del.is_empty() {
-            let _ = writeln!(
-                s,
-                "delete element ip {t} {HAIRPIN} {{ {} }}",
-                hp_del.join(", ")
-            );
-        }
-        add_elements(&mut s, t, HAIRPIN, &hp_add);
         Update {
             kind: SyncKind::Incremental,
             script: s,
             changed,
             rules,
             model,
-            hairpin: HairpinChange::Delta(delta),
+            shared: SharedChange::Delta(delta),
         }
     }
 
-    /// The elements (by container), affinity sets and chains of every port.
-    #[allow(clippy::type_complexity)]
-    fn all_port_rules(
-        &self,
-        model: &Model,
-    ) -> (
-        BTreeMap<Container, Vec<String>>,
-        Vec<(String, String)>,
-        Vec<Chain>,
-    ) {
+    /// Everything `model` puts in the table.
+    fn whole(&self, model: &Model) -> Whole {
+        let shared = RefCounts::of(model);
         let mut elements: BTreeMap<Container, Vec<String>> = BTreeMap::new();
         let mut sets = Vec::new();
-        let mut chains = Vec::new();
+        let mut containers = Container::FIXED.to_vec();
+        let mut chains = self.base_chains.clone();
+        for s in shared.0.keys() {
+            if let Some(e) = s.element() {
+                elements.entry(Container::Hairpin).or_default().push(e);
+            }
+            chains.extend(s.chain());
+            containers.extend(s.map());
+        }
         for (key, port) in model.ports() {
-            let pr = self.port_rules(key, port);
+            let pr = port_rules(key, port);
             for e in pr.elements {
                 elements.entry(e.container).or_default().push(e.text());
             }
             sets.extend(pr.sets);
             chains.extend(pr.chains);
         }
-        (elements, sets, chains)
+        Whole {
+            containers,
+            elements,
+            sets,
+            chains,
+            shared,
+        }
     }
+}
 
-    /// The chains, sets and elements of one service port.
-    fn port_rules(&self, key: &ServicePortKey, port: &ServicePort) -> PortRules {
-        let mut out = PortRules::default();
-        let proto = port.protocol.nft();
-        let svc_key = format!("{} . {proto} . {}", port.cluster_ip, port.port);
-        let np_key = port.node_port.map(|np| format!("{proto} . {np}"));
-        if port.endpoints.is_empty() {
-            out.elements.push(Element {
-                container: Container::NoEndpointServices,
-                key: svc_key,
-                value: None,
-            });
-            if let Some(k) = np_key {
-                out.elements.push(Element {
-                    container: Container::NoEndpointNodePorts,
-                    key: k,
-                    value: None,
-                });
-            }
-            return out;
-        }
-        let chain = service_chain_name(key);
-        let verdict = format!("goto {chain}");
-        out.elements.push(Element {
-            container: Container::ServiceIps,
-            key: svc_key,
-            value: Some(verdict.clone()),
-        });
+/// The elements, and for affinity the chains and sets, of one service port.
+fn port_rules(key: &ServicePortKey, port: &ServicePort) -> PortRules {
+    let mut out = PortRules::default();
+    let proto = port.protocol.nft();
+    let svc_key = format!("{} . {proto} . {}", port.cluster_ip, port.port);
+    let np_key = port.node_port.map(|np| format!("{proto} . {np}"));
+    let n = port.endpoints.len();
+    if n == 0 {
+        out.elements
+            .push(Element::new(Container::NoEndpointServices, svc_key, None));
         if let Some(k) = np_key {
-            out.elements.push(Element {
-                container: Container::NodePorts,
-                key: k,
-                value: Some(verdict),
-            });
+            out.elements
+                .push(Element::new(Container::NoEndpointNodePorts, k, None));
         }
-        // Masquerade marks (node ports, sources outside the cluster) are
-        // set once in the `services` chain, not per service.
-        let mut rules = Vec::new();
-        let n = port.endpoints.len();
-        let mut targets = Vec::with_capacity(n);
-        match port.affinity_timeout {
-            None => {
-                for ep in &port.endpoints {
-                    targets.push(format!(
-                        "meta l4proto {proto} dnat to {}:{}",
-                        ep.ip, ep.port
-                    ));
-                }
-            }
-            Some(timeout) => {
-                let mut ep_chains = Vec::with_capacity(n);
-                for ep in &port.endpoints {
-                    let suffix = format!("{}__{}/{}", readable(key), ep.ip, ep.port);
-                    let ip = ep.ip.to_string();
-                    let pnum = ep.port.to_string();
-                    let parts = [
-                        key.namespace.as_str(),
-                        &key.name,
-                        &key.port_name,
-                        &ip,
-                        &pnum,
-                    ];
-                    let ep_chain = format!("ep-{}-{suffix}", short_hash("ep", &parts));
-                    let tstr = timeout.to_string();
-                    let set_parts = [
-                        key.namespace.as_str(),
-                        &key.name,
-                        &key.port_name,
-                        &ip,
-                        &pnum,
-                        &tstr,
-                    ];
-                    let set = format!("aff-{}-{suffix}", short_hash("aff", &set_parts));
-                    rules.push(format!("ip saddr @{set} goto {ep_chain}"));
-                    out.sets.push((
-                        set.clone(),
-                        format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
-                    ));
-                    ep_chains.push(Chain {
-                        name: ep_chain.clone(),
-                        hook: None,
-                        rules: vec![
-                            format!("update @{set} {{ ip saddr }}"),
-                            format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
-                        ],
-                    });
-                    targets.push(format!("goto {ep_chain}"));
-                }
-                out.chains.push(Chain {
-                    name: chain.clone(),
-                    hook: None,
-                    rules: Vec::new(),
-                });
-                out.chains.extend(ep_chains);
-            }
-        }
-        // Rule i is reached with probability (n-i)/n and takes 1/(n-i) of
-        // it, so every endpoint gets 1/n.
-        for (i, target) in targets.into_iter().enumerate() {
-            if i + 1 < n {
-                rules.push(format!("numgen random mod {} == 0 {target}", n - i));
-            } else {
-                rules.push(target);
-            }
-        }
-        match out.chains.first_mut() {
-            Some(svc) => svc.rules = rules,
-            None => out.chains.push(Chain {
-                name: chain,
-                hook: None,
-                rules,
-            }),
-        }
-        out
+        return out;
     }
+    let Some(timeout) = port.affinity_timeout else {
+        for (index, ep) in port.endpoints.iter().enumerate() {
+            let target = format!("{} . {}", ep.ip, ep.port);
+            let slot = |node_port| Container::Slot(Slot { node_port, index });
+            out.elements.push(Element::new(
+                slot(false),
+                svc_key.clone(),
+                Some(target.clone()),
+            ));
+            if let Some(k) = &np_key {
+                out.elements
+                    .push(Element::new(slot(true), k.clone(), Some(target)));
+            }
+        }
+        let pick = |node_port| {
+            let p = Pick {
+                node_port,
+                count: n,
+            };
+            Some(format!("goto {}", p.chain_name()))
+        };
+        out.elements
+            .push(Element::new(Container::ServiceIps, svc_key, pick(false)));
+        if let Some(k) = np_key {
+            out.elements
+                .push(Element::new(Container::NodePorts, k, pick(true)));
+        }
+        return out;
+    };
+    let chain = service_chain_name(key);
+    let verdict = Some(format!("goto {chain}"));
+    out.elements.push(Element::new(
+        Container::ServiceIps,
+        svc_key,
+        verdict.clone(),
+    ));
+    if let Some(k) = np_key {
+        out.elements
+            .push(Element::new(Container::NodePorts, k, verdict));
+    }
+    let mut rules = Vec::with_capacity(2 * n);
+    let mut targets = Vec::with_capacity(n);
+    let mut ep_chains = Vec::with_capacity(n);
+    let tstr = timeout.to_string();
+    for ep in &port.endpoints {
+        let suffix = format!("{}__{}/{}", readable(key), ep.ip, ep.port);
+        let ip = ep.ip.to_string();
+        let pnum = ep.port.to_string();
+        let parts = [
+            key.namespace.as_str(),
+            &key.name,
+            &key.port_name,
+            &ip,
+            &pnum,
+        ];
+        let ep_chain = format!("ep-{}-{suffix}", short_hash("ep", &parts));
+        let set_parts = [
+            key.namespace.as_str(),
+            &key.name,
+            &key.port_name,
+            &ip,
+            &pnum,
+            &tstr,
+        ];
+        let set = format!("aff-{}-{suffix}", short_hash("aff", &set_parts));
+        rules.push(format!("ip saddr @{set} goto {ep_chain}"));
+        out.sets.push((
+            set.clone(),
+            format!("type ipv4_addr; flags dynamic,timeout; timeout {timeout}s;"),
+        ));
+        ep_chains.push(Chain {
+            name: ep_chain.clone(),
+            hook: None,
+            rules: vec![
+                format!("update @{set} {{ ip saddr }}"),
+                format!("meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
+            ],
+        });
+        targets.push(format!("goto {ep_chain}"));
+    }
+    // Rule i is reached with probability (n-i)/n and takes 1/(n-i) of it,
+    // so every endpoint gets 1/n.
+    for (i, target) in targets.into_iter().enumerate() {
+        if i + 1 < n {
+            rules.push(format!("numgen random mod {} == 0 {target}", n - i));
+        } else {
+            rules.push(target);
+        }
+    }
+    out.chains.push(Chain {
+        name: chain,
+        hook: None,
+        rules,
+    });
+    out.chains.extend(ep_chains);
+    out
 }
 
 /// The keys whose ports differ between `old` and `new` (added, removed or
@@ -743,91 +808,6 @@ fn changed_keys(old: &Model, new: &Model) -> Vec<ServicePortKey> {
     }
 }
 
-/// The chain of one service port: `svc-<hash>-<ns>/<name>[/<port>]`. The
-/// hash (of namespace, name and port name) keeps names unique however the
-/// readable part is shortened; both stay the same for the port's life.
-pub fn service_chain_name(key: &ServicePortKey) -> String {
-    let parts = [key.namespace.as_str(), &key.name, &key.port_name];
-    format!("svc-{}-{}", short_hash("svc", &parts), readable(key))
-}
-
-/// `ns/name[/port]`, restricted to characters nft accepts in identifiers.
-fn readable(key: &ServicePortKey) -> String {
-    let mut s = format!("{}/{}", clean(&key.namespace), clean(&key.name));
-    if !key.port_name.is_empty() {
-        s.push('/');
-        s.push_str(&clean(&key.port_name));
-    }
-    s
-}
-
-fn clean(part: &str) -> String {
-    part.chars()
-        .take(63)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// Eight base32 characters (40 bits) of SHA-256 over the parts.
-fn short_hash(kind: &str, parts: &[&str]) -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut h = Sha256::new();
-    h.update(kind.as_bytes());
-    for p in parts {
-        h.update([0]);
-        h.update(p.as_bytes());
-    }
-    let digest = h.finalize();
-    let v = digest[..5]
-        .iter()
-        .fold(0u64, |v, b| (v << 8) | u64::from(*b));
-    (0..8)
-        .rev()
-        .map(|i| char::from(ALPHABET[((v >> (i * 5)) & 31) as usize]))
-        .collect()
-}
-
-pub(crate) fn valid_table_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && name.len() <= 64
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-fn hairpin_counts(model: &Model) -> HashMap<Ipv4Addr, u32> {
-    let mut counts = HashMap::new();
-    for ep in model.ports().values().flat_map(|p| &p.endpoints) {
-        *counts.entry(ep.ip).or_insert(0u32) += 1;
-    }
-    counts
-}
-
-fn sorted_ips(counts: &HashMap<Ipv4Addr, u32>) -> impl Iterator<Item = Ipv4Addr> {
-    let mut ips: Vec<Ipv4Addr> = counts.keys().copied().collect();
-    ips.sort();
-    ips.into_iter()
-}
-
-/// A set or map declaration inside a `table { }` block.
-fn block_set(s: &mut String, kind: &str, name: &str, decl: &str, elements: Option<&[String]>) {
-    let _ = writeln!(s, "\t{kind} {name} {{\n\t\t{decl}");
-    if let Some(elems) = elements.filter(|e| !e.is_empty()) {
-        s.push_str("\t\telements = {\n");
-        for (i, e) in elems.iter().enumerate() {
-            let sep = if i + 1 < elems.len() { "," } else { "" };
-            let _ = writeln!(s, "\t\t\t{e}{sep}");
-        }
-        s.push_str("\t\t}\n");
-    }
-    s.push_str("\t}\n");
-}
-
 fn add_elements(s: &mut String, table: &str, name: &str, elems: &[String]) {
     if !elems.is_empty() {
         let _ = writeln!(
@@ -838,127 +818,11 @@ fn add_elements(s: &mut String, table: &str, name: &str, elems: &[String]) {
     }
 }
 
-/// The chains every table has, whatever the services.
-fn base_chains(dns: Option<&DnsRedirect>, cluster_cidr: Option<Ipv4Net>) -> Vec<Chain> {
-    let chain = |name: &str, hook: Option<&'static str>, rules: &[&str]| Chain {
-        name: name.to_string(),
-        hook,
-        rules: rules.iter().map(|r| r.to_string()).collect(),
-    };
-    // Cluster DNS, ahead of the service maps. From pods (prerouting),
-    // `redirect` sends to the receiving interface's address, which is also
-    // the source the server replies from. From the host (output) the
-    // client's own address is the target: a server on 0.0.0.0 replies from
-    // its route's source address, which for 127.0.0.1 (what `redirect`
-    // would pick there) is not the address the client sent to.
-    let mut prerouting = Vec::new();
-    let mut output = Vec::new();
-    if let Some(d) = dns {
-        for proto in ["udp", "tcp"] {
-            prerouting.push(format!(
-                "ip daddr {} {proto} dport 53 redirect to :{}",
-                d.vip, d.port
-            ));
-            output.push(format!(
-                "ip daddr {} {proto} dport 53 dnat to ip saddr:{}",
-                d.vip, d.port
-            ));
-        }
-    }
-    prerouting.push("jump services".to_string());
-    output.push("jump services".to_string());
-    // The masquerade mark is set before the lookups and cleared when none
-    // matched (a match jumps away with `goto`): traffic to a VIP from
-    // outside the cluster, and all node-port traffic, is masqueraded, with
-    // one rule for all services instead of one per service.
-    let mark = format!("meta mark set meta mark | {MASQ_MARK:#x}");
-    let mut services = Vec::new();
-    if let Some(cidr) = cluster_cidr {
-        services.push(format!("ip saddr != {cidr} {mark}"));
-    }
-    services.push(format!(
-        "ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"
-    ));
-    services.push(format!("fib daddr type local {mark}"));
-    services.push(format!(
-        "fib daddr type local meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
-    ));
-    services.push(format!("meta mark set meta mark & {:#x}", !MASQ_MARK));
-    let check = "ct state new jump endpoints-check";
-    vec![
-        chain(
-            "filter-input",
-            Some("type filter hook input priority -110; policy accept;"),
-            &[check],
-        ),
-        chain(
-            "filter-forward",
-            Some("type filter hook forward priority -110; policy accept;"),
-            &[check],
-        ),
-        chain(
-            "filter-output",
-            Some("type filter hook output priority -110; policy accept;"),
-            &[check],
-        ),
-        Chain {
-            name: "endpoints-check".into(),
-            hook: None,
-            rules: vec![
-                format!("ip daddr . meta l4proto . th dport @{NO_ENDPOINT_SERVICES} goto reject-service"),
-                format!("fib daddr type local meta l4proto . th dport @{NO_ENDPOINT_NODEPORTS} goto reject-service"),
-            ],
-        },
-        chain(
-            "reject-service",
-            None,
-            &["meta l4proto tcp reject with tcp reset", "reject"],
-        ),
-        Chain {
-            name: "nat-prerouting".into(),
-            hook: Some("type nat hook prerouting priority dstnat; policy accept;"),
-            rules: prerouting,
-        },
-        Chain {
-            name: "nat-output".into(),
-            hook: Some("type nat hook output priority -100; policy accept;"),
-            rules: output,
-        },
-        chain(
-            "nat-postrouting",
-            Some("type nat hook postrouting priority srcnat; policy accept;"),
-            &["jump masquerading"],
-        ),
-        Chain {
-            name: "services".into(),
-            hook: None,
-            rules: services,
-        },
-        Chain {
-            name: "mark-for-masquerade".into(),
-            hook: None,
-            rules: vec![format!("meta mark set meta mark | {MASQ_MARK:#x}")],
-        },
-        Chain {
-            name: "masquerading".into(),
-            hook: None,
-            rules: vec![
-                format!("ct status dnat ip saddr . ip daddr @{HAIRPIN} jump mark-for-masquerade"),
-                format!("meta mark & {MASQ_MARK:#x} == 0 return"),
-                format!("meta mark set meta mark & {:#x}", !MASQ_MARK),
-                // Local to local needs no SNAT, and masquerading onto lo
-                // (which has no global address) would drop the packet.
-                "oif \"lo\" return".to_string(),
-                "masquerade fully-random".to_string(),
-            ],
-        },
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proxy::model::{Endpoint, Protocol};
+    use crate::proxy::DnsRedirect;
 
     fn config() -> ProxyConfig {
         ProxyConfig {
@@ -995,7 +859,7 @@ mod tests {
     fn small_model() -> Model {
         let mut m = Model::new();
         m.insert(
-            ServicePortKey::new("demo", "web", "http"),
+            web_key(),
             port(
                 [10, 96, 0, 20],
                 80,
@@ -1050,7 +914,40 @@ mod tests {
     }
 
     #[test]
-    fn one_endpoint_change_touches_only_that_service() {
+    fn a_replaced_endpoint_only_rewrites_elements() {
+        // The common change (a pod replaced by another) must not add rules:
+        // rules with NAT make the kernel re-validate the whole table.
+        let p = applied_small();
+        let mut m = small_model();
+        m.insert(
+            web_key(),
+            port(
+                [10, 96, 0, 20],
+                80,
+                Some(30080),
+                vec![ep([10, 244, 0, 2], 8080), ep([10, 244, 0, 7], 8080)],
+            ),
+        );
+        let u = p.plan_incremental(m);
+        assert_eq!(u.changed(), &[web_key()]);
+        assert_eq!(u.rules(), 0);
+        golden("incremental_endpoint.nft", u.script());
+        for line in u.script().lines() {
+            assert!(
+                line.starts_with("delete element ") || line.starts_with("add element "),
+                "{line}"
+            );
+            assert!(
+                line.contains("endpoint-slot-1 { 10.96.0.20 . tcp . 80")
+                    || line.contains("nodeport-endpoint-slot-1 { tcp . 30080")
+                    || line.contains(" hairpin "),
+                "touches something else: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_endpoint_count_brings_its_pick_chain_and_drops_the_unused_one() {
         let p = applied_small();
         let mut m = small_model();
         m.insert(
@@ -1062,17 +959,37 @@ mod tests {
                 vec![ep([10, 244, 0, 2], 8080)],
             ),
         );
-        let u = p.plan_incremental(m);
-        assert_eq!(u.kind(), SyncKind::Incremental);
-        assert_eq!(u.changed(), &[web_key()]);
-        let web = service_chain_name(&web_key());
-        for line in u.script().lines() {
-            assert!(
-                line.contains(&web) || line.contains("hairpin"),
-                "touches something else: {line}"
-            );
-        }
-        golden("incremental_endpoint.nft", u.script());
+        let s = p.plan_incremental(m).script().to_string();
+        let pos = |needle: &str| {
+            s.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing in\n{s}"))
+        };
+        // pick-of-1 exists before the element that points to it; pick-of-2
+        // goes after the element that pointed to it, and before the slot
+        // chain it points to, which goes before its map.
+        assert!(pos("add chain ip cdtest pick-of-1\n") < pos(": goto pick-of-1"));
+        assert!(
+            pos("delete element ip cdtest service-ips") < pos("delete chain ip cdtest pick-of-2\n")
+        );
+        assert!(
+            pos("delete chain ip cdtest pick-of-2\n") < pos("delete chain ip cdtest dnat-slot-1\n")
+        );
+        assert!(
+            pos("delete chain ip cdtest dnat-slot-1\n")
+                < pos("delete map ip cdtest endpoint-slot-1\n")
+        );
+        assert!(
+            s.contains("delete chain ip cdtest nodeport-pick-of-2\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("add chain ip cdtest nodeport-pick-of-1\n"),
+            "{s}"
+        );
+        assert!(
+            !s.contains("chain ip cdtest dnat-slot-0\n"),
+            "slot 0 stays in use: {s}"
+        );
     }
 
     #[test]
@@ -1117,15 +1034,35 @@ mod tests {
         let s = u.script();
         assert!(s.starts_with("add table ip cdtest\n"));
         assert!(!s.contains("delete "), "{s}");
+        let sticky = service_chain_name(&ServicePortKey::new("demo", "sticky", ""));
         for chain in p
             .base_chains
             .iter()
             .map(|c| c.name.clone())
-            .chain([service_chain_name(&web_key())])
+            .chain(
+                [
+                    "pick-of-2",
+                    "nodeport-pick-of-2",
+                    "dnat-slot-1",
+                    "nodeport-dnat-slot-1",
+                ]
+                .map(String::from),
+            )
+            .chain([sticky])
         {
             assert!(
                 s.contains(&format!("flush chain ip cdtest {chain}\n")),
                 "{chain}"
+            );
+        }
+        let slot = Container::Slot(Slot {
+            node_port: true,
+            index: 1,
+        });
+        for c in Container::FIXED.into_iter().chain([slot]) {
+            assert!(
+                s.contains(&format!("flush {} ip cdtest {}\n", c.keyword(), c.name())),
+                "{c:?}"
             );
         }
         assert!(s.contains("add set ip cdtest aff-"));
@@ -1154,43 +1091,20 @@ mod tests {
     }
 
     #[test]
-    fn chain_names_are_stable_short_and_valid() {
-        // Pinned: a restarted or upgraded agent must name chains the same.
-        assert_eq!(service_chain_name(&web_key()), "svc-amyp6tq3-demo/web/http");
-        assert_eq!(
-            service_chain_name(&ServicePortKey::new("demo", "web", "http")),
-            service_chain_name(&web_key())
-        );
-        let other = service_chain_name(&ServicePortKey::new("demo", "web", "https"));
-        assert_ne!(other, service_chain_name(&web_key()));
-        let unnamed = service_chain_name(&ServicePortKey::new("demo", "web", ""));
-        assert_eq!(unnamed.rsplit_once('-').map(|(_, r)| r), Some("demo/web"));
-        let odd = ServicePortKey::new(&"n".repeat(200), "we b$", "p:1");
-        let name = service_chain_name(&odd);
-        assert!(name.len() < 256, "{name}");
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)),
-            "{name}"
-        );
+    fn bad_table_names_are_refused() {
+        let cfg = ProxyConfig {
+            table: "x;flush ruleset".into(),
+            ..config()
+        };
+        assert!(Proxier::new(&cfg).is_err());
     }
 
     #[test]
-    fn table_names_are_checked() {
-        for bad in ["", "1table", "a b", "x;flush ruleset"] {
-            let cfg = ProxyConfig {
-                table: bad.into(),
-                ..config()
-            };
-            assert!(Proxier::new(&cfg).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn hairpin_counts_follow_incremental_updates() {
-        // A deterministic walk of endpoint changes over a few services that
-        // share endpoint addresses: after each commit the reference counts
-        // must equal those of the model.
+    fn shared_counts_follow_incremental_updates() {
+        // A deterministic walk of changes over a few services that share
+        // endpoint addresses and endpoint counts, some with node ports or
+        // affinity: after each commit the reference counts must equal those
+        // of the model.
         let mut p = Proxier::new(&config()).expect("proxier");
         let mut m = Model::new();
         let mut seed = 0x2545_f491_u32;
@@ -1200,7 +1114,7 @@ mod tests {
             seed ^= seed << 5;
             seed
         };
-        for step in 0..200 {
+        for step in 0..300 {
             let svc = next() % 5;
             let key = ServicePortKey::new("ns", &format!("s{svc}"), "");
             if next() % 7 == 0 {
@@ -1211,13 +1125,16 @@ mod tests {
                     .collect::<std::collections::BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                m.insert(key, port([10, 96, 1, svc as u8], 80, None, eps));
+                let node_port = (next() % 2 == 0).then_some(30000 + svc as u16);
+                let mut p = port([10, 96, 1, svc as u8], 80, node_port, eps);
+                p.affinity_timeout = (next() % 4 == 0).then_some(60);
+                m.insert(key, p);
             }
             let u = p.plan_incremental(m.clone());
             assert_eq!(u.kind() == SyncKind::Full, step == 0);
             p.commit(u);
             let applied = p.applied.as_ref().expect("applied");
-            assert_eq!(applied.hairpin, hairpin_counts(&m), "step {step}");
+            assert_eq!(applied.shared, RefCounts::of(&m), "step {step}");
             assert_eq!(applied.model, m);
         }
     }
