@@ -69,6 +69,14 @@ pub async fn list_table(table: &str) -> Result<Option<String>, NftError> {
     }
 }
 
+/// Whether table `ip TABLE` exists: `nft list tables ip`, which lists
+/// names only, so it is cheap however large the table.
+pub async fn table_exists(table: &str) -> Result<bool, NftError> {
+    let out = run(&["list", "tables", "ip"], None).await?;
+    let line = format!("table ip {table}");
+    Ok(out.lines().any(|l| l.trim() == line))
+}
+
 /// Runs nft with `args`, feeding `stdin` if given; returns its stdout.
 pub async fn run(args: &[&str], stdin: Option<&str>) -> Result<String, NftError> {
     let joined = args.join(" ");

@@ -368,11 +368,28 @@ impl Proxier {
         }
     }
 
+    /// Plans the sync that starts from an unknown kernel state (agent
+    /// start, or after a failure): a full one, which only creates the table
+    /// when `nft` says it does not exist (a node's first start), since
+    /// deleting even an empty table costs the kernel a grace period.
+    pub async fn plan_first(&self, model: Model) -> Update {
+        match nft::table_exists(&self.table).await {
+            Ok(false) => self.plan_whole(model, false),
+            // Present, or unknown: replacing is right either way.
+            Ok(true) | Err(_) => self.plan_full(model),
+        }
+    }
+
     /// Plans, applies with `nft -f -` and commits. On failure the kernel
     /// state is forgotten, so the next sync is a full one.
     pub async fn sync(&mut self, model: Model, kind: SyncKind) -> Result<SyncStats, NftError> {
         let start = Instant::now();
-        let update = self.plan(model, kind);
+        let update = match kind {
+            SyncKind::Full | SyncKind::Incremental if self.applied.is_none() => {
+                self.plan_first(model).await
+            }
+            _ => self.plan(model, kind),
+        };
         if !update.is_empty() {
             if let Err(e) = nft::apply(update.script()).await {
                 self.invalidate();
@@ -391,10 +408,19 @@ impl Proxier {
 
     /// A transaction that recreates the table with exactly `model`.
     pub fn plan_full(&self, model: Model) -> Update {
+        self.plan_whole(model, true)
+    }
+
+    /// The table with exactly `model`, deleting any previous one first
+    /// when `replace`.
+    fn plan_whole(&self, model: Model, replace: bool) -> Update {
         let t = &self.table;
         let whole = self.whole(&model);
         let mut s = String::with_capacity(256 * (model.len() + 16));
-        let _ = writeln!(s, "add table ip {t}\ndelete table ip {t}\ntable ip {t} {{");
+        if replace {
+            let _ = writeln!(s, "add table ip {t}\ndelete table ip {t}");
+        }
+        let _ = writeln!(s, "table ip {t} {{");
         for &c in &whole.containers {
             let _ = writeln!(s, "\t{} {} {{\n\t\t{}", c.keyword(), c.name(), c.decl());
             if let Some(elems) = whole.elements.get(&c).filter(|e| !e.is_empty()) {
@@ -911,6 +937,21 @@ mod tests {
         assert_eq!(u.kind(), SyncKind::Full);
         assert_eq!(u.changed().len(), 3);
         golden("full.nft", u.script());
+    }
+
+    #[test]
+    fn creating_the_table_is_a_full_sync_without_the_delete() {
+        let p = Proxier::new(&config()).expect("proxier");
+        let full = p.plan_full(small_model());
+        let create = p.plan_whole(small_model(), false);
+        assert_eq!(create.kind(), SyncKind::Full);
+        assert_eq!(
+            full.script(),
+            format!(
+                "add table ip cdtest\ndelete table ip cdtest\n{}",
+                create.script()
+            )
+        );
     }
 
     #[test]
