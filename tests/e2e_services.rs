@@ -136,7 +136,10 @@ async fn spread(addr: &str, count: usize) -> BTreeSet<String> {
             Ok(page) => {
                 servers.insert(server_of(&page));
             }
-            Err(e) => panic!("request {i} to {addr} failed: {e}"),
+            Err(e) => panic!(
+                "request {i} to {addr} failed: {e}\nrules:\n{}",
+                table().await
+            ),
         }
     }
     servers
@@ -286,7 +289,11 @@ async fn services_balance_resolve_and_follow_their_pods() {
     }
 
     // Scale to one: once the change is programmed, no request fails and
-    // all reach the remaining pod.
+    // all reach the remaining pod. Endpoints sit in the slot maps as
+    // `VIP . tcp . 80 : IP . PORT`.
+    let programmed = |t: &str, ip: &str| t.contains(&format!(": {ip} . "));
+    let t = table().await;
+    assert!(pod_ips.iter().all(|ip| programmed(&t, ip)), "{t}");
     cluster
         .repo()
         .edit("web.yaml", "replicas: 2", "replicas: 1");
@@ -302,7 +309,7 @@ async fn services_balance_resolve_and_follow_their_pods() {
     until("the removed pod to leave the rules", WAIT, || async {
         let t = table().await;
         gone.iter()
-            .all(|ip| !t.contains(&format!("{ip}:")))
+            .all(|ip| !programmed(&t, ip))
             .then_some(())
             .ok_or(t)
     })
@@ -311,8 +318,16 @@ async fn services_balance_resolve_and_follow_their_pods() {
     assert_eq!(servers.len(), 1, "{servers:?}");
 
     // An element deleted by hand comes back.
+    let service_ips = || async {
+        nft::run(
+            &["list", "map", "ip", NETWORK.proxy_table, "service-ips"],
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| e.to_string())
+    };
     let element = format!("{vip} . tcp . 80");
-    assert!(table().await.contains(&element));
+    assert!(service_ips().await.contains(&element));
     nft::run(
         &[
             "delete",
@@ -327,7 +342,7 @@ async fn services_balance_resolve_and_follow_their_pods() {
     .await
     .expect("delete the VIP's element by hand");
     until("the deleted element to come back", WAIT, || async {
-        let t = table().await;
+        let t = service_ips().await;
         t.contains(&element).then_some(()).ok_or(t)
     })
     .await;

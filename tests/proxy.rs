@@ -804,7 +804,13 @@ async fn incremental_updates_leave_the_table_a_full_sync_builds() -> Result<()> 
             .run(async move {
                 let (mut inc, mut full) = proxiers;
                 let r = async {
-                    let stats = inc.sync(m.clone(), SyncKind::Incremental).await?;
+                    // Every fifth step is a refresh (the periodic resync).
+                    let kind = if step % 5 == 4 {
+                        SyncKind::Refresh
+                    } else {
+                        SyncKind::Incremental
+                    };
+                    let stats = inc.sync(m.clone(), kind).await?;
                     full.sync(m, SyncKind::Full).await?;
                     Ok::<_, anyhow::Error>(stats.kind)
                 }
@@ -825,7 +831,10 @@ async fn incremental_updates_leave_the_table_a_full_sync_builds() -> Result<()> 
             "step {step}: incremental\n{inc}\nfull\n{full}"
         );
     }
-    assert!(kinds.contains("Incremental"), "{kinds:?}");
+    assert!(
+        kinds.contains("Incremental") && kinds.contains("Refresh"),
+        "{kinds:?}"
+    );
     lab.node
         .run(async move {
             proxy::remove_table(inc_table).await?;

@@ -49,7 +49,7 @@
 //! re-adds and flushes every object instead of deleting the table, which
 //! heals hand edits while keeping the affinity sets' entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -461,9 +461,10 @@ impl Proxier {
 
     /// A transaction that brings an existing (or missing) table to `model`
     /// without deleting it: every chain and set is added (a no-op when it
-    /// exists) and flushed, then refilled. Affinity sets are not flushed.
-    /// Objects the kernel has beyond the model stay, which only happens if
-    /// someone added them by hand: a full sync removes them.
+    /// exists) and flushed, then refilled, and what the last update made
+    /// that `model` no longer uses is deleted. Affinity sets are not
+    /// flushed. Objects someone added by hand stay: a full sync removes
+    /// them.
     pub fn plan_refresh(&self, model: Model) -> Update {
         let t = &self.table;
         let whole = self.whole(&model);
@@ -497,6 +498,20 @@ impl Proxier {
                 let _ = writeln!(s, "add rule ip {t} {} {r}", chain.name);
             }
             rules += chain.rules.len();
+        }
+        // What the last update made that the model no longer uses; the
+        // flushes above removed every reference to it.
+        if let Some(applied) = &self.applied {
+            let stale = stale_objects(applied, &whole);
+            for name in &stale.chains {
+                let _ = writeln!(s, "delete chain ip {t} {name}");
+            }
+            for name in &stale.sets {
+                let _ = writeln!(s, "delete set ip {t} {name}");
+            }
+            for c in &stale.maps {
+                let _ = writeln!(s, "delete map ip {t} {}", c.name());
+            }
         }
         Update {
             kind: SyncKind::Refresh,
@@ -690,6 +705,46 @@ impl Proxier {
             shared,
         }
     }
+}
+
+/// Chains, sets and maps to delete, in that order.
+#[derive(Debug, Default)]
+struct Stale {
+    chains: Vec<String>,
+    sets: Vec<String>,
+    maps: Vec<Container>,
+}
+
+/// The objects `applied` has that `whole` lacks: shared ones no port uses
+/// any more (pick chains before the slot chains they go to), and the
+/// affinity chains and sets of ports that are gone or changed.
+fn stale_objects(applied: &Applied, whole: &Whole) -> Stale {
+    let mut out = Stale::default();
+    for s in applied.shared.0.keys() {
+        if !whole.shared.0.contains_key(s) {
+            out.chains.extend(s.chain().map(|c| c.name));
+            out.maps.extend(s.map());
+        }
+    }
+    let chains: HashSet<&str> = whole.chains.iter().map(|c| c.name.as_str()).collect();
+    let sets: HashSet<&str> = whole.sets.iter().map(|(n, _)| n.as_str()).collect();
+    for (key, port) in applied.model.ports() {
+        if port.affinity_timeout.is_none() {
+            continue; // only affinity ports have objects of their own
+        }
+        let pr = port_rules(key, port);
+        for c in pr.chains {
+            if !chains.contains(c.name.as_str()) {
+                out.chains.push(c.name);
+            }
+        }
+        for (name, _) in pr.sets {
+            if !sets.contains(name.as_str()) {
+                out.sets.push(name);
+            }
+        }
+    }
+    out
 }
 
 /// The elements, and for affinity the chains and sets, of one service port.
@@ -1109,6 +1164,41 @@ mod tests {
         assert!(s.contains("add set ip cdtest aff-"));
         assert!(!s.contains("flush set ip cdtest aff-"));
         assert_eq!(u.rules(), p.plan_full(small_model()).rules());
+    }
+
+    #[test]
+    fn refresh_deletes_what_the_model_no_longer_uses() {
+        let p = applied_small();
+        let mut m = small_model();
+        m.remove(&ServicePortKey::new("demo", "sticky", ""));
+        m.remove(&web_key());
+        let s = p.plan_refresh(m).script().to_string();
+        let sticky = service_chain_name(&ServicePortKey::new("demo", "sticky", ""));
+        let pos = |needle: &str| {
+            s.find(needle)
+                .unwrap_or_else(|| panic!("{needle} missing in\n{s}"))
+        };
+        assert!(
+            pos("flush map ip cdtest service-ips\n") < pos("delete chain ip cdtest pick-of-2\n")
+        );
+        assert!(
+            pos("delete chain ip cdtest pick-of-2\n") < pos("delete chain ip cdtest dnat-slot-0\n")
+        );
+        assert!(
+            pos("delete chain ip cdtest dnat-slot-1\n")
+                < pos("delete map ip cdtest endpoint-slot-1\n")
+        );
+        assert!(
+            s.contains(&format!("delete chain ip cdtest {sticky}\n")),
+            "{s}"
+        );
+        assert!(s.contains("delete set ip cdtest aff-"), "{s}");
+        // Without a known state there is nothing to compare with.
+        let fresh = Proxier::new(&config()).expect("proxier");
+        assert!(!fresh
+            .plan_refresh(small_model())
+            .script()
+            .contains("delete "));
     }
 
     #[test]
