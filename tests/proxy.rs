@@ -240,6 +240,12 @@ impl Lab {
                 .await
                 .with_context(|| format!("listening on {ip}:{EP_PORT}"))?;
             drop(lab.pod.spawn(serve(listener, name)));
+            let socket = lab
+                .pod
+                .run(UdpSocket::bind(SocketAddr::from((ip, EP_PORT))))
+                .await
+                .with_context(|| format!("listening on udp {ip}:{EP_PORT}"))?;
+            drop(lab.pod.spawn(answer_udp(socket, name)));
         }
         Ok(lab)
     }
@@ -292,6 +298,14 @@ async fn serve(listener: TcpListener, name: &'static str) {
                 }
             }
         });
+    }
+}
+
+/// Answers every datagram with `name`.
+async fn answer_udp(socket: UdpSocket, name: &'static str) {
+    let mut buf = [0u8; 512];
+    while let Ok((_, peer)) = socket.recv_from(&mut buf).await {
+        let _ = socket.send_to(name.as_bytes(), peer).await;
     }
 }
 
@@ -399,6 +413,26 @@ async fn run_loop_scenario(store: Store) -> Result<()> {
         )?)
         .await?;
     store.create(endpoints("headless", "", &[EP_A])?).await?;
+    store
+        .create(service(
+            "udp",
+            serde_json::json!({"clusterIP": "10.96.0.23",
+                "ports": [{"port": 5353, "protocol": "UDP"}]}),
+        )?)
+        .await?;
+    let udp_endpoints = |ips: &[Ipv4Addr]| -> Result<Endpoints> {
+        let addrs: Vec<_> = ips
+            .iter()
+            .map(|ip| serde_json::json!({"ip": ip.to_string()}))
+            .collect();
+        Ok(serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Endpoints",
+            "metadata": {"namespace": NS, "name": "udp"},
+            "subsets": [{"addresses": addrs,
+                "ports": [{"port": EP_PORT, "protocol": "UDP"}]}],
+        }))?)
+    };
+    store.create(udp_endpoints(&[EP_A, EP_B])?).await?;
 
     // The caches live on this runtime; the loop runs in the node namespace.
     let cancel = CancellationToken::new();
@@ -499,6 +533,53 @@ async fn run_loop_scenario(store: Store) -> Result<()> {
         "reply comes from the VIP"
     );
 
+    // UDP: a client that keeps its source port stays on one endpoint
+    // (conntrack); once that endpoint is taken out, its next datagram
+    // reaches the other one, although the first still listens.
+    let client = lab
+        .node
+        .run(async {
+            let s = UdpSocket::bind("0.0.0.0:0").await?;
+            s.connect(vip(23, 5353)).await?;
+            s.into_std()
+        })
+        .await?;
+    let client = UdpSocket::from_std(client)?;
+    let ask = || async {
+        client.send(b"q").await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_millis(500), client.recv(&mut buf))
+            .await
+            .map_err(|_| "no reply".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let first = until("the UDP service to answer", DEADLINE, ask).await;
+    for _ in 0..5 {
+        assert_eq!(ask().await.map_err(anyhow::Error::msg)?, first, "same flow");
+    }
+    let (gone, other) = if first == "a" {
+        (EP_A, "b")
+    } else {
+        (EP_B, "a")
+    };
+    let left = if gone == EP_A { EP_B } else { EP_A };
+    store
+        .modify::<Endpoints, _>(Some(NS), "udp", |e| {
+            e.subsets = udp_endpoints(&[left]).expect("endpoints").subsets;
+            true
+        })
+        .await?;
+    until(
+        "the flow to move to the remaining endpoint",
+        DEADLINE,
+        || async {
+            let name = ask().await?;
+            (name == other).then_some(()).ok_or(name)
+        },
+    )
+    .await;
+
     // An endpoint taken out is no longer reached.
     store
         .modify::<Endpoints, _>(Some(NS), "web", |e| {
@@ -549,14 +630,13 @@ async fn run_loop_scenario(store: Store) -> Result<()> {
         .context("VIP after the resync")?;
 
     // Deleting the Service removes its elements, and the chains and maps
-    // no other service uses.
+    // no other service uses (it was the only one with node ports).
     store.delete::<Service>(Some(NS), "web", None).await?;
     until("the deleted service's rules to go", DEADLINE, || async {
         let listing = lab.table(table).await.unwrap_or_default();
         if listing.contains("10.96.0.20")
             || listing.contains("30080")
-            || listing.contains("slot-")
-            || listing.contains("pick-of-")
+            || listing.contains("nodeport-")
         {
             Err(listing)
         } else {

@@ -5,8 +5,10 @@
 //! [`model`] reduces Service and Endpoints objects to plain values,
 //! [`layout`] names what commitd's table holds, [`rules`] turns the model
 //! into nft scripts (full, refresh, or only what changed) and [`nft`] runs
-//! them; [`run`] is the loop that keeps the kernel in step with the caches.
+//! them; [`run`] is the loop that keeps the kernel in step with the caches,
+//! and has [`conntrack`] forget UDP flows to removed endpoints.
 
+pub mod conntrack;
 pub mod layout;
 pub mod model;
 pub mod nft;
@@ -129,6 +131,11 @@ pub async fn run(
             match proxier.sync(model, kind).await {
                 Ok(stats) => {
                     backoff.reset();
+                    for flows in &stats.stale_flows {
+                        if let Err(e) = conntrack::delete(flows).await {
+                            warn!(error = %e, "UDP clients may keep reaching a removed endpoint until their flow times out");
+                        }
+                    }
                     if stats.kind != SyncKind::Incremental {
                         next_resync = Instant::now() + interval;
                         info!(kind = ?stats.kind, service_ports = stats.changed, rules = stats.rules, duration = ?stats.duration, "service rules synced");

@@ -54,6 +54,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use super::conntrack::{self, StaleFlows};
 use super::layout::{
     base_chains, readable, service_chain_name, short_hash, valid_table_name, Chain, Container,
     Pick, Slot,
@@ -276,6 +277,9 @@ pub struct SyncStats {
     pub rules: usize,
     /// How long planning and `nft` took together.
     pub duration: Duration,
+    /// UDP flows the update left pointing at removed endpoints, for
+    /// [`conntrack::delete`].
+    pub stale_flows: Vec<StaleFlows>,
 }
 
 /// A table name nft would not accept as an identifier.
@@ -396,11 +400,17 @@ impl Proxier {
                 return Err(e);
             }
         }
+        let stale_flows = self
+            .applied
+            .as_ref()
+            .map(|a| conntrack::stale_udp_flows(&a.model, &update.model, &update.changed))
+            .unwrap_or_default();
         let stats = SyncStats {
             kind: update.kind,
             changed: update.changed.len(),
             rules: update.rules,
             duration: start.elapsed(),
+            stale_flows,
         };
         self.commit(update);
         Ok(stats)
