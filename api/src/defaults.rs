@@ -6,7 +6,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, PodSecurityContext, PodSpec, Secret, Service, SessionAffinityConfig,
+    ClientIPConfig, Container, PodSecurityContext, PodSpec, Probe, Secret, Service,
+    SessionAffinityConfig,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
@@ -55,6 +56,40 @@ fn container(c: &mut Container) {
         .get_or_insert_with(|| "File".into());
     for p in c.ports.iter_mut().flatten() {
         p.protocol.get_or_insert_with(|| "TCP".into());
+    }
+    for p in [
+        &mut c.liveness_probe,
+        &mut c.readiness_probe,
+        &mut c.startup_probe,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        probe(p);
+    }
+}
+
+/// Probe defaults: a 1 s timeout every 10 s, one success to pass, three
+/// failures to fail, and an HTTP GET of `/` over plain HTTP. Zero or empty
+/// counts as unset, as Go's zero values do in Kubernetes.
+fn probe(p: &mut Probe) {
+    for (field, default) in [
+        (&mut p.timeout_seconds, 1),
+        (&mut p.period_seconds, 10),
+        (&mut p.success_threshold, 1),
+        (&mut p.failure_threshold, 3),
+    ] {
+        if field.is_none_or(|v| v == 0) {
+            *field = Some(default);
+        }
+    }
+    if let Some(get) = p.http_get.as_mut() {
+        if get.path.as_deref().is_none_or(str::is_empty) {
+            get.path = Some("/".into());
+        }
+        if get.scheme.as_deref().is_none_or(str::is_empty) {
+            get.scheme = Some("HTTP".into());
+        }
     }
 }
 
@@ -184,6 +219,47 @@ mod tests {
                 .as_deref(),
             Some("TCP")
         );
+    }
+
+    #[test]
+    fn probes_get_kubernetes_defaults() {
+        let mut spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "web", "image": "web:1",
+                "livenessProbe": {"httpGet": {"port": 80, "path": ""}, "periodSeconds": 0},
+                "readinessProbe": {"httpGet": {"port": "http", "path": "/ready", "scheme": "HTTPS"},
+                    "timeoutSeconds": 5, "periodSeconds": 2, "successThreshold": 2, "failureThreshold": 1}}],
+            "initContainers": [{"name": "side", "image": "side:1",
+                "startupProbe": {"exec": {"command": ["true"]}}}]
+        }))
+        .expect("valid pod spec");
+        pod_spec(&mut spec);
+        let c = &spec.containers[0];
+        let live = c.liveness_probe.as_ref().expect("liveness probe");
+        assert_eq!(live.timeout_seconds, Some(1));
+        assert_eq!(live.period_seconds, Some(10));
+        assert_eq!(live.success_threshold, Some(1));
+        assert_eq!(live.failure_threshold, Some(3));
+        assert_eq!(live.initial_delay_seconds, None);
+        let get = live.http_get.as_ref().expect("httpGet");
+        assert_eq!(get.path.as_deref(), Some("/"));
+        assert_eq!(get.scheme.as_deref(), Some("HTTP"));
+        let ready = c.readiness_probe.as_ref().expect("readiness probe");
+        assert_eq!(
+            (
+                ready.timeout_seconds,
+                ready.period_seconds,
+                ready.success_threshold,
+                ready.failure_threshold
+            ),
+            (Some(5), Some(2), Some(2), Some(1))
+        );
+        let get = ready.http_get.as_ref().expect("httpGet");
+        assert_eq!(get.path.as_deref(), Some("/ready"));
+        assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
+        let init = spec.init_containers.as_ref().expect("init containers");
+        let startup = init[0].startup_probe.as_ref().expect("startup probe");
+        assert_eq!(startup.period_seconds, Some(10));
+        assert!(startup.http_get.is_none());
     }
 
     #[test]

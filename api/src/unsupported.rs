@@ -31,6 +31,9 @@ const CONTAINER: &[&str] = &[
     "resources",
     "terminationMessagePath",
     "terminationMessagePolicy",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
 ];
 /// Deployment spec fields commitd acts on.
 const DEPLOYMENT_SPEC: &[&str] = &[
@@ -125,6 +128,7 @@ mod tests {
         let d = json!({"spec": {"replicas": 2, "minReadySeconds": 5, "template": {"spec": {
             "volumes": [{"name": "v"}], "securityContext": {},
             "containers": [{"name": "c", "image": "i", "livenessProbe": {"tcpSocket": {"port": 80}},
+                "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
                 "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
                 "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}}}});
         let got: Vec<String> = fields(Kind::Deployment, &d)
@@ -136,7 +140,7 @@ mod tests {
             vec![
                 "spec.minReadySeconds",
                 "spec.template.spec.volumes",
-                "spec.template.spec.containers[0].livenessProbe",
+                "spec.template.spec.containers[0].lifecycle",
                 "spec.template.spec.containers[0].env[0].valueFrom",
                 "spec.template.spec.containers[0].resources.limits",
             ]

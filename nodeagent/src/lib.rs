@@ -6,6 +6,7 @@ pub mod dns;
 pub mod drain;
 pub mod node;
 pub mod pod;
+pub mod probe;
 pub mod proxy;
 pub mod status;
 

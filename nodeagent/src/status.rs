@@ -317,13 +317,31 @@ fn container_status(
         },
     };
     let running = state.running.is_some();
+    // Probes gate `started` and `ready`; without them running is enough.
+    let probes = input
+        .desired
+        .containers
+        .iter()
+        .find(|c| c.name == name)
+        .map(|c| &c.probes);
+    let found = latest.and_then(|l| {
+        input
+            .memory
+            .probes
+            .get(name)
+            .filter(|p| p.container_id == l.id)
+    });
+    let started =
+        running && (probes.is_none_or(|p| p.startup.is_none()) || found.is_some_and(|p| p.started));
+    let ready =
+        started && (probes.is_none_or(|p| p.readiness.is_none()) || found.is_some_and(|p| p.ready));
     ContainerStatus {
         name: name.to_string(),
         image,
         image_id: latest.map(|l| l.image_ref.clone()).unwrap_or_default(),
         container_id: latest.map(|l| format!("containerd://{}", l.id)),
-        ready: running,
-        started: Some(running),
+        ready,
+        started: Some(started),
         restart_count: latest.map_or(0, |l| i32::try_from(l.restart_count).unwrap_or(i32::MAX)),
         state: Some(state),
         last_state: Some(last_state.unwrap_or_default()),
@@ -370,6 +388,7 @@ mod tests {
     use super::*;
     use crate::pod::decide::{decide, PullFailure};
     use crate::pod::observe::fixtures::*;
+    use crate::probe::ProbeStatus;
     use k8s_openapi::api::core::v1::{Container, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -455,6 +474,45 @@ mod tests {
         assert_eq!(s.start_time, to_time(100 * S));
         assert_eq!(s.host_ip.as_deref(), Some("192.0.2.1"));
         assert_eq!(s.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn probes_gate_started_and_ready() {
+        let mut p = pod("Always");
+        if let Some(spec) = p.spec.as_mut() {
+            spec.containers[0].startup_probe = Some(
+                serde_json::from_value(serde_json::json!({"tcpSocket": {"port": 80}})).unwrap(),
+            );
+            spec.containers[0].readiness_probe = Some(
+                serde_json::from_value(serde_json::json!({"exec": {"command": ["true"]}})).unwrap(),
+            );
+        }
+        let o = Observed {
+            sandboxes: vec![sandbox("s0", 0, true)],
+            containers: vec![running("a", 0, "s0", 1)],
+        };
+        let flags = |mem: &Memory| {
+            let s = build(&p, &o, mem, 5, None);
+            let c = &s.container_statuses.as_ref().unwrap()[0];
+            (c.started, c.ready, cond(&s, "Ready").status.clone())
+        };
+        let mut mem = Memory::default();
+        assert_eq!(flags(&mem), (Some(false), false, "False".into()));
+        let mut found = ProbeStatus {
+            container_id: "a-0".into(),
+            started: true,
+            ready: false,
+            failed: None,
+        };
+        mem.probes.insert("a".into(), found.clone());
+        assert_eq!(flags(&mem), (Some(true), false, "False".into()));
+        found.ready = true;
+        mem.probes.insert("a".into(), found.clone());
+        assert_eq!(flags(&mem), (Some(true), true, "True".into()));
+        // Results about another instance count for nothing.
+        found.container_id = "a-9".into();
+        mem.probes.insert("a".into(), found);
+        assert_eq!(flags(&mem), (Some(false), false, "False".into()));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
 use crate::field_path::FieldPath;
 
+mod probe;
 mod service;
 
 /// Field errors found in one object.
@@ -24,6 +25,9 @@ impl FieldErrors {
     }
     pub(crate) fn required(&mut self, path: FieldPath) {
         self.add(path, "Required value");
+    }
+    pub(crate) fn forbidden(&mut self, path: FieldPath, msg: &str) {
+        self.add(path, format!("Forbidden: {msg}"));
     }
     pub(crate) fn invalid(&mut self, path: FieldPath, value: impl std::fmt::Display, why: &str) {
         self.add(path, format!("Invalid value: {value}: {why}"));
@@ -263,6 +267,26 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
                     errs.invalid(qp, format!("\"{}\"", q.0), "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'");
                 }
             }
+        }
+    }
+    // Init containers' probes are checked alike for now; Kubernetes only
+    // allows them on sidecars (`restartPolicy: Always`).
+    let probes = [
+        (
+            &c.liveness_probe,
+            probe::ProbeKind::Liveness,
+            "livenessProbe",
+        ),
+        (
+            &c.readiness_probe,
+            probe::ProbeKind::Readiness,
+            "readinessProbe",
+        ),
+        (&c.startup_probe, probe::ProbeKind::Startup, "startupProbe"),
+    ];
+    for (pr, kind, field) in probes {
+        if let Some(pr) = pr {
+            probe::probe(pr, kind, &p.key(field), errs);
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::Duration;
 use super::backoff;
 use super::desired::{DesiredContainer, DesiredPod, MIN_GRACE_SECONDS};
 use super::observe::{ContainerInstance, InstanceState, Observed};
+use crate::probe::ProbeStatus;
 
 /// How long a fresh pull failure shows as `ErrImagePull` before it reads
 /// `ImagePullBackOff`, as the kubelet's next sync would show it.
@@ -99,6 +100,8 @@ pub struct Memory {
     pub run_errors: BTreeMap<String, String>,
     /// The host side of a teardown (cgroups, log directory) is done.
     pub host_cleaned: bool,
+    /// What the probes of running instances found, by container name.
+    pub probes: BTreeMap<String, ProbeStatus>,
 }
 
 /// The named state of a pod on this node.
@@ -460,6 +463,15 @@ fn plan_container(
                 // Its sandbox is gone, or its spec changed: replace it.
                 housekeeping.kill.push(latest.id.clone());
                 ContainerPlan::Pending
+            } else if mem
+                .probes
+                .get(&container.name)
+                .is_some_and(|p| p.container_id == latest.id && p.failed.is_some())
+            {
+                // Liveness or startup probe failed: stop it; the restart
+                // policy and back-off decide what follows its exit.
+                housekeeping.kill.push(latest.id.clone());
+                ContainerPlan::Running
             } else {
                 ContainerPlan::Running
             }
@@ -581,6 +593,7 @@ mod tests {
                     image: "img:1".into(),
                     pull_policy: PullPolicy::IfNotPresent,
                     hash: "h".into(),
+                    probes: Default::default(),
                 })
                 .collect(),
             deletion_grace: None,
@@ -627,6 +640,34 @@ mod tests {
         let d = decide(Some(&p), &o, &Memory::default(), 3 * S);
         assert_eq!(d.state, PodState::Running);
         assert_eq!(d.step, Step::Idle { requeue: None });
+    }
+
+    #[test]
+    fn a_failed_liveness_probe_stops_that_instance_only() {
+        let p = pod(RestartPolicy::Always, &["a"]);
+        let o = obs(vec![sandbox("s0", 0, true)], vec![running("a", 0, "s0", 1)]);
+        let mut mem = Memory::default();
+        let failed = |id: &str| ProbeStatus {
+            container_id: id.into(),
+            started: true,
+            ready: false,
+            failed: Some("Liveness probe failed: HTTP probe failed with statuscode: 500".into()),
+        };
+        mem.probes.insert("a".into(), failed("a-0"));
+        let d = decide(Some(&p), &o, &mem, 5 * S);
+        assert_eq!(
+            d.step,
+            Step::StopContainers {
+                ids: vec!["a-0".into()],
+                grace: 30
+            }
+        );
+        // A verdict about an earlier instance does not touch this one.
+        mem.probes.insert("a".into(), failed("a-old"));
+        assert_eq!(
+            decide(Some(&p), &o, &mem, 5 * S).step,
+            Step::Idle { requeue: None }
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::probe::ContainerProbes;
+
 /// `spec.restartPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RestartPolicy {
@@ -72,6 +74,8 @@ pub struct DesiredContainer {
     pub pull_policy: PullPolicy,
     /// Hash of the fields the runtime config is built from.
     pub hash: String,
+    /// Its startup, readiness and liveness probes.
+    pub probes: ContainerProbes,
 }
 
 /// The pod as the state machine sees it.
@@ -146,6 +150,7 @@ fn desired_container(c: &Container) -> DesiredContainer {
         pull_policy: PullPolicy::parse(c.image_pull_policy.as_deref(), &image),
         hash: spec_hash(c),
         image,
+        probes: ContainerProbes::of(c),
     }
 }
 

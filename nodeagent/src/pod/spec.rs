@@ -229,15 +229,19 @@ fn unsupported_fields(c: &Container) -> Vec<String> {
             "container {name}: securityContext is not supported yet; ignored"
         ));
     }
-    for (field, set) in [
-        ("livenessProbe", c.liveness_probe.is_some()),
-        ("readinessProbe", c.readiness_probe.is_some()),
-        ("startupProbe", c.startup_probe.is_some()),
-        ("lifecycle", c.lifecycle.is_some()),
+    if c.lifecycle.is_some() {
+        w.push(format!(
+            "container {name}: lifecycle is not supported yet; ignored"
+        ));
+    }
+    for (field, probe) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+        ("startupProbe", &c.startup_probe),
     ] {
-        if set {
+        if probe.as_ref().is_some_and(crate::probe::is_https) {
             w.push(format!(
-                "container {name}: {field} is not supported yet; ignored"
+                "container {name}: {field}: httpGet with scheme HTTPS is not supported yet; the probe is ignored"
             ));
         }
     }

@@ -25,6 +25,8 @@ use super::spec::{container_config, sandbox_config, EnvFacts, Instance};
 use super::{cgroup_parent, log_dir_name, now_ns, sanitize};
 use crate::cri::proto::PodSandboxConfig;
 use crate::cri::{cgroup_cleanup, Cri, CriError};
+use crate::probe::runner::RunningInstance;
+use crate::probe::Probers;
 use crate::status::{pod_status, StatusInput};
 
 /// A worker looks again at least this often even if nothing wakes it.
@@ -102,6 +104,7 @@ pub async fn run(
         last_step: None,
         repeats: 0,
         warned: BTreeSet::new(),
+        probers: Probers::new(wake.clone()),
     };
     let mut errors = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
@@ -177,6 +180,7 @@ struct Worker {
     last_step: Option<Step>,
     repeats: u32,
     warned: BTreeSet<String>,
+    probers: Probers,
 }
 
 impl Worker {
@@ -187,6 +191,9 @@ impl Worker {
         let observed = observe(&self.ctx.cri, &self.uid)
             .await
             .context("observing the pod in the runtime")?;
+        self.probers
+            .sync(&self.ctx.cri, to_probe(desired.as_ref(), &observed));
+        self.memory.probes = self.probers.results();
         let now = now_ns();
         let decision = decide(desired.as_ref(), &observed, &self.memory, now);
         if self.last_state != Some(decision.state) {
@@ -562,6 +569,32 @@ impl Worker {
             Err(e) => Err(anyhow!(e).context("deleting the pod")),
         }
     }
+}
+
+/// The running instances of the current sandbox whose container has
+/// probes (none while the pod is being deleted).
+fn to_probe(desired: Option<&DesiredPod>, observed: &Observed) -> Vec<RunningInstance> {
+    let (Some(desired), Some(sandbox)) = (desired, observed.current_sandbox()) else {
+        return Vec::new();
+    };
+    if desired.deletion_grace.is_some() {
+        return Vec::new();
+    }
+    desired
+        .containers
+        .iter()
+        .filter(|c| c.probes.any())
+        .filter_map(|c| {
+            let latest = observed.instances_of(&c.name).into_iter().next()?;
+            (latest.is_running() && latest.sandbox_id == sandbox.id).then(|| RunningInstance {
+                name: c.name.clone(),
+                id: latest.id.clone(),
+                started_at: latest.started_at,
+                pod_ip: sandbox.ip,
+                probes: c.probes.clone(),
+            })
+        })
+        .collect()
 }
 
 /// The message kubelet shows for a failed pull: the runtime's own words.
