@@ -1,0 +1,241 @@
+//! Probes end to end, with real containers under `commitd up`: the
+//! examples' web pods become Ready through their HTTP readiness probe; a
+//! pod whose readiness and liveness are files the test creates and
+//! removes inside the container shows that readiness gates `Ready` and
+//! the Service's endpoints, and that a failing liveness probe restarts the
+//! container, the second time only after the crash-loop back-off.
+
+mod support;
+
+use std::time::Duration;
+
+use commitd_nodeagent::cri::Cri;
+use serde_json::Value;
+use support::cli::running_containers;
+use support::cluster::{Cluster, Network, WAIT};
+use support::wait::until;
+
+const NETWORK: Network = Network {
+    bridge: "cdprb0",
+    pod_cidr: "10.221.0.0/24",
+    service_cidr: "10.100.21.0/24",
+    node_name: "probe-node",
+    dns_port: 10221,
+    proxy_table: "cdprobe",
+};
+
+/// A pod that is live while /tmp/healthy exists (the command creates it
+/// at every start) and ready while /tmp/ready exists, and its Service.
+const PROBED: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+  namespace: demo
+  labels: {app: probed}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: app
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'touch /tmp/healthy; trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
+      ports: [{name: http, containerPort: 80}]
+      livenessProbe:
+        exec: {command: [cat, /tmp/healthy]}
+        periodSeconds: 1
+        failureThreshold: 1
+      readinessProbe:
+        exec: {command: [test, -f, /tmp/ready]}
+        periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: probed
+  namespace: demo
+spec:
+  selector: {app: probed}
+  ports: [{port: 80}]
+"#;
+
+async fn pod(cluster: &Cluster, name: &str) -> Result<Value, String> {
+    let (code, out, err) = cluster
+        .cli()
+        .run(&["get", "pod", name, "-n", "demo", "-o", "json"])
+        .await;
+    if code != 0 {
+        return Err(format!("get pod {name}: {err}"));
+    }
+    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+}
+
+fn condition(pod: &Value, kind: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("absent")
+        .to_string()
+}
+
+fn container(pod: &Value) -> &Value {
+    &pod["status"]["containerStatuses"][0]
+}
+
+async fn endpoint_ips(cluster: &Cluster, name: &str) -> Result<Vec<String>, String> {
+    let (code, out, err) = cluster
+        .cli()
+        .run(&["get", "endpoints", name, "-n", "demo", "-o", "json"])
+        .await;
+    if code != 0 {
+        return Err(format!("get endpoints {name}: {err}"));
+    }
+    let ep: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+    Ok(ep["subsets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["ip"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Runs `cmd` in the running container of pod `probed`.
+async fn exec(cri: &Cri, cmd: &[&str]) -> Result<(), String> {
+    let id = running_containers(cri)
+        .await
+        .into_iter()
+        .find(|(_, pod)| pod == "probed")
+        .map(|(id, _)| id)
+        .ok_or("the probed container does not run")?;
+    let out = cri
+        .exec_sync(&id, cmd, 10)
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.exit_code != 0 {
+        return Err(format!("{cmd:?} exited {}: {}", out.exit_code, out.stderr));
+    }
+    Ok(())
+}
+
+/// The pod once its container runs as restart `count`, started and not
+/// ready (readiness starts over with every instance).
+async fn running_unready(cluster: &Cluster, count: u64) -> Value {
+    until(
+        &format!("probed running as restart {count}, started, not ready"),
+        WAIT,
+        || async {
+            let p = pod(cluster, "probed").await?;
+            let c = container(&p);
+            let ok = c["state"]["running"].is_object()
+                && c["restartCount"] == count
+                && c["started"] == true
+                && c["ready"] == false
+                && condition(&p, "Ready") == "False";
+            ok.then_some(p.clone())
+                .ok_or_else(|| p["status"].to_string())
+        },
+    )
+    .await
+}
+
+fn time(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_gate_readiness_and_restart_dead_containers() {
+    if !support::is_root() {
+        eprintln!("skipping: needs root for containerd and nftables");
+        return;
+    }
+    let mut cluster = Cluster::up(NETWORK).await;
+
+    // The examples' web pods: Ready through their HTTP readiness probe.
+    let pods = cluster.wait_running(2, "hello from").await;
+    for (name, _) in &pods {
+        until(&format!("{name} to be Ready"), WAIT, || async {
+            let p = pod(&cluster, name).await?;
+            (condition(&p, "Ready") == "True")
+                .then_some(())
+                .ok_or_else(|| p["status"].to_string())
+        })
+        .await;
+    }
+
+    cluster.repo().write(
+        "probed.yaml",
+        &PROBED.replace("REGISTRY", &cluster.registry.addr),
+    );
+    cluster.repo().commit("A probed pod and its Service");
+    let cri = cluster.cri().await;
+
+    // Running and live, but not ready: no /tmp/ready yet. It stays so over
+    // several probe periods, and the Service has no endpoint.
+    let first = running_unready(&cluster, 0).await;
+    let ip = first["status"]["podIP"]
+        .as_str()
+        .expect("pod IP")
+        .to_string();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let p = pod(&cluster, "probed").await.expect("pod");
+    assert_eq!(container(&p)["ready"], false, "{}", p["status"]);
+    assert_eq!(container(&p)["restartCount"], 0, "{}", p["status"]);
+    assert_eq!(endpoint_ips(&cluster, "probed").await, Ok(vec![]));
+
+    // Ready once the readiness file exists: Ready condition, endpoints.
+    exec(&cri, &["touch", "/tmp/ready"]).await.expect("touch");
+    until("probed to become Ready", WAIT, || async {
+        let p = pod(&cluster, "probed").await?;
+        (condition(&p, "Ready") == "True" && container(&p)["ready"] == true)
+            .then_some(())
+            .ok_or_else(|| p["status"].to_string())
+    })
+    .await;
+    until("the Service to list probed", WAIT, || async {
+        let ips = endpoint_ips(&cluster, "probed").await?;
+        (ips == vec![ip.clone()])
+            .then_some(())
+            .ok_or(format!("{ips:?}"))
+    })
+    .await;
+
+    // Liveness fails: the container is restarted at once (first restart),
+    // the new instance is not ready, and the endpoint goes.
+    exec(&cri, &["rm", "/tmp/healthy"]).await.expect("rm");
+    let second = running_unready(&cluster, 1).await;
+    let last = &container(&second)["lastState"]["terminated"];
+    assert!(last.is_object(), "{}", second["status"]);
+    until("the Service to drop probed", WAIT, || async {
+        let ips = endpoint_ips(&cluster, "probed").await?;
+        ips.is_empty().then_some(()).ok_or(format!("{ips:?}"))
+    })
+    .await;
+
+    // Liveness fails again: now the crash-loop back-off (10 s) holds the
+    // restart back.
+    exec(&cri, &["rm", "/tmp/healthy"]).await.expect("rm again");
+    until("probed to wait in CrashLoopBackOff", WAIT, || async {
+        let p = pod(&cluster, "probed").await?;
+        (container(&p)["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+            .then_some(())
+            .ok_or_else(|| p["status"].to_string())
+    })
+    .await;
+    let third = running_unready(&cluster, 2).await;
+    let c = container(&third);
+    let exited = time(&c["lastState"]["terminated"]["finishedAt"]);
+    let restarted = time(&c["state"]["running"]["startedAt"]);
+    // Timestamps have whole seconds.
+    assert!(
+        restarted - exited >= chrono::Duration::seconds(9),
+        "restarted {restarted} after exiting {exited}: {}",
+        third["status"]
+    );
+
+    cluster.stop().await;
+}
