@@ -26,6 +26,7 @@ const CONTAINER: &[&str] = &[
     "command",
     "args",
     "env",
+    "envFrom",
     "ports",
     "workingDir",
     "resources",
@@ -83,7 +84,12 @@ fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) 
             .flatten()
             .enumerate()
         {
-            check_keys(e, &cp.key("env").index(j), &["name", "value"], out);
+            check_keys(
+                e,
+                &cp.key("env").index(j),
+                &["name", "value", "valueFrom"],
+                out,
+            );
         }
         if let Some(r) = c.get("resources") {
             check_keys(r, &cp.key("resources"), &["requests"], out);
@@ -141,7 +147,6 @@ mod tests {
                 "spec.minReadySeconds",
                 "spec.template.spec.volumes",
                 "spec.template.spec.containers[0].lifecycle",
-                "spec.template.spec.containers[0].env[0].valueFrom",
                 "spec.template.spec.containers[0].resources.limits",
             ]
         );

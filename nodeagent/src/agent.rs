@@ -26,7 +26,7 @@ use commitd_api::backoff::Backoff;
 use commitd_api::controller::ApplyGate;
 use commitd_api::reflector::{reflect, sleep_or_cancel, Cache};
 use commitd_api::Store;
-use k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, Secret, Service};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +95,14 @@ pub async fn run(
         };
         info!(runtime = %runtime_version, %node_ip, "connected to the container runtime");
         let facts = NodeFacts::gather(&config.node_name, node_ip, runtime_version);
+        let capacity = (
+            i64::try_from(facts.cpus)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
+            i64::try_from(facts.memory_ki)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1024),
+        );
         if !register(&store, &facts, &local).await {
             return Ok(());
         }
@@ -111,11 +119,15 @@ pub async fn run(
 
         let pods = reflect::<Pod>(store.clone(), local.clone());
         let services = reflect::<Service>(store.clone(), local.clone());
+        let config_maps = reflect::<ConfigMap>(store.clone(), local.clone());
+        let secrets = reflect::<Secret>(store.clone(), local.clone());
         start_service_networking(&config, &services, &store, &local, &mut tasks).await?;
         // Pods are not picked up or dropped while a commit is half-applied.
         let gate = ApplyGate::watch(store.clone(), local.clone());
+        // Containers read ConfigMaps and Secrets at start: an empty cache
+        // would read as "not found".
         tokio::select! {
-            _ = pods.ready() => {}
+            _ = async { pods.ready().await; config_maps.ready().await; secrets.ready().await } => {}
             _ = local.cancelled() => return Ok(()),
         }
         info!("pod cache ready; running pods");
@@ -128,6 +140,10 @@ pub async fn run(
             runtime_handler: config.runtime_handler.clone(),
             cluster_dns: config.cluster_dns.clone(),
             services: services.clone(),
+            config_maps,
+            secrets,
+            node_cpu_millis: capacity.0,
+            node_memory_bytes: capacity.1,
         });
         Dispatcher::new(ctx, pods, gate, local.clone()).run().await;
 
@@ -289,6 +305,10 @@ impl Dispatcher {
     async fn run(mut self) {
         let mut changes = self.pods.changes();
         let mut gate_changes = self.gate.changes();
+        // A container waiting for a ConfigMap or Secret starts as soon as it
+        // appears: every worker looks again when one changes.
+        let mut config_changes = self.ctx.config_maps.changes();
+        let mut secret_changes = self.ctx.secrets.changes();
         let mut relist = tokio::time::interval(RELIST_PERIOD);
         relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -310,6 +330,8 @@ impl Dispatcher {
                         break;
                     }
                 }
+                Ok(()) = config_changes.changed() => self.wake_all(),
+                Ok(()) = secret_changes.changed() => self.wake_all(),
                 // The relist removes runtime objects of pods it has no
                 // worker for, so it runs only right after a sync.
                 _ = relist.tick() => if open { self.relist().await },
@@ -403,6 +425,13 @@ impl Dispatcher {
                 // The next sync starts a fresh worker if the pod still exists.
                 error!(%uid, "pod worker panicked; restarting it");
             }
+        }
+    }
+
+    /// Has every worker look at its pod again.
+    fn wake_all(&self) {
+        for handle in self.workers.values() {
+            handle.wake.notify_one();
         }
     }
 

@@ -270,6 +270,7 @@ fn container_status(
     };
     let pull_failure = input.memory.pull_failures.get(name);
     let run_error = input.memory.run_errors.get(name);
+    let config_error = input.memory.config_errors.get(name);
 
     let (state, last_state) = match (plan, latest) {
         (ContainerPlan::CrashLoopBackOff { backoff, .. }, Some(latest)) => (
@@ -293,6 +294,10 @@ fn container_status(
                 latest.filter(|l| l.has_exited()).map(terminated),
             )
         }
+        (ContainerPlan::Start { .. }, _) if config_error.is_some() => (
+            waiting("CreateContainerConfigError", config_error.cloned()),
+            latest.filter(|l| l.has_exited()).map(terminated),
+        ),
         (ContainerPlan::Start { .. } | ContainerPlan::Resume { .. }, _) if run_error.is_some() => (
             waiting("RunContainerError", run_error.cloned()),
             latest.filter(|l| l.has_exited()).map(terminated),

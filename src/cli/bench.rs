@@ -909,9 +909,10 @@ async fn start_direct_pod(
             node_name: DIRECT_NODE.to_string(),
             host_ip: ctx.host_ip.clone(),
             pod_ip: None,
-            service_env: Vec::new(),
+            ..EnvFacts::default()
         };
-        let (config, _) = container_config(pod, desired, spec, DIRECT_NODE, &instance, &facts);
+        let (config, _) = container_config(pod, desired, spec, DIRECT_NODE, &instance, &facts)
+            .context("configuring the benchmark's container")?;
         let id = cri.create_container(&sandbox_id, &config, &sandbox).await?;
         cri.start_container(&id).await?;
     }

@@ -110,7 +110,71 @@ fn is_config_key(s: &str) -> bool {
         && s != ".."
 }
 
-fn is_env_var_name(s: &str) -> bool {
+const ENV_VAR_NAME_MSG: &str = "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')";
+
+/// `env[i].valueFrom`: exactly one source, not together with `value`,
+/// and the referenced object and key named.
+fn env_var_source(
+    from: &k8s_openapi::api::core::v1::EnvVarSource,
+    value: Option<&str>,
+    p: &FieldPath,
+    errs: &mut FieldErrors,
+) {
+    let mut sources = 0;
+    if let Some(f) = &from.field_ref {
+        sources += 1;
+        if f.field_path.is_empty() {
+            errs.required(p.key("fieldRef").key("fieldPath"));
+        }
+    }
+    if let Some(r) = &from.resource_field_ref {
+        sources += 1;
+        if r.resource.is_empty() {
+            errs.required(p.key("resourceFieldRef").key("resource"));
+        }
+    }
+    for (field, name, key) in [
+        (
+            "configMapKeyRef",
+            from.config_map_key_ref.as_ref().map(|r| (&r.name, &r.key)),
+        ),
+        (
+            "secretKeyRef",
+            from.secret_key_ref.as_ref().map(|r| (&r.name, &r.key)),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(f, r)| r.map(|(n, k)| (f, n, k)))
+    {
+        sources += 1;
+        if name.is_empty() {
+            errs.required(p.key(field).key("name"));
+        }
+        if key.is_empty() {
+            errs.required(p.key(field).key("key"));
+        }
+    }
+    match sources {
+        0 => errs.invalid(
+            p.clone(),
+            "\"\"",
+            "must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
+        ),
+        1 => {}
+        _ => errs.invalid(p.clone(), "\"\"", "may not have more than one field specified at a time"),
+    }
+    if value.is_some_and(|v| !v.is_empty()) {
+        errs.invalid(
+            p.clone(),
+            "\"\"",
+            "may not be specified when `value` is not empty",
+        );
+    }
+}
+
+/// Whether `s` is a valid environment variable name
+/// (`[-._a-zA-Z][-._a-zA-Z0-9]*`); envFrom keys that are not are skipped.
+pub fn is_env_var_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -255,8 +319,42 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
         }
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
+        let ep = p.key("env").index(i);
         if !is_env_var_name(&e.name) {
-            errs.invalid(p.key("env").index(i).key("name"), format!("\"{}\"", e.name), "a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')");
+            errs.invalid(ep.key("name"), format!("\"{}\"", e.name), ENV_VAR_NAME_MSG);
+        }
+        if let Some(from) = &e.value_from {
+            env_var_source(from, e.value.as_deref(), &ep.key("valueFrom"), errs);
+        }
+    }
+    for (i, from) in c.env_from.iter().flatten().enumerate() {
+        let fp = p.key("envFrom").index(i);
+        let refs = [
+            from.config_map_ref
+                .as_ref()
+                .map(|r| ("configMapRef", r.name.as_str())),
+            from.secret_ref
+                .as_ref()
+                .map(|r| ("secretRef", r.name.as_str())),
+        ];
+        match refs.iter().flatten().collect::<Vec<_>>()[..] {
+            [] => errs.invalid(
+                fp.clone(),
+                "\"\"",
+                "must specify one of: `configMapRef` or `secretRef`",
+            ),
+            [(field, name)] if name.is_empty() => errs.required(fp.key(field).key("name")),
+            [_] => {}
+            _ => errs.invalid(
+                fp.clone(),
+                "\"\"",
+                "may not have more than one field specified at a time",
+            ),
+        }
+        if let Some(prefix) = from.prefix.as_deref().filter(|p| !p.is_empty()) {
+            if !is_env_var_name(prefix) {
+                errs.invalid(fp.key("prefix"), format!("\"{prefix}\""), ENV_VAR_NAME_MSG);
+            }
         }
     }
     if let Some(r) = &c.resources {
@@ -509,6 +607,33 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert!(got[0].starts_with("spec.containers[0].env[0].name: Invalid value: \"1BAD\""));
         assert!(got[1].starts_with("spec.containers[0].resources.requests.cpu: Invalid value: \"lots\": quantities must match"));
+    }
+
+    #[test]
+    fn env_sources_name_one_source_each() {
+        let got = errors::<Pod>(json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "c", "image": "i",
+             "env": [
+                {"name": "A", "value": "x", "valueFrom": {"configMapKeyRef": {"name": "m", "key": "k"}}},
+                {"name": "B", "valueFrom": {}},
+                {"name": "C", "valueFrom": {"secretKeyRef": {"name": "s", "key": ""},
+                                            "fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "D", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}
+             ],
+             "envFrom": [{}, {"configMapRef": {"name": "m"}, "prefix": "1X"},
+                         {"configMapRef": {"name": "m"}, "secretRef": {"name": "s"}}]}]}}));
+        assert_eq!(
+            got,
+            vec![
+                "spec.containers[0].env[0].valueFrom: Invalid value: \"\": may not be specified when `value` is not empty",
+                "spec.containers[0].env[1].valueFrom: Invalid value: \"\": must specify one of: `fieldRef`, `resourceFieldRef`, `configMapKeyRef` or `secretKeyRef`",
+                "spec.containers[0].env[2].valueFrom.secretKeyRef.key: Required value",
+                "spec.containers[0].env[2].valueFrom: Invalid value: \"\": may not have more than one field specified at a time",
+                "spec.containers[0].envFrom[0]: Invalid value: \"\": must specify one of: `configMapRef` or `secretRef`",
+                "spec.containers[0].envFrom[1].prefix: Invalid value: \"1X\": a valid environment variable name must consist of alphabetic characters, digits, '_', '-', or '.', and must not start with a digit (e.g. 'my.env-name',  or 'MY_ENV.NAME',  or 'MyEnvName1', regex used for validation is '[-._a-zA-Z][-._a-zA-Z0-9]*')",
+                "spec.containers[0].envFrom[2]: Invalid value: \"\": may not have more than one field specified at a time",
+            ]
+        );
     }
 
     #[test]

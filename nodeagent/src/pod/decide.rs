@@ -98,6 +98,9 @@ pub struct Memory {
     pub pull_failures: BTreeMap<String, PullFailure>,
     /// The last create/start error by container name (`RunContainerError`).
     pub run_errors: BTreeMap<String, String>,
+    /// Why a container could not be configured, by container name
+    /// (`CreateContainerConfigError`: a missing ConfigMap, Secret or key).
+    pub config_errors: BTreeMap<String, String>,
     /// The host side of a teardown (cgroups, log directory) is done.
     pub host_cleaned: bool,
     /// What the probes of running instances found, by container name.

@@ -164,6 +164,7 @@ pub fn spec_hash(c: &Container) -> String {
         "command": c.command,
         "args": c.args,
         "env": c.env,
+        "envFrom": c.env_from,
         "workingDir": c.working_dir,
         "ports": c.ports,
     });

@@ -8,7 +8,7 @@
 //! security contexts — each is reported as a warning naming the field
 //! instead of being dropped silently.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -122,7 +122,57 @@ pub struct EnvFacts {
     /// [`super::service_links::service_env`]); the container's own `env`
     /// comes after them and may refer to them.
     pub service_env: Vec<KeyValue>,
+    /// The `data` of the ConfigMaps the pod refers to (see
+    /// [`referenced_objects`]) that exist, by name.
+    pub config_maps: BTreeMap<String, BTreeMap<String, String>>,
+    /// The values of the Secrets it refers to that exist, by name.
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// The node's CPU (millicores) and memory (bytes): what
+    /// `resourceFieldRef` reports for a limit that is not set.
+    pub node_cpu_millis: i64,
+    /// See [`EnvFacts::node_cpu_millis`].
+    pub node_memory_bytes: i64,
 }
+
+/// The names of the ConfigMaps and Secrets a pod's containers take
+/// environment from (`valueFrom` and `envFrom`), so only those are read.
+pub fn referenced_objects(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut config_maps = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    let spec = pod.spec.as_ref();
+    let containers = spec.into_iter().flat_map(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+    });
+    for c in containers {
+        for var in c.env.iter().flatten() {
+            if let Some(from) = &var.value_from {
+                if let Some(r) = &from.config_map_key_ref {
+                    config_maps.insert(r.name.clone());
+                }
+                if let Some(r) = &from.secret_key_ref {
+                    secrets.insert(r.name.clone());
+                }
+            }
+        }
+        for from in c.env_from.iter().flatten() {
+            if let Some(r) = &from.config_map_ref {
+                config_maps.insert(r.name.clone());
+            }
+            if let Some(r) = &from.secret_ref {
+                secrets.insert(r.name.clone());
+            }
+        }
+    }
+    (config_maps, secrets)
+}
+
+/// Why a container cannot be configured (`CreateContainerConfigError`):
+/// the kubelet's message, e.g. `configmap "app" not found`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
 
 /// Instance facts recorded on the container for later passes.
 #[derive(Debug, Clone)]
@@ -137,7 +187,9 @@ pub struct Instance<'a> {
     pub image_ref: &'a str,
 }
 
-/// A container config, plus warnings about fields not supported yet.
+/// A container config, plus warnings about fields not supported yet; an
+/// error when its environment refers to a ConfigMap, Secret or key that
+/// does not exist and is not optional.
 pub fn container_config(
     pod: &Pod,
     desired: &DesiredPod,
@@ -145,9 +197,9 @@ pub fn container_config(
     node: &str,
     instance: &Instance<'_>,
     facts: &EnvFacts,
-) -> (ContainerConfig, Vec<String>) {
+) -> Result<(ContainerConfig, Vec<String>), ConfigError> {
     let mut warnings = unsupported_fields(container);
-    let (envs, env_warnings) = environment(pod, container, facts);
+    let (envs, env_warnings) = environment(pod, container, facts)?;
     warnings.extend(env_warnings);
     let lookup: HashMap<&str, &str> = envs
         .iter()
@@ -197,17 +249,12 @@ pub fn container_config(
         tty: container.tty.unwrap_or(false),
         ..Default::default()
     };
-    (config, warnings)
+    Ok((config, warnings))
 }
 
 fn unsupported_fields(c: &Container) -> Vec<String> {
     let mut w = Vec::new();
     let name = &c.name;
-    if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
-        w.push(format!(
-            "container {name}: envFrom is not supported yet; ignored"
-        ));
-    }
     if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
         w.push(format!(
             "container {name}: volumeMounts are not supported yet; ignored"
@@ -248,48 +295,205 @@ fn unsupported_fields(c: &Container) -> Vec<String> {
     w
 }
 
-/// The container's environment in order, each value expanded against the
-/// variables before it, as Kubernetes does.
-fn environment(pod: &Pod, c: &Container, facts: &EnvFacts) -> (Vec<KeyValue>, Vec<String>) {
+/// The container's environment in order, as the kubelet builds it: the
+/// service variables, then `envFrom` sources in order (keys that are not
+/// valid variable names skipped with a warning), then `env`, each value
+/// expanded against the variables before it; a later variable replaces an
+/// earlier one of the same name.
+fn environment(
+    pod: &Pod,
+    c: &Container,
+    facts: &EnvFacts,
+) -> Result<(Vec<KeyValue>, Vec<String>), ConfigError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut out: Vec<KeyValue> = facts.service_env.clone();
     let mut warnings = Vec::new();
+    let set = |out: &mut Vec<KeyValue>, key: String, value: String| {
+        out.retain(|kv| kv.key != key);
+        out.push(KeyValue { key, value });
+    };
+    for from in c.env_from.iter().flatten() {
+        let (kind, name, optional, entries) = if let Some(r) = &from.config_map_ref {
+            (
+                "configmap",
+                &r.name,
+                r.optional,
+                facts.config_maps.get(&r.name),
+            )
+        } else if let Some(r) = &from.secret_ref {
+            ("secret", &r.name, r.optional, facts.secrets.get(&r.name))
+        } else {
+            continue;
+        };
+        let Some(entries) = entries else {
+            if optional == Some(true) {
+                continue;
+            }
+            return Err(ConfigError(format!("{kind} {name:?} not found")));
+        };
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        let mut invalid = Vec::new();
+        for (key, value) in entries {
+            let key = format!("{prefix}{key}");
+            if commitd_api::validation::is_env_var_name(&key) {
+                set(&mut out, key, value.clone());
+            } else {
+                invalid.push(key);
+            }
+        }
+        if !invalid.is_empty() {
+            warnings.push(format!(
+                "container {}: keys [{}] from {kind} {name} are not valid environment variable names; skipped",
+                c.name,
+                invalid.join(", ")
+            ));
+        }
+    }
     for var in c.env.iter().flatten() {
-        let value = if let Some(source) = &var.value_from {
-            match source.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some(path) => match field_value(pod, path, facts) {
-                    Some(v) => v,
-                    None => {
+        let value = match &var.value_from {
+            None => {
+                let raw = var.value.clone().unwrap_or_default();
+                expand(&raw, &|name| {
+                    out.iter()
+                        .rev()
+                        .find(|kv| kv.key == name)
+                        .map(|kv| kv.value.clone())
+                })
+            }
+            Some(source) => {
+                let found = if let Some(f) = &source.field_ref {
+                    let path = f.field_path.as_str();
+                    Some(field_value(pod, path, facts).unwrap_or_else(|| {
                         warnings.push(format!(
                             "container {}: env {}: fieldRef {path:?} is not supported; set to \"\"",
                             c.name, var.name
                         ));
                         String::new()
+                    }))
+                } else if let Some(r) = &source.resource_field_ref {
+                    match resource_value(pod, c, r, facts) {
+                        Ok(v) => Some(v),
+                        Err(why) => {
+                            warnings.push(format!(
+                                "container {}: env {}: {why}; set to \"\"",
+                                c.name, var.name
+                            ));
+                            Some(String::new())
+                        }
                     }
-                },
-                None => {
-                    warnings.push(format!(
-                        "container {}: env {}: only valueFrom.fieldRef is supported yet; skipped",
-                        c.name, var.name
-                    ));
-                    continue;
+                } else if let Some(r) = &source.config_map_key_ref {
+                    let map = facts.config_maps.get(&r.name);
+                    key_value(
+                        map,
+                        "configmap",
+                        "ConfigMap",
+                        namespace,
+                        &r.name,
+                        &r.key,
+                        r.optional,
+                    )?
+                } else if let Some(r) = &source.secret_key_ref {
+                    let map = facts.secrets.get(&r.name);
+                    key_value(
+                        map, "secret", "Secret", namespace, &r.name, &r.key, r.optional,
+                    )?
+                } else {
+                    None
+                };
+                match found {
+                    Some(v) => v,
+                    // An optional source that is missing: no variable.
+                    None => continue,
                 }
             }
-        } else {
-            let raw = var.value.clone().unwrap_or_default();
-            expand(&raw, &|name| {
-                out.iter()
-                    .rev()
-                    .find(|kv| kv.key == name)
-                    .map(|kv| kv.value.clone())
-            })
         };
-        out.retain(|kv| kv.key != var.name);
-        out.push(KeyValue {
-            key: var.name.clone(),
-            value,
-        });
+        set(&mut out, var.name.clone(), value);
     }
-    (out, warnings)
+    Ok((out, warnings))
+}
+
+/// One key of a ConfigMap or Secret: `Ok(None)` when the object or key
+/// is missing and the reference is optional.
+fn key_value(
+    map: Option<&BTreeMap<String, String>>,
+    kind: &str,
+    title: &str,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    optional: Option<bool>,
+) -> Result<Option<String>, ConfigError> {
+    let optional = optional == Some(true);
+    let Some(map) = map else {
+        return if optional {
+            Ok(None)
+        } else {
+            Err(ConfigError(format!("{kind} {name:?} not found")))
+        };
+    };
+    match map.get(key) {
+        Some(v) => Ok(Some(v.clone())),
+        None if optional => Ok(None),
+        None => Err(ConfigError(format!(
+            "couldn't find key {key} in {title} {namespace}/{name}"
+        ))),
+    }
+}
+
+/// `resourceFieldRef`: a container's request or limit divided by the
+/// divisor and rounded up, as the kubelet reports it. An unset limit is the
+/// node's capacity; an unset request is the limit if set, else 0.
+fn resource_value(
+    pod: &Pod,
+    c: &Container,
+    r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
+    facts: &EnvFacts,
+) -> Result<String, String> {
+    use commitd_api::quantity::{cpu_millis, memory_bytes};
+    let container = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+        None => c,
+        Some(name) => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.iter().find(|x| x.name == name))
+            .ok_or_else(|| format!("resourceFieldRef: no container {name:?}"))?,
+    };
+    let unsupported = || format!("resourceFieldRef: unsupported resource {:?}", r.resource);
+    let (section, resource) = r.resource.split_once('.').ok_or_else(unsupported)?;
+    // Amounts in millicores for cpu, bytes for memory.
+    let (amount_of, node): (fn(&_) -> _, i64) = match resource {
+        "cpu" => (cpu_millis, facts.node_cpu_millis),
+        "memory" => (memory_bytes, facts.node_memory_bytes),
+        _ => return Err(unsupported()),
+    };
+    let bad = |e| format!("resourceFieldRef {}: {e}", r.resource);
+    let resources = container.resources.as_ref();
+    let limit = resources
+        .and_then(|x| x.limits.as_ref())
+        .and_then(|m| m.get(resource));
+    let request = resources
+        .and_then(|x| x.requests.as_ref())
+        .and_then(|m| m.get(resource));
+    let amount = match (section, request, limit) {
+        ("limits", _, Some(q)) | ("requests", Some(q), _) | ("requests", None, Some(q)) => {
+            amount_of(q).map_err(bad)?
+        }
+        ("limits", _, None) => node,
+        ("requests", None, None) => 0,
+        _ => return Err(unsupported()),
+    };
+    let divisor = match &r.divisor {
+        Some(d) => amount_of(d).map_err(bad)?,
+        None if resource == "cpu" => 1000,
+        None => 1,
+    };
+    if divisor <= 0 {
+        return Err(format!(
+            "resourceFieldRef {}: divisor must be positive",
+            r.resource
+        ));
+    }
+    Ok(((amount + divisor - 1) / divisor).to_string())
 }
 
 /// The downward-API value of `path`, for the fields the node knows.
@@ -466,7 +670,8 @@ mod tests {
             image_ref: "sha256:1",
         };
         let (c, warnings) =
-            container_config(&p, &d, container, "n1", &instance, &EnvFacts::default());
+            container_config(&p, &d, container, "n1", &instance, &EnvFacts::default())
+                .expect("config");
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c.args, vec!["echo hello world $(MISSING) $(GREETING)"]);
         assert_eq!(c.log_path, "c/3.log");
@@ -516,5 +721,131 @@ mod tests {
             unsupported_fields(c),
             vec!["container c: volumeMounts are not supported yet; ignored"]
         );
+    }
+
+    fn with_env(env: serde_json::Value, env_from: serde_json::Value) -> Pod {
+        let mut p = pod();
+        if let Some(spec) = p.spec.as_mut() {
+            let c = &mut spec.containers[0];
+            c.env = serde_json::from_value(env).expect("env");
+            c.env_from = serde_json::from_value(env_from).expect("envFrom");
+            c.resources = serde_json::from_value(serde_json::json!({
+                "limits": {"memory": "64Mi"}, "requests": {"cpu": "250m"}
+            }))
+            .expect("resources");
+        }
+        p
+    }
+
+    fn sources() -> EnvFacts {
+        let map = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        EnvFacts {
+            config_maps: BTreeMap::from([(
+                "app".to_string(),
+                map(&[("mode", "fast"), ("LEVEL", "3"), ("bad key", "x")]),
+            )]),
+            secrets: BTreeMap::from([("db".to_string(), map(&[("password", "s3cret")]))]),
+            node_cpu_millis: 2000,
+            node_memory_bytes: 8 << 30,
+            ..EnvFacts::default()
+        }
+    }
+
+    fn env_of(
+        p: &Pod,
+        facts: &EnvFacts,
+    ) -> Result<(Vec<(String, String)>, Vec<String>), ConfigError> {
+        let c = &p.spec.as_ref().expect("spec").containers[0];
+        let (envs, warnings) = environment(p, c, facts)?;
+        Ok((
+            envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            warnings,
+        ))
+    }
+
+    #[test]
+    fn env_comes_from_config_maps_secrets_and_resources() {
+        let p = with_env(
+            serde_json::json!([
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "mode"}}},
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}},
+                {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k", "optional": true}}},
+                {"name": "MEM_MI", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+                {"name": "CPU_LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
+                {"name": "CPU_REQ_M", "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1m"}}},
+                {"name": "LEVEL", "value": "env wins over envFrom: $(APP_LEVEL)"}
+            ]),
+            serde_json::json!([
+                {"configMapRef": {"name": "app"}, "prefix": "APP_"},
+                {"secretRef": {"name": "absent", "optional": true}}
+            ]),
+        );
+        let (env, warnings) = env_of(&p, &sources()).expect("environment");
+        assert_eq!(
+            env,
+            [
+                ("APP_LEVEL", "3"),
+                ("APP_mode", "fast"),
+                ("MODE", "fast"),
+                ("PASSWORD", "s3cret"),
+                ("MEM_MI", "64"),
+                ("CPU_LIMIT", "2"),
+                ("CPU_REQ_M", "250"),
+                ("LEVEL", "env wins over envFrom: 3"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .to_vec()
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("[APP_bad key]"), "{warnings:?}");
+    }
+
+    #[test]
+    fn missing_sources_are_config_errors_in_the_kubelet_words() {
+        let cases = [
+            (
+                serde_json::json!([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "nope", "key": "k"}}}]),
+                serde_json::json!([]),
+                "configmap \"nope\" not found",
+            ),
+            (
+                serde_json::json!([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "nokey"}}}]),
+                serde_json::json!([]),
+                "couldn't find key nokey in ConfigMap demo/app",
+            ),
+            (
+                serde_json::json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "db", "key": "user"}}}]),
+                serde_json::json!([]),
+                "couldn't find key user in Secret demo/db",
+            ),
+            (
+                serde_json::json!([]),
+                serde_json::json!([{"secretRef": {"name": "tls"}}]),
+                "secret \"tls\" not found",
+            ),
+        ];
+        for (env, env_from, message) in cases {
+            let p = with_env(env, env_from);
+            assert_eq!(
+                env_of(&p, &sources()),
+                Err(ConfigError(message.to_string()))
+            );
+        }
+    }
+
+    #[test]
+    fn referenced_objects_cover_env_and_env_from() {
+        let p = with_env(
+            serde_json::json!([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}}]),
+            serde_json::json!([{"configMapRef": {"name": "app"}}]),
+        );
+        let (cms, secrets) = referenced_objects(&p);
+        assert_eq!(cms.into_iter().collect::<Vec<_>>(), ["app"]);
+        assert_eq!(secrets.into_iter().collect::<Vec<_>>(), ["db"]);
     }
 }

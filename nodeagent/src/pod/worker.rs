@@ -3,7 +3,7 @@
 //! left. One worker per pod uid, so two reconciles of one pod never run at
 //! once, and a slow image pull stalls nobody else.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use commitd_api::backoff::Backoff;
 use commitd_api::reflector::Cache;
 use commitd_api::Store;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -21,7 +21,7 @@ use super::decide::{decide, Memory, PodState, PullFailure, Step};
 use super::desired::{DesiredContainer, DesiredPod, PullPolicy};
 use super::observe::{observe, Observed};
 use super::service_links::{self, ClusterDns};
-use super::spec::{container_config, sandbox_config, EnvFacts, Instance};
+use super::spec::{container_config, referenced_objects, sandbox_config, EnvFacts, Instance};
 use super::{cgroup_parent, log_dir_name, now_ns, sanitize};
 use crate::cri::proto::PodSandboxConfig;
 use crate::cri::{cgroup_cleanup, Cri, CriError};
@@ -54,6 +54,14 @@ pub struct WorkerContext {
     pub cluster_dns: Option<ClusterDns>,
     /// The Services, for the service environment variables.
     pub services: Cache<Service>,
+    /// ConfigMaps and Secrets, for environment variables.
+    pub config_maps: Cache<ConfigMap>,
+    /// See [`WorkerContext::config_maps`].
+    pub secrets: Cache<Secret>,
+    /// The node's CPU in millicores, for `resourceFieldRef` without a limit.
+    pub node_cpu_millis: i64,
+    /// The node's memory in bytes, likewise.
+    pub node_memory_bytes: i64,
 }
 
 impl WorkerContext {
@@ -451,11 +459,16 @@ impl Worker {
                 return Ok(Outcome::Again);
             }
         };
+        let (config_maps, secrets) = self.env_sources(pod, &desired.namespace);
         let facts = EnvFacts {
             node_name: self.ctx.node_name.clone(),
             host_ip: self.ctx.host_ip.clone(),
             pod_ip: sandbox.ip.map(|ip| ip.to_string()),
             service_env: service_links::service_env(pod, &self.ctx.services.list()),
+            config_maps,
+            secrets,
+            node_cpu_millis: self.ctx.node_cpu_millis,
+            node_memory_bytes: self.ctx.node_memory_bytes,
         };
         let instance = Instance {
             restart_count,
@@ -464,7 +477,18 @@ impl Worker {
             image_ref: &image_ref,
         };
         let (config, warnings) =
-            container_config(pod, desired, spec, &self.ctx.node_name, &instance, &facts);
+            match container_config(pod, desired, spec, &self.ctx.node_name, &instance, &facts) {
+                Ok(built) => {
+                    self.memory.config_errors.remove(name);
+                    built
+                }
+                Err(e) => {
+                    self.memory
+                        .config_errors
+                        .insert(name.to_string(), e.to_string());
+                    return Err(anyhow!(e).context(format!("configuring container {name}")));
+                }
+            };
         for note in warnings {
             if self.warned.insert(note.clone()) {
                 warn!("{note}");
@@ -492,6 +516,43 @@ impl Worker {
                 Err(anyhow!(e).context(format!("starting container {name}")))
             }
         }
+    }
+
+    /// The ConfigMaps and Secrets the pod takes environment from, as far as
+    /// they exist: ConfigMap `data`, Secret `data` (as text) with
+    /// `stringData` over it.
+    #[allow(clippy::type_complexity)]
+    fn env_sources(
+        &self,
+        pod: &Pod,
+        namespace: &str,
+    ) -> (
+        BTreeMap<String, BTreeMap<String, String>>,
+        BTreeMap<String, BTreeMap<String, String>>,
+    ) {
+        let (cm_names, secret_names) = referenced_objects(pod);
+        let config_maps = cm_names
+            .into_iter()
+            .filter_map(|name| {
+                let cm = self.ctx.config_maps.get(Some(namespace), &name)?;
+                Some((name, cm.data.clone().unwrap_or_default()))
+            })
+            .collect();
+        let secrets = secret_names
+            .into_iter()
+            .filter_map(|name| {
+                let secret = self.ctx.secrets.get(Some(namespace), &name)?;
+                let mut values: BTreeMap<String, String> = secret
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect();
+                values.extend(secret.string_data.clone().unwrap_or_default());
+                Some((name, values))
+            })
+            .collect();
+        (config_maps, secrets)
     }
 
     /// Makes the image available per the pull policy. The error carries

@@ -1,0 +1,141 @@
+//! Configuration end to end, with real containers under `commitd up`: a
+//! pod whose environment comes from a ConfigMap and a Secret that are not
+//! in Git yet waits in `CreateContainerConfigError` with the kubelet's
+//! message, and starts, with the values, as soon as a later commit adds
+//! them.
+
+mod support;
+
+use commitd_nodeagent::cri::Cri;
+use serde_json::Value;
+use support::cli::running_containers;
+use support::cluster::{Cluster, Network, WAIT};
+use support::wait::until;
+
+const NETWORK: Network = Network {
+    bridge: "cdcfg0",
+    pod_cidr: "10.224.0.0/24",
+    service_cidr: "10.100.24.0/24",
+    node_name: "config-node",
+    dns_port: 10224,
+    proxy_table: "cdcfg",
+};
+
+const POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: configured
+  namespace: demo
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: app
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
+      env:
+        - name: MODE
+          valueFrom: {configMapKeyRef: {name: app-config, key: mode}}
+        - name: PASSWORD
+          valueFrom: {secretKeyRef: {name: db, key: password}}
+        - name: OPTIONAL
+          valueFrom: {configMapKeyRef: {name: nowhere, key: x, optional: true}}
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - name: SUMMARY
+          value: $(MODE) mode for $(POD_NAME)
+      envFrom:
+        - configMapRef: {name: app-config}
+          prefix: CFG_
+"#;
+
+const CONFIG: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app-config
+  namespace: demo
+data:
+  mode: fast
+  level: "3"
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: db
+  namespace: demo
+stringData:
+  password: s3cret
+"#;
+
+async fn pod(cluster: &Cluster) -> Result<Value, String> {
+    let (code, out, err) = cluster
+        .cli()
+        .run(&["get", "pod", "configured", "-n", "demo", "-o", "json"])
+        .await;
+    if code != 0 {
+        return Err(format!("get pod: {err}"));
+    }
+    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+}
+
+async fn env_of(cri: &Cri) -> Result<String, String> {
+    let id = running_containers(cri)
+        .await
+        .into_iter()
+        .find(|(_, pod)| pod == "configured")
+        .map(|(id, _)| id)
+        .ok_or("the container does not run")?;
+    let out = cri
+        .exec_sync(&id, &["env"], 10)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(out.stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_from_config_maps_and_secrets_waits_for_them() {
+    if !support::is_root() {
+        eprintln!("skipping: needs root for containerd and nftables");
+        return;
+    }
+    let mut cluster = Cluster::up(NETWORK).await;
+    cluster.wait_running(2, "hello from").await;
+
+    cluster.repo().write(
+        "configured.yaml",
+        &POD.replace("REGISTRY", &cluster.registry.addr),
+    );
+    cluster.repo().commit("A pod that needs configuration");
+    let waiting = until("CreateContainerConfigError", WAIT, || async {
+        let p = pod(&cluster).await?;
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        (w["reason"] == "CreateContainerConfigError")
+            .then(|| w["message"].as_str().unwrap_or_default().to_string())
+            .ok_or_else(|| p["status"].to_string())
+    })
+    .await;
+    assert_eq!(waiting, "configmap \"app-config\" not found");
+
+    cluster.repo().write("config.yaml", CONFIG);
+    cluster.repo().commit("Add the configuration");
+    let cri = cluster.cri().await;
+    let env = until("the container to run with its configuration", WAIT, || {
+        env_of(&cri)
+    })
+    .await;
+    let lines: Vec<&str> = env.lines().collect();
+    for expected in [
+        "MODE=fast",
+        "PASSWORD=s3cret",
+        "POD_NAME=configured",
+        "SUMMARY=fast mode for configured",
+        "CFG_mode=fast",
+        "CFG_level=3",
+    ] {
+        assert!(lines.contains(&expected), "{expected} missing in:\n{env}");
+    }
+    assert!(!env.contains("OPTIONAL="), "{env}");
+    let p = pod(&cluster).await.expect("pod");
+    assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    cluster.stop().await;
+}
