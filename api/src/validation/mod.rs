@@ -343,7 +343,7 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
                 "\"\"",
                 "must specify one of: `configMapRef` or `secretRef`",
             ),
-            [(field, name)] if name.is_empty() => errs.required(fp.key(field).key("name")),
+            [(field, "")] => errs.required(fp.key(field).key("name")),
             [_] => {}
             _ => errs.invalid(
                 fp.clone(),
