@@ -756,10 +756,10 @@ mod tests {
         }
     }
 
-    fn env_of(
-        p: &Pod,
-        facts: &EnvFacts,
-    ) -> Result<(Vec<(String, String)>, Vec<String>), ConfigError> {
+    /// Variables as pairs, and warnings.
+    type Env = (Vec<(String, String)>, Vec<String>);
+
+    fn env_of(p: &Pod, facts: &EnvFacts) -> Result<Env, ConfigError> {
         let c = &p.spec.as_ref().expect("spec").containers[0];
         let (envs, warnings) = environment(p, c, facts)?;
         Ok((
