@@ -30,8 +30,10 @@ enum Command {
     Nodeagent(cli::components::NodeAgentArgs),
     /// Show objects, like `kubectl get`.
     Get(cli::get::GetArgs),
-    /// Show one object in detail, like `kubectl describe` (services).
+    /// Show one object in detail, like `kubectl describe` (pods, services).
     Describe(cli::describe::DescribeArgs),
+    /// Print a container's log, like `kubectl logs` (pods on this machine).
+    Logs(cli::logs::LogsArgs),
     /// Show the applied commit, the last rejected one, nodes and workloads.
     Status(cli::ClusterArgs),
     /// Show every commit seen, newest first.
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
             Command::Nodeagent(a) => cli::components::nodeagent(a).await,
             Command::Get(a) => cli::get::run(a).await,
             Command::Describe(a) => cli::describe::run(a).await,
+            Command::Logs(a) => cli::logs::run(a).await,
             Command::Status(a) => cli::status::run(a).await,
             Command::History(a) => cli::history::run(a).await,
             Command::Validate(a) => cli::validate::run(&a.path),

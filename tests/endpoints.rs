@@ -743,5 +743,31 @@ async fn cli_scenario(store: &Store, endpoint: String) -> Result<()> {
         err.trim(),
         "Error from server (NotFound): services \"missing\" not found"
     );
+
+    let (code, out, err) = cli.run(&["describe", "pod", "web-1", "-n", NS]).await;
+    assert_eq!(code, 0, "{err}");
+    eprintln!("$ commitd describe pod web-1 -n {NS}\n{out}");
+    let field = |name: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.trim_start().strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_string())
+            .collect()
+    };
+    assert_eq!(field("Name"), vec!["web-1"], "{out}");
+    assert_eq!(field("Node"), vec!["node-1/"], "{out}");
+    assert_eq!(field("Status"), vec!["Running"], "{out}");
+    assert_eq!(field("IP"), vec!["10.244.0.1", "10.244.0.1"], "{out}");
+    assert_eq!(field("Image"), vec!["registry.local/web:1"], "{out}");
+    assert_eq!(field("Port"), vec!["8080/TCP"], "{out}");
+    assert_eq!(field("QoS Class"), vec!["BestEffort"], "{out}");
+    assert_eq!(field("Events"), vec!["<none>"], "{out}");
+    assert!(out.contains("\nContainers:\n  c:\n"), "{out}");
+
+    let (code, out, err) = cli.run(&["describe", "po/missing", "-n", NS]).await;
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(
+        err.trim(),
+        "Error from server (NotFound): pods \"missing\" not found"
+    );
     Ok(())
 }

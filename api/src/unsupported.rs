@@ -92,7 +92,7 @@ fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) 
             );
         }
         if let Some(r) = c.get("resources") {
-            check_keys(r, &cp.key("resources"), &["requests"], out);
+            check_keys(r, &cp.key("resources"), &["requests", "limits"], out);
         }
     }
 }
@@ -147,7 +147,6 @@ mod tests {
                 "spec.minReadySeconds",
                 "spec.template.spec.volumes",
                 "spec.template.spec.containers[0].lifecycle",
-                "spec.template.spec.containers[0].resources.limits",
             ]
         );
     }

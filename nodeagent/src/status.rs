@@ -15,6 +15,7 @@ use crate::pod::backoff::go_duration;
 use crate::pod::decide::{ContainerPlan, Decision, Memory};
 use crate::pod::desired::{DesiredPod, RestartPolicy};
 use crate::pod::observe::{ContainerInstance, InstanceState, Observed};
+use crate::pod::resources::qos_class;
 
 /// Condition types the node agent owns; all others (e.g. `PodScheduled`,
 /// set by the scheduler) are carried over untouched.
@@ -131,10 +132,14 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
         start_time: old.and_then(|s| s.start_time.clone()).or(Some(now)),
         container_statuses: Some(statuses),
         observed_generation: input.pod.metadata.generation,
-        // Fields others own (the scheduler's nominated node, the API
-        // server's QoS class) are kept as they were.
+        // The scheduler's nominated node is kept as it was. The QoS class
+        // (which the API server sets in Kubernetes) follows from the spec.
         nominated_node_name: old.and_then(|s| s.nominated_node_name.clone()),
-        qos_class: old.and_then(|s| s.qos_class.clone()),
+        qos_class: input
+            .pod
+            .spec
+            .as_ref()
+            .map(|s| qos_class(s).as_str().to_string()),
         ..Default::default()
     }
 }
@@ -530,6 +535,7 @@ mod tests {
         let s = build(&p, &obs, &Memory::default(), 20, None);
         assert_eq!(s.phase.as_deref(), Some("Running"));
         assert_eq!(s.pod_ip.as_deref(), Some("10.0.0.2"));
+        assert_eq!(s.qos_class.as_deref(), Some("BestEffort"));
         let c = &s.container_statuses.as_ref().unwrap()[0];
         assert!(c.ready);
         assert_eq!(c.restart_count, 1);

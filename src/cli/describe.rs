@@ -1,7 +1,8 @@
 //! `commitd describe`: one object in words, as `kubectl describe` prints
-//! it, for the kinds where a table row is not enough. Services first: their
+//! it, for the kinds where a table row is not enough. Services: their
 //! address, ports, node ports and the endpoints behind each port, and the
-//! commit and file they came from. Read-only, like every command but `up`.
+//! commit and file they came from. Pods: see [`super::describe_pod`].
+//! Read-only, like every command but `up`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,11 +10,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use commitd_api::k8s_openapi::api::core::v1::{Endpoints, Service};
+use commitd_api::k8s_openapi::api::core::v1::{Endpoints, Pod, Service};
 use commitd_api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
-use commitd_api::{Kind, Store};
+use commitd_api::{Kind, Object, Store};
 
+use super::describe_pod::describe_pod;
 use super::get::qualified_resource;
 use super::output::{self, format_endpoints, format_labels, tabbed};
 use super::ClusterArgs;
@@ -24,9 +27,9 @@ const MAX_ANNOTATION_LEN: usize = 140;
 /// Arguments of `commitd describe`, spelled as kubectl spells them.
 #[derive(Args, Debug)]
 pub struct DescribeArgs {
-    /// What to describe: KIND [NAME...] (e.g. `service web`, `svc`) or
-    /// KIND/NAME (e.g. `svc/web`). Without a name, every object of the
-    /// kind in the namespace. Kinds: services.
+    /// What to describe: KIND [NAME...] (e.g. `service web`, `pods`) or
+    /// KIND/NAME (e.g. `svc/web`, `po/web-1`). Without a name, every object
+    /// of the kind in the namespace. Kinds: pods, services.
     #[arg(value_name = "RESOURCE", required = true)]
     pub resources: Vec<String>,
     /// Namespace to read from.
@@ -56,27 +59,20 @@ pub async fn run(args: DescribeArgs) -> anyhow::Result<ExitCode> {
     let store = args.cluster.connect().await?;
     let scope = (!args.all_namespaces).then_some(args.namespace.as_str());
 
-    let mut services = Vec::new();
-    let mut missing = Vec::new();
-    if names.is_empty() {
-        services = super::list_objects::<Service>(&store, scope).await?;
+    let (described, missing) = if kind == Kind::Pod {
+        let (pods, missing) = fetch::<Pod>(&store, scope, &names).await?;
+        let now = Timestamp::now();
+        let described: Vec<String> = pods.iter().map(|p| describe_pod(p, now)).collect();
+        (described, missing)
     } else {
-        for name in &names {
-            let found = store
-                .get::<Service>(scope, name)
-                .await
-                .with_context(|| format!("reading service {name}"))?;
-            match found {
-                Some(svc) => services.push(svc),
-                None => missing.push(name.clone()),
-            }
+        let (services, missing) = fetch::<Service>(&store, scope, &names).await?;
+        let mut described = Vec::with_capacity(services.len());
+        for svc in &services {
+            let endpoints = endpoints_of(&store, svc).await?;
+            described.push(describe_service(svc, endpoints.as_ref()));
         }
-    }
-    let mut described = Vec::with_capacity(services.len());
-    for svc in &services {
-        let endpoints = endpoints_of(&store, svc).await?;
-        described.push(describe_service(svc, endpoints.as_ref()));
-    }
+        (described, missing)
+    };
     // kubectl separates descriptions with two blank lines.
     output::emit(&described.join("\n\n"))?;
     for name in &missing {
@@ -85,7 +81,7 @@ pub async fn run(args: DescribeArgs) -> anyhow::Result<ExitCode> {
             qualified_resource(kind)
         );
     }
-    if names.is_empty() && services.is_empty() {
+    if names.is_empty() && described.is_empty() {
         if args.all_namespaces {
             eprintln!("No resources found");
         } else {
@@ -107,7 +103,7 @@ fn parse(args: &[String]) -> Result<(Kind, Vec<String>), String> {
     let resolve = |word: &str| {
         let kind = Kind::from_cli(word)
             .ok_or_else(|| format!("the server doesn't have a resource type \"{word}\""))?;
-        if kind != Kind::Service {
+        if kind != Kind::Service && kind != Kind::Pod {
             return Err(format!(
                 "describing {} is not supported yet; try `commitd get {} -o yaml`",
                 kind.plural(),
@@ -128,7 +124,13 @@ fn parse(args: &[String]) -> Result<(Kind, Vec<String>), String> {
                         "arguments in resource/name form must have a single resource and name, got \"{arg}\""
                     )
                 })?;
-            kind = Some(resolve(k)?);
+            let this = resolve(k)?;
+            if kind.is_some_and(|k| k != this) {
+                return Err(format!(
+                    "describe takes one resource type at a time, got \"{first}\" and \"{arg}\""
+                ));
+            }
+            kind = Some(this);
             if !names.iter().any(|n| n == name) {
                 names.push(name.to_string());
             }
@@ -148,6 +150,33 @@ fn parse(args: &[String]) -> Result<(Kind, Vec<String>), String> {
         }
     }
     Ok((kind, names))
+}
+
+/// The named objects of a kind (and the names not found), or every one in
+/// scope when no name is given.
+async fn fetch<T: Object>(
+    store: &Store,
+    scope: Option<&str>,
+    names: &[String],
+) -> anyhow::Result<(Vec<T>, Vec<String>)> {
+    if names.is_empty() {
+        return Ok((super::list_objects::<T>(store, scope).await?, Vec::new()));
+    }
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for name in names {
+        let object = store.get::<T>(scope, name).await.with_context(|| {
+            format!(
+                "reading {} {name}",
+                T::STORE_KIND.name().to_ascii_lowercase()
+            )
+        })?;
+        match object {
+            Some(o) => found.push(o),
+            None => missing.push(name.clone()),
+        }
+    }
+    Ok((found, missing))
 }
 
 /// The Endpoints of the same namespace and name, if any.
@@ -264,7 +293,11 @@ fn none_if_empty(s: &str) -> String {
 
 /// kubectl's `printLabelsMultiline`: one `key=value` per line, sorted,
 /// continuation lines aligned under the first value.
-fn multiline_labels(w: &mut String, title: &str, labels: Option<&BTreeMap<String, String>>) {
+pub(super) fn multiline_labels(
+    w: &mut String,
+    title: &str,
+    labels: Option<&BTreeMap<String, String>>,
+) {
     let labels = labels.filter(|l| !l.is_empty());
     let Some(labels) = labels else {
         let _ = writeln!(w, "{title}:\t<none>");
@@ -283,7 +316,7 @@ fn multiline_labels(w: &mut String, title: &str, labels: Option<&BTreeMap<String
 /// kubectl's `printAnnotationsMultiline`: `key: value` per line, sorted;
 /// long or multi-line values go below their key, each line cut at
 /// kubectl's width.
-fn multiline_annotations(
+pub(super) fn multiline_annotations(
     w: &mut String,
     title: &str,
     annotations: Option<&BTreeMap<String, String>>,
@@ -351,9 +384,23 @@ mod tests {
             parse(&args(&["widgets"])),
             Err("the server doesn't have a resource type \"widgets\"".to_string())
         );
-        assert!(parse(&args(&["pods", "web"]))
-            .expect_err("pods are not described yet")
-            .contains("not supported yet"));
+        assert_eq!(
+            parse(&args(&["pods", "web"])),
+            Ok((Kind::Pod, vec!["web".to_string()]))
+        );
+        assert_eq!(parse(&args(&["pod"])), Ok((Kind::Pod, vec![])));
+        assert_eq!(
+            parse(&args(&["po/web-1", "po/web-2"])),
+            Ok((Kind::Pod, vec!["web-1".to_string(), "web-2".to_string()]))
+        );
+        assert_eq!(
+            parse(&args(&["deploy", "web"])),
+            Err("describing deployments is not supported yet; try `commitd get deployments -o yaml`"
+                .to_string())
+        );
+        assert!(parse(&args(&["svc/web", "po/web-1"]))
+            .expect_err("one kind at a time")
+            .contains("one resource type at a time"));
         assert!(parse(&args(&["svc/"])).is_err());
         assert!(parse(&args(&["svc,ep"])).is_err());
     }

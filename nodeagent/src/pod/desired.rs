@@ -158,17 +158,36 @@ fn desired_container(c: &Container) -> DesiredContainer {
 /// built from. Stable across processes and builds, unlike `DefaultHasher`,
 /// so a restarted agent does not mistake every container for changed.
 pub fn spec_hash(c: &Container) -> String {
-    let relevant = serde_json::json!({
+    let mut relevant = serde_json::json!({
         "name": c.name,
         "image": c.image,
         "command": c.command,
         "args": c.args,
         "env": c.env,
-        "envFrom": c.env_from,
         "workingDir": c.working_dir,
         "ports": c.ports,
     });
-    let text = relevant.to_string();
+    // Fields the agent learned to act on later join the hash only when
+    // set, so containers that do not use them keep their hash (and keep
+    // running) across an agent upgrade.
+    if let Some(map) = relevant.as_object_mut() {
+        let later = [
+            ("envFrom", serde_json::to_value(&c.env_from)),
+            ("resources", serde_json::to_value(&c.resources)),
+        ];
+        for (key, value) in later {
+            match value {
+                Ok(v) if !v.is_null() => {
+                    map.insert(key.to_string(), v);
+                }
+                _ => {}
+            }
+        }
+    }
+    fnv1a_hex(&relevant.to_string())
+}
+
+fn fnv1a_hex(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.as_bytes() {
         hash ^= u64::from(*byte);
@@ -261,5 +280,15 @@ mod tests {
         assert_eq!(h, spec_hash(&c.clone()));
         c.image = Some("a:2".into());
         assert_ne!(h, spec_hash(&c));
+        // A container that sets none of the fields added later hashes as
+        // before they were added: an upgraded agent does not restart it.
+        let before = serde_json::json!({
+            "name": c.name, "image": c.image, "command": c.command, "args": c.args,
+            "env": c.env, "workingDir": c.working_dir, "ports": c.ports,
+        });
+        assert_eq!(spec_hash(&c), fnv1a_hex(&before.to_string()));
+        c.resources = serde_json::from_value(serde_json::json!({"limits": {"memory": "1Gi"}}))
+            .expect("resources");
+        assert_ne!(spec_hash(&c), fnv1a_hex(&before.to_string()));
     }
 }

@@ -5,6 +5,8 @@
 //! - [`decide`]: the pure state machine — given both, the one next step;
 //! - [`backoff`]: Kubernetes' crash-loop back-off, derived from CRI alone;
 //! - [`spec`]: the CRI configs built from a Pod;
+//! - [`resources`]: requests and limits as CPU shares, quota and memory
+//!   limit, and the pod's QoS class;
 //! - [`service_links`]: the pod's DNS config and service environment;
 //! - [`worker`]: the task that runs one pod: observe, decide, report, act.
 //!
@@ -16,6 +18,7 @@ pub mod backoff;
 pub mod decide;
 pub mod desired;
 pub mod observe;
+pub mod resources;
 pub mod service_links;
 pub mod spec;
 pub mod worker;

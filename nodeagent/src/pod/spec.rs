@@ -15,11 +15,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod};
 
 use super::desired::DesiredPod;
+use super::resources::{container_resources, qos_class};
 use super::{cgroup_parent, ANNOTATION_BACKOFF, ANNOTATION_RESTART_COUNT, ANNOTATION_SPEC_HASH};
 use super::{LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 use crate::cri::proto::{
-    ContainerConfig, ContainerMetadata, DnsConfig, ImageSpec, KeyValue, LinuxPodSandboxConfig,
-    PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
+    ContainerConfig, ContainerMetadata, DnsConfig, ImageSpec, KeyValue, LinuxContainerConfig,
+    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
 };
 
 /// The labels that identify a pod's objects in the runtime.
@@ -247,6 +248,14 @@ pub fn container_config(
         stdin: container.stdin.unwrap_or(false),
         stdin_once: container.stdin_once.unwrap_or(false),
         tty: container.tty.unwrap_or(false),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(container_resources(
+                container,
+                qos_class(pod.spec.as_ref().unwrap_or(&Default::default())),
+                facts.node_memory_bytes,
+            )),
+            security_context: None,
+        }),
         ..Default::default()
     };
     Ok((config, warnings))
@@ -258,17 +267,6 @@ fn unsupported_fields(c: &Container) -> Vec<String> {
     if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
         w.push(format!(
             "container {name}: volumeMounts are not supported yet; ignored"
-        ));
-    }
-    // Requests are honoured (the scheduler places pods by them); limits
-    // are not enforced on the node yet.
-    if c.resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .is_some_and(|l| !l.is_empty())
-    {
-        w.push(format!(
-            "container {name}: resources.limits are not enforced yet; ignored"
         ));
     }
     if c.security_context.is_some() {
