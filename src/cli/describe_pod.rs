@@ -10,7 +10,6 @@
 //! that default to limits for the QoS class), the default is printed, so
 //! a manifest reads here as kubectl would print it on a Kubernetes cluster.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use commitd_api::k8s_openapi::api::core::v1::{
@@ -30,8 +29,6 @@ use super::output::{human_duration, tabbed};
 /// How Go prints a zero `time.Time` in RFC 1123 form, as kubectl does for
 /// a container state whose times are unset.
 const ZERO_TIME: &str = "Mon, 01 Jan 0001 00:00:00 +0000";
-/// The resources the QoS class is computed from.
-const QOS_RESOURCES: [&str; 2] = ["cpu", "memory"];
 
 /// Writes one line at kubectl's indentation `level` (two spaces each).
 macro_rules! put {
@@ -235,76 +232,11 @@ pub fn describe_probe(probe: &Probe) -> String {
     format!("unknown {attrs}")
 }
 
-/// The QoS class Kubernetes gives the pod (`GetPodQOS`), computed from the
-/// CPU and memory of its containers and init containers (or of the pod's
-/// own resources when it sets them), requests defaulting to limits as the
-/// API server defaults them: `Guaranteed` when every container limits both
-/// and requests equal limits, `BestEffort` when nothing is requested or
-/// limited, `Burstable` otherwise.
+/// The QoS class Kubernetes gives the pod, computed as the node agent
+/// computes it for the pod's status.
 pub fn qos_class(pod: &Pod) -> &'static str {
     let spec = pod.spec.clone().unwrap_or_default();
-    let groups: Vec<ResourceRequirements> = match spec.resources {
-        Some(pod_level) => vec![pod_level],
-        None => spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .map(|c| c.resources.clone().unwrap_or_default())
-            .collect(),
-    };
-    let mut requests: BTreeMap<&str, Quantity> = BTreeMap::new();
-    let mut limits: BTreeMap<&str, Quantity> = BTreeMap::new();
-    let mut guaranteed = true;
-    for group in &groups {
-        let limited = positive_qos_quantities(group.limits.as_ref());
-        let mut requested = positive_qos_quantities(group.requests.as_ref());
-        // Requests default to limits (`SetDefaults_Pod`); a request set to
-        // zero is kept, and counts as none.
-        let stated = group.requests.as_ref();
-        for (name, q) in &limited {
-            if !stated.is_some_and(|r| r.contains_key(*name)) {
-                requested.insert(name, *q);
-            }
-        }
-        if !QOS_RESOURCES.iter().all(|r| limited.contains_key(r)) {
-            guaranteed = false;
-        }
-        for (name, q) in requested {
-            *requests.entry(name).or_default() += q;
-        }
-        for (name, q) in limited {
-            *limits.entry(name).or_default() += q;
-        }
-    }
-    if requests.is_empty() && limits.is_empty() {
-        return "BestEffort";
-    }
-    let equal = requests
-        .iter()
-        .all(|(name, req)| limits.get(name) == Some(req));
-    if guaranteed && equal && requests.len() == limits.len() {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
-}
-
-/// The CPU and memory amounts above zero in a resource list (an amount
-/// that does not parse counts as none, as validation rejects it).
-fn positive_qos_quantities(
-    list: Option<&BTreeMap<String, K8sQuantity>>,
-) -> BTreeMap<&'static str, Quantity> {
-    let mut out = BTreeMap::new();
-    for name in QOS_RESOURCES {
-        let amount = list
-            .and_then(|l| l.get(name))
-            .and_then(|q| quantity::from_k8s(q).ok())
-            .filter(|q| q.nanos() > 0);
-        if let Some(q) = amount {
-            out.insert(name, q);
-        }
-    }
-    out
+    commitd_nodeagent::pod::resources::qos_class(&spec).as_str()
 }
 
 /// kubectl's `describeContainers`: a title, then each container with its

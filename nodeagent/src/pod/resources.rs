@@ -5,6 +5,8 @@
 //! node pressure best-effort containers go first.
 
 use commitd_api::quantity::{cpu_millis, memory_bytes};
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Container, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -42,7 +44,7 @@ impl QosClass {
 /// One resource of a container in the unit the kernel wants (millicores,
 /// bytes); `None` when not set or unreadable (validation rejects bad
 /// quantities before they get here).
-fn amount(list: Option<&std::collections::BTreeMap<String, Quantity>>, name: &str) -> Option<i64> {
+fn amount(list: Option<&BTreeMap<String, Quantity>>, name: &str) -> Option<i64> {
     let q = list?.get(name)?;
     match name {
         "cpu" => cpu_millis(q).ok(),
@@ -58,31 +60,65 @@ fn request_and_limit(r: Option<&ResourceRequirements>, name: &str) -> (Option<i6
     (request, limit)
 }
 
-/// The pod's QoS class, by Kubernetes' rules over all its containers
-/// (init containers included).
+/// The resources the QoS class is decided by.
+const QOS_RESOURCES: [&str; 2] = ["cpu", "memory"];
+
+/// The CPU and memory amounts above zero in a resource list.
+fn positive(list: Option<&BTreeMap<String, Quantity>>) -> BTreeMap<&'static str, i64> {
+    QOS_RESOURCES
+        .into_iter()
+        .filter_map(|name| Some((name, amount(list, name).filter(|v| *v > 0)?)))
+        .collect()
+}
+
+/// The pod's QoS class, as Kubernetes decides it (`GetPodQOS`): from the
+/// pod's own resources when it sets them, otherwise from all its
+/// containers (init containers included), requests defaulting to limits;
+/// `Guaranteed` when everything limits CPU and memory and requests equal
+/// limits, `BestEffort` when nothing is requested or limited (a zero
+/// counts as nothing), `Burstable` otherwise.
 pub fn qos_class(spec: &PodSpec) -> QosClass {
-    let containers: Vec<&Container> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let mut any = false;
+    let groups: Vec<Option<&ResourceRequirements>> = match &spec.resources {
+        Some(pod_level) => vec![Some(pod_level)],
+        None => spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .map(|c| c.resources.as_ref())
+            .collect(),
+    };
+    let mut requests: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, i64> = BTreeMap::new();
     let mut guaranteed = true;
-    for c in containers {
-        for name in ["cpu", "memory"] {
-            let (request, limit) = request_and_limit(c.resources.as_ref(), name);
-            if request.is_some_and(|v| v != 0) || limit.is_some_and(|v| v != 0) {
-                any = true;
-            }
-            if limit.is_none() || request != limit {
-                guaranteed = false;
+    for group in groups {
+        let limited = positive(group.and_then(|g| g.limits.as_ref()));
+        let mut requested = positive(group.and_then(|g| g.requests.as_ref()));
+        // A request left out is the limit; one set to zero stays zero.
+        let stated = group.and_then(|g| g.requests.as_ref());
+        for (name, v) in &limited {
+            if !stated.is_some_and(|r| r.contains_key(*name)) {
+                requested.insert(name, *v);
             }
         }
+        if !QOS_RESOURCES.iter().all(|r| limited.contains_key(r)) {
+            guaranteed = false;
+        }
+        for (name, v) in requested {
+            *requests.entry(name).or_default() += v;
+        }
+        for (name, v) in limited {
+            *limits.entry(name).or_default() += v;
+        }
     }
-    match (any, guaranteed) {
-        (false, _) => QosClass::BestEffort,
-        (true, true) => QosClass::Guaranteed,
-        (true, false) => QosClass::Burstable,
+    if requests.is_empty() && limits.is_empty() {
+        return QosClass::BestEffort;
+    }
+    let equal = requests.len() == limits.len()
+        && requests.iter().all(|(name, r)| limits.get(name) == Some(r));
+    if guaranteed && equal {
+        QosClass::Guaranteed
+    } else {
+        QosClass::Burstable
     }
 }
 
@@ -172,6 +208,39 @@ mod tests {
             QosClass::Burstable
         );
         assert_eq!(QosClass::Guaranteed.as_str(), "Guaranteed");
+        // Zero counts as unset; other resources do not count; requests
+        // written in other units still equal their limits.
+        for (resources, want) in [
+            (
+                serde_json::json!({"requests": {"cpu": "0"}}),
+                QosClass::BestEffort,
+            ),
+            (
+                serde_json::json!({"requests": {"ephemeral-storage": "1Gi"}}),
+                QosClass::BestEffort,
+            ),
+            (
+                serde_json::json!({"limits": {"cpu": "1", "memory": "1Gi"},
+                                   "requests": {"cpu": "1000m", "memory": "1024Mi"}}),
+                QosClass::Guaranteed,
+            ),
+            (
+                serde_json::json!({"limits": {"cpu": "1"}}),
+                QosClass::Burstable,
+            ),
+        ] {
+            assert_eq!(
+                qos_class(&spec(vec![container(resources.clone())])),
+                want,
+                "{resources}"
+            );
+        }
+        // Init containers count as containers do.
+        let mut s = spec(vec![equal]);
+        s.init_containers = Some(vec![container(
+            serde_json::json!({"requests": {"memory": "1Mi"}}),
+        )]);
+        assert_eq!(qos_class(&s), QosClass::Burstable);
     }
 
     #[test]
