@@ -10,6 +10,7 @@ use crate::kinds::Kind;
 /// Pod spec fields commitd acts on.
 const POD_SPEC: &[&str] = &[
     "containers",
+    "initContainers",
     "restartPolicy",
     "terminationGracePeriodSeconds",
     "nodeName",
@@ -68,14 +69,17 @@ fn check_keys(v: &Value, path: &FieldPath, allowed: &[&str], out: &mut Vec<(Fiel
 
 fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) {
     check_keys(spec, path, POD_SPEC, out);
-    for (i, c) in spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let cp = path.key("containers").index(i);
+    let lists = ["containers", "initContainers"].map(|key| {
+        let items = spec
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        items
+            .enumerate()
+            .map(move |(i, c)| (path.key(key).index(i), c))
+    });
+    for (cp, c) in lists.into_iter().flatten() {
         check_keys(c, &cp, CONTAINER, out);
         for (j, e) in c
             .get("env")

@@ -13,7 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::pod::backoff::go_duration;
 use crate::pod::decide::{ContainerPlan, Decision, Memory};
-use crate::pod::desired::{DesiredPod, RestartPolicy};
+use crate::pod::desired::{DesiredContainer, DesiredPod, RestartPolicy};
 use crate::pod::observe::{ContainerInstance, InstanceState, Observed};
 use crate::pod::resources::qos_class;
 
@@ -51,32 +51,47 @@ pub struct StatusInput<'a> {
 pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus {
     let now = to_time(input.now).unwrap_or(Time(Timestamp::UNIX_EPOCH));
     let old_conditions: &[PodCondition] = old.and_then(|s| s.conditions.as_deref()).unwrap_or(&[]);
-    let spec_containers = input
-        .pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or(&[]);
-    let statuses: Vec<ContainerStatus> = input
-        .desired
-        .containers
-        .iter()
-        .zip(input.decision.containers.iter())
-        .map(|(desired, (_, plan))| {
-            let image = spec_containers
+    let spec = input.pod.spec.as_ref();
+    let spec_containers: Vec<&k8s_openapi::api::core::v1::Container> = spec
+        .into_iter()
+        .flat_map(|s| {
+            s.containers
                 .iter()
-                .find(|c| c.name == desired.name)
-                .and_then(|c| c.image.clone())
-                .unwrap_or_else(|| desired.image.clone());
-            container_status(
-                &desired.name,
-                image,
-                &input.observed.instances_of(&desired.name),
-                plan,
-                input,
-            )
+                .chain(s.init_containers.iter().flatten())
         })
         .collect();
+    let statuses_of =
+        |desired: &[DesiredContainer], plans: &[(String, ContainerPlan)], init: bool| {
+            desired
+                .iter()
+                .zip(plans)
+                .map(|(desired, (_, plan))| {
+                    let image = spec_containers
+                        .iter()
+                        .find(|c| c.name == desired.name)
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_else(|| desired.image.clone());
+                    let mut s = container_status(
+                        &desired.name,
+                        image,
+                        &input.observed.instances_of(&desired.name),
+                        plan,
+                        input,
+                    );
+                    if init {
+                        // A completed init container reads ready, as in Kubernetes.
+                        s.ready = completed(&s);
+                    }
+                    s
+                })
+                .collect::<Vec<ContainerStatus>>()
+        };
+    let statuses = statuses_of(&input.desired.containers, &input.decision.containers, false);
+    let init_statuses = statuses_of(
+        &input.desired.init_containers,
+        &input.decision.init_containers,
+        true,
+    );
 
     let old_phase = old.and_then(|s| s.phase.as_deref());
     let terminal = matches!(old_phase, Some("Succeeded" | "Failed"));
@@ -86,6 +101,7 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
             input.desired.restart_policy,
             &statuses,
             input.desired.containers.len(),
+            &init_statuses,
         ),
     };
 
@@ -101,8 +117,14 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
         ),
     };
 
-    let mut conditions =
-        owned_conditions(&statuses, &phase, current.is_some(), old_conditions, &now);
+    let mut conditions = owned_conditions(
+        &statuses,
+        &init_statuses,
+        &phase,
+        current.is_some(),
+        old_conditions,
+        &now,
+    );
     conditions.extend(
         old_conditions
             .iter()
@@ -131,6 +153,7 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
         pod_ips,
         start_time: old.and_then(|s| s.start_time.clone()).or(Some(now)),
         container_statuses: Some(statuses),
+        init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         observed_generation: input.pod.metadata.generation,
         // The scheduler's nominated node is kept as it was. The QoS class
         // (which the API server sets in Kubernetes) follows from the spec.
@@ -144,8 +167,53 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
     }
 }
 
-/// The kubelet's `getPhase` for pods without init containers.
-pub fn phase(policy: RestartPolicy, statuses: &[ContainerStatus], spec_count: usize) -> String {
+/// Whether a container's current state is a successful exit.
+fn completed(s: &ContainerStatus) -> bool {
+    s.state
+        .as_ref()
+        .and_then(|st| st.terminated.as_ref())
+        .is_some_and(|t| t.exit_code == 0)
+}
+
+/// The kubelet's `getPhase`: a pod whose init containers have not all
+/// completed is Pending, or Failed once one failed under `Never`.
+pub fn phase(
+    policy: RestartPolicy,
+    statuses: &[ContainerStatus],
+    spec_count: usize,
+    init_statuses: &[ContainerStatus],
+) -> String {
+    let mut pending_init = 0;
+    let mut failed_init = 0;
+    for s in init_statuses {
+        let state = s.state.clone().unwrap_or_default();
+        let last_failed = s
+            .last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .is_some_and(|t| t.exit_code != 0);
+        if state.running.is_some() {
+            pending_init += 1;
+        } else if let Some(t) = &state.terminated {
+            if t.exit_code != 0 {
+                failed_init += 1;
+            }
+        } else if last_failed {
+            failed_init += 1;
+        } else {
+            pending_init += 1;
+        }
+    }
+    if failed_init > 0 && policy == RestartPolicy::Never {
+        return "Failed".to_string();
+    }
+    let app_started = statuses.iter().any(|s| {
+        let st = s.state.clone().unwrap_or_default();
+        st.running.is_some() || st.terminated.is_some()
+    });
+    if (pending_init > 0 || failed_init > 0) && !app_started {
+        return "Pending".to_string();
+    }
     let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     let unknown = spec_count.saturating_sub(statuses.len());
     for s in statuses {
@@ -189,6 +257,7 @@ pub fn phase(policy: RestartPolicy, statuses: &[ContainerStatus], spec_count: us
 
 fn owned_conditions(
     statuses: &[ContainerStatus],
+    init_statuses: &[ContainerStatus],
     phase: &str,
     sandbox_ready: bool,
     old: &[PodCondition],
@@ -216,7 +285,25 @@ fn owned_conditions(
             )),
         ),
     };
-    let initialized_reason = (phase == "Succeeded").then(|| "PodCompleted".to_string());
+    let incomplete: Vec<&str> = init_statuses
+        .iter()
+        .filter(|s| !completed(s))
+        .map(|s| s.name.as_str())
+        .collect();
+    let (initialized, initialized_reason, initialized_message) = if phase == "Succeeded" {
+        (true, Some("PodCompleted".to_string()), None)
+    } else if incomplete.is_empty() {
+        (true, None, None)
+    } else {
+        (
+            false,
+            Some("ContainersNotInitialized".to_string()),
+            Some(format!(
+                "containers with incomplete status: [{}]",
+                incomplete.join(" ")
+            )),
+        )
+    };
     vec![
         condition(
             old,
@@ -226,7 +313,14 @@ fn owned_conditions(
             None,
             now,
         ),
-        condition(old, "Initialized", true, initialized_reason, None, now),
+        condition(
+            old,
+            "Initialized",
+            initialized,
+            initialized_reason,
+            initialized_message,
+            now,
+        ),
         condition(old, "Ready", ready, reason.clone(), message.clone(), now),
         condition(old, "ContainersReady", ready, reason, message, now),
     ]
@@ -305,6 +399,10 @@ fn container_status(
         ),
         (ContainerPlan::Start { .. } | ContainerPlan::Resume { .. }, _) if run_error.is_some() => (
             waiting("RunContainerError", run_error.cloned()),
+            latest.filter(|l| l.has_exited()).map(terminated),
+        ),
+        (ContainerPlan::Initializing, _) => (
+            waiting("PodInitializing", None),
             latest.filter(|l| l.has_exited()).map(terminated),
         ),
         (_, None) => (waiting("ContainerCreating", None), None),
@@ -684,16 +782,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            phase(RestartPolicy::Never, &[run.clone(), term(0)], 2),
+            phase(RestartPolicy::Never, &[run.clone(), term(0)], 2, &[]),
             "Running"
         );
         assert_eq!(
-            phase(RestartPolicy::Never, &[term(1), term(0)], 2),
+            phase(RestartPolicy::Never, &[term(1), term(0)], 2, &[]),
             "Failed"
         );
-        assert_eq!(phase(RestartPolicy::OnFailure, &[term(1)], 1), "Running");
-        assert_eq!(phase(RestartPolicy::Always, &[term(0)], 1), "Running");
-        assert_eq!(phase(RestartPolicy::Always, &[run], 2), "Pending");
+        assert_eq!(
+            phase(RestartPolicy::OnFailure, &[term(1)], 1, &[]),
+            "Running"
+        );
+        assert_eq!(phase(RestartPolicy::Always, &[term(0)], 1, &[]), "Running");
+        assert_eq!(phase(RestartPolicy::Always, &[run], 2, &[]), "Pending");
     }
 
     use std::time::Duration;

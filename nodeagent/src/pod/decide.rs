@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::backoff;
-use super::desired::{DesiredContainer, DesiredPod, MIN_GRACE_SECONDS};
+use super::desired::{DesiredContainer, DesiredPod, RestartPolicy, MIN_GRACE_SECONDS};
 use super::observe::{ContainerInstance, InstanceState, Observed};
 use crate::probe::ProbeStatus;
 
@@ -147,6 +147,8 @@ pub enum ContainerPlan {
         /// Its id.
         id: String,
     },
+    /// An app container waiting for the init containers to complete.
+    Initializing,
     /// Waiting out the crash-loop back-off.
     CrashLoopBackOff {
         /// Restart allowed from (ns since the epoch).
@@ -249,6 +251,8 @@ pub struct Decision {
     pub state: PodState,
     /// `(container name, plan)` in spec order; empty in teardown.
     pub containers: Vec<(String, ContainerPlan)>,
+    /// The same for the init containers.
+    pub init_containers: Vec<(String, ContainerPlan)>,
     /// The next step.
     pub step: Step,
 }
@@ -306,6 +310,7 @@ fn teardown(pod: Option<&DesiredPod>, obs: &Observed, mem: &Memory) -> Decision 
     Decision {
         state,
         containers: Vec::new(),
+        init_containers: Vec::new(),
         step,
     }
 }
@@ -323,11 +328,30 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
     let current = ready.first().map(|s| s.id.as_str());
 
     let mut housekeeping = Housekeeping::default();
-    let mut plans = Vec::with_capacity(pod.containers.len());
-    for container in &pod.containers {
-        let instances = obs.instances_of(&container.name);
+    // Init containers run one at a time, in order, each to a successful
+    // exit, in the current sandbox (a new sandbox runs them again). A
+    // failed one is restarted with back-off unless the policy is Never,
+    // which fails the pod. App containers wait until all are done.
+    let init_policy = match pod.restart_policy {
+        RestartPolicy::Never => RestartPolicy::Never,
+        _ => RestartPolicy::OnFailure,
+    };
+    let mut init_plans = Vec::with_capacity(pod.init_containers.len());
+    let mut initialized = true;
+    let mut init_failed = false;
+    for container in &pod.init_containers {
+        if !initialized {
+            init_plans.push((container.name.clone(), ContainerPlan::Initializing));
+            continue;
+        }
+        let instances: Vec<&ContainerInstance> = obs
+            .instances_of(&container.name)
+            .into_iter()
+            .filter(|c| Some(c.sandbox_id.as_str()) == current)
+            .collect();
         let plan = plan_container(
             pod,
+            init_policy,
             container,
             &instances,
             current,
@@ -335,12 +359,43 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
             now,
             &mut housekeeping,
         );
+        let failed =
+            plan == ContainerPlan::Done && instances.first().is_some_and(|c| c.exit_code != 0);
+        init_failed |= failed;
+        initialized &= plan == ContainerPlan::Done && !failed;
+        init_plans.push((container.name.clone(), plan));
+    }
+    let mut plans = Vec::with_capacity(pod.containers.len());
+    for container in &pod.containers {
+        let plan = if init_failed {
+            ContainerPlan::Done
+        } else if !initialized {
+            ContainerPlan::Initializing
+        } else {
+            let instances = obs.instances_of(&container.name);
+            plan_container(
+                pod,
+                pod.restart_policy,
+                container,
+                &instances,
+                current,
+                mem,
+                now,
+                &mut housekeeping,
+            )
+        };
         plans.push((container.name.clone(), plan));
     }
     // Instances of containers no longer in the spec (cannot happen for
     // pods, whose container list is immutable; tidy them all the same).
+    let in_spec = |name: &str| {
+        pod.containers
+            .iter()
+            .chain(&pod.init_containers)
+            .any(|d| d.name == name)
+    };
     for c in &obs.containers {
-        if !pod.containers.iter().any(|d| d.name == c.name) {
+        if !in_spec(&c.name) {
             if c.is_running() {
                 housekeeping.kill.push(c.id.clone());
             } else {
@@ -350,7 +405,9 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
     }
 
     let all_done = plans.iter().all(|(_, p)| *p == ContainerPlan::Done);
-    let state = pod_state(&plans, current.is_some(), all_done);
+    let every_plan: Vec<(String, ContainerPlan)> =
+        init_plans.iter().chain(&plans).cloned().collect();
+    let state = pod_state(&every_plan, current.is_some(), all_done);
     let step = if let Some(duplicate) = ready.get(1) {
         Step::StopSandbox {
             id: duplicate.id.clone(),
@@ -377,18 +434,19 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
         Step::CreateSandbox {
             attempt: sandboxes.first().map_or(0, |s| s.attempt.saturating_add(1)),
         }
-    } else if let Some(step) = first_start(&plans) {
+    } else if let Some(step) = first_start(&every_plan) {
         step
     } else if let Some(id) = empty_dead_sandbox(obs, None) {
         Step::RemoveSandbox { id }
     } else {
         Step::Idle {
-            requeue: requeue(&plans, mem, now),
+            requeue: requeue(&every_plan, mem, now),
         }
     };
     Decision {
         state,
         containers: plans,
+        init_containers: init_plans,
         step,
     }
 }
@@ -413,9 +471,13 @@ fn pod_state(plans: &[(String, ContainerPlan)], has_sandbox: bool, all_done: boo
     }
 }
 
-/// The plan for one container, from its instances (newest first).
+/// The plan for one container, from its instances (newest first), under
+/// `policy` (the pod's, or for an init container the one the kubelet
+/// applies to it).
+#[allow(clippy::too_many_arguments)]
 fn plan_container(
     pod: &DesiredPod,
+    policy: RestartPolicy,
     container: &DesiredContainer,
     instances: &[&ContainerInstance],
     current_sandbox: Option<&str>,
@@ -497,7 +559,7 @@ fn plan_container(
             }
         }
         InstanceState::Exited | InstanceState::Unknown => {
-            if pod.terminal || (!stale && !pod.restart_policy.restarts(latest.exit_code)) {
+            if pod.terminal || (!stale && !policy.restarts(latest.exit_code)) {
                 return ContainerPlan::Done;
             }
             let next = if stale {
@@ -599,6 +661,7 @@ mod tests {
                     probes: Default::default(),
                 })
                 .collect(),
+            init_containers: Vec::new(),
             deletion_grace: None,
             grace_period: 30,
             terminal: false,
@@ -643,6 +706,103 @@ mod tests {
         let d = decide(Some(&p), &o, &Memory::default(), 3 * S);
         assert_eq!(d.state, PodState::Running);
         assert_eq!(d.step, Step::Idle { requeue: None });
+    }
+
+    fn with_init(policy: RestartPolicy) -> DesiredPod {
+        let mut p = pod(policy, &["a"]);
+        p.init_containers = pod(policy, &["i", "j"]).containers;
+        p
+    }
+
+    fn plans(d: &Decision) -> Vec<(&str, &ContainerPlan)> {
+        d.init_containers
+            .iter()
+            .chain(&d.containers)
+            .map(|(n, p)| (n.as_str(), p))
+            .collect()
+    }
+
+    #[test]
+    fn init_containers_run_in_order_to_completion_before_the_app() {
+        let p = with_init(RestartPolicy::Always);
+        let s0 = || sandbox("s0", 0, true);
+        let start = |name: &str, restart_count: u32| Step::StartContainer {
+            name: name.into(),
+            restart_count,
+            backoff: if restart_count == 0 {
+                Duration::ZERO
+            } else {
+                backoff::INITIAL
+            },
+        };
+        assert_eq!(step(&p, &obs(vec![s0()], vec![]), 1), start("i", 0));
+        let d = decide(
+            Some(&p),
+            &obs(vec![s0()], vec![running("i", 0, "s0", 1)]),
+            &Memory::default(),
+            2 * S,
+        );
+        assert_eq!(d.step, Step::Idle { requeue: None });
+        assert_eq!(d.state, PodState::Starting);
+        assert_eq!(
+            plans(&d),
+            [
+                ("i", &ContainerPlan::Running),
+                ("j", &ContainerPlan::Initializing),
+                ("a", &ContainerPlan::Initializing)
+            ]
+        );
+        let i_done = exited("i", 0, "s0", 1, 1, 0);
+        assert_eq!(
+            step(&p, &obs(vec![s0()], vec![i_done.clone()]), 3),
+            start("j", 0)
+        );
+        // A failed init container is restarted (OnFailure for the pod's
+        // Always), and the app still waits.
+        let j_failed = exited("j", 0, "s0", 3, 1, 1);
+        let d = decide(
+            Some(&p),
+            &obs(vec![s0()], vec![i_done.clone(), j_failed]),
+            &Memory::default(),
+            5 * S,
+        );
+        assert_eq!(d.step, start("j", 1));
+        assert_eq!(d.containers[0].1, ContainerPlan::Initializing);
+        let j_done = exited("j", 1, "s0", 5, 1, 0);
+        assert_eq!(
+            step(
+                &p,
+                &obs(vec![s0()], vec![i_done.clone(), j_done.clone()]),
+                7
+            ),
+            start("a", 0)
+        );
+        // A new sandbox runs them again.
+        let o = obs(
+            vec![sandbox("s0", 0, false), sandbox("s1", 1, true)],
+            vec![i_done, j_done],
+        );
+        assert_eq!(step(&p, &o, 9), start("i", 0));
+    }
+
+    #[test]
+    fn a_failed_init_container_fails_a_never_pod() {
+        let p = with_init(RestartPolicy::Never);
+        let o = obs(
+            vec![sandbox("s0", 0, true)],
+            vec![exited("i", 0, "s0", 1, 1, 2)],
+        );
+        let d = decide(Some(&p), &o, &Memory::default(), 3 * S);
+        assert_eq!(d.state, PodState::Completed);
+        assert_eq!(d.step, Step::StopSandbox { id: "s0".into() });
+        assert_eq!(
+            plans(&d),
+            [
+                ("i", &ContainerPlan::Done),
+                ("j", &ContainerPlan::Initializing),
+                ("a", &ContainerPlan::Done)
+            ]
+        );
     }
 
     #[test]

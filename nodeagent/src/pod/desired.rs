@@ -91,6 +91,8 @@ pub struct DesiredPod {
     pub restart_policy: RestartPolicy,
     /// `spec.containers`, in order.
     pub containers: Vec<DesiredContainer>,
+    /// `spec.initContainers`, in order.
+    pub init_containers: Vec<DesiredContainer>,
     /// Set when the pod is being deleted: the grace period in seconds.
     pub deletion_grace: Option<i64>,
     /// `spec.terminationGracePeriodSeconds` (default 30), for stops that
@@ -131,6 +133,12 @@ impl DesiredPod {
                 .unwrap_or_else(|| "default".to_string()),
             restart_policy: RestartPolicy::parse(spec.restart_policy.as_deref()),
             containers: spec.containers.iter().map(desired_container).collect(),
+            init_containers: spec
+                .init_containers
+                .iter()
+                .flatten()
+                .map(desired_container)
+                .collect(),
             deletion_grace,
             grace_period,
             terminal,

@@ -298,9 +298,6 @@ impl Worker {
             return;
         };
         let mut notes = Vec::new();
-        if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
-            notes.push("initContainers are not supported yet; ignored".to_string());
-        }
         if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
             notes.push("volumes are not supported yet; ignored".to_string());
         }
@@ -426,11 +423,17 @@ impl Worker {
         let spec = pod
             .spec
             .as_ref()
-            .and_then(|s| s.containers.iter().find(|c| c.name == name))
+            .and_then(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .find(|c| c.name == name)
+            })
             .with_context(|| format!("container {name} is not in the pod spec"))?;
         let wanted = desired
             .containers
             .iter()
+            .chain(&desired.init_containers)
             .find(|c| c.name == name)
             .with_context(|| format!("container {name} is not in the pod spec"))?;
         let log_dir = self.log_dir(desired);
