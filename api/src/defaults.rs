@@ -6,8 +6,8 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, PodSecurityContext, PodSpec, Probe, Secret, Service,
-    SessionAffinityConfig,
+    ClientIPConfig, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, PodSecurityContext,
+    PodSpec, Probe, Secret, Service, SessionAffinityConfig, Volume,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
@@ -28,6 +28,9 @@ pub fn pod_spec(spec: &mut PodSpec) {
     }
     for c in spec.init_containers.iter_mut().flatten() {
         container(c);
+    }
+    for v in spec.volumes.iter_mut().flatten() {
+        volume(v);
     }
 }
 
@@ -89,6 +92,55 @@ fn probe(p: &mut Probe) {
         }
         if get.scheme.as_deref().is_none_or(str::is_empty) {
             get.scheme = Some("HTTP".into());
+        }
+    }
+}
+
+/// The mode of the files of configMap, secret, downward API and projected
+/// volumes when none is given: 0644.
+const VOLUME_FILE_MODE: i32 = 0o644;
+
+/// Volume defaults: a volume with no source is an empty directory; file
+/// modes 0644; `hostPath.type` empty (no check of what is there); a pod
+/// field's `apiVersion` v1; service account tokens valid for an hour.
+fn volume(v: &mut Volume) {
+    let bare = Volume {
+        name: v.name.clone(),
+        ..Volume::default()
+    };
+    if *v == bare {
+        v.empty_dir = Some(EmptyDirVolumeSource::default());
+    }
+    if let Some(h) = v.host_path.as_mut() {
+        h.type_.get_or_insert_with(String::new);
+    }
+    if let Some(s) = v.secret.as_mut() {
+        s.default_mode.get_or_insert(VOLUME_FILE_MODE);
+    }
+    if let Some(c) = v.config_map.as_mut() {
+        c.default_mode.get_or_insert(VOLUME_FILE_MODE);
+    }
+    if let Some(d) = v.downward_api.as_mut() {
+        d.default_mode.get_or_insert(VOLUME_FILE_MODE);
+        d.items.iter_mut().flatten().for_each(downward_file);
+    }
+    if let Some(p) = v.projected.as_mut() {
+        p.default_mode.get_or_insert(VOLUME_FILE_MODE);
+        for s in p.sources.iter_mut().flatten() {
+            if let Some(d) = s.downward_api.as_mut() {
+                d.items.iter_mut().flatten().for_each(downward_file);
+            }
+            if let Some(t) = s.service_account_token.as_mut() {
+                t.expiration_seconds.get_or_insert(3600);
+            }
+        }
+    }
+}
+
+fn downward_file(f: &mut DownwardAPIVolumeFile) {
+    if let Some(r) = f.field_ref.as_mut() {
+        if r.api_version.as_deref().is_none_or(str::is_empty) {
+            r.api_version = Some("v1".into());
         }
     }
 }
@@ -300,5 +352,65 @@ mod tests {
         assert_eq!(data["b"].0, b"y");
         assert!(s.string_data.is_none());
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    }
+
+    #[test]
+    fn volumes_get_kubernetes_defaults() {
+        let mut spec: PodSpec = serde_json::from_value(serde_json::json!({
+            "containers": [{"name": "web", "image": "web:1"}],
+            "volumes": [
+                {"name": "bare"},
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "host", "hostPath": {"path": "/var/log"}},
+                {"name": "conf", "configMap": {"name": "web", "defaultMode": 0o755}},
+                {"name": "creds", "secret": {"secretName": "db"}},
+                {"name": "info", "downwardAPI": {"items": [
+                    {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+                {"name": "all", "projected": {"sources": [
+                    {"downwardAPI": {"items": [{"path": "uid",
+                        "fieldRef": {"apiVersion": "", "fieldPath": "metadata.uid"}}]}},
+                    {"serviceAccountToken": {"path": "token"}},
+                    {"serviceAccountToken": {"path": "short", "expirationSeconds": 600}}]}}
+            ]
+        }))
+        .expect("valid pod spec");
+        pod_spec(&mut spec);
+        let v = spec.volumes.expect("volumes");
+        assert_eq!(v[0].empty_dir, Some(EmptyDirVolumeSource::default()));
+        assert_eq!(v[1].empty_dir, Some(EmptyDirVolumeSource::default()));
+        assert!(v[1].host_path.is_none());
+        assert_eq!(
+            v[2].host_path.as_ref().and_then(|h| h.type_.as_deref()),
+            Some("")
+        );
+        assert_eq!(
+            v[3].config_map.as_ref().and_then(|c| c.default_mode),
+            Some(0o755)
+        );
+        assert_eq!(v[4].secret.as_ref().and_then(|s| s.default_mode), Some(420));
+        let info = v[5].downward_api.as_ref().expect("downwardAPI");
+        assert_eq!(info.default_mode, Some(420));
+        let items = info.items.as_ref().expect("items");
+        let field = items[0].field_ref.as_ref().expect("fieldRef");
+        assert_eq!(field.api_version.as_deref(), Some("v1"));
+        let all = v[6].projected.as_ref().expect("projected");
+        assert_eq!(all.default_mode, Some(420));
+        let sources = all.sources.as_ref().expect("sources");
+        let items = sources[0]
+            .downward_api
+            .as_ref()
+            .and_then(|d| d.items.as_ref());
+        let field = items.expect("items")[0]
+            .field_ref
+            .as_ref()
+            .expect("fieldRef");
+        assert_eq!(field.api_version.as_deref(), Some("v1"));
+        let expiry = |i: usize| {
+            sources[i]
+                .service_account_token
+                .as_ref()
+                .and_then(|t| t.expiration_seconds)
+        };
+        assert_eq!((expiry(1), expiry(2)), (Some(3600), Some(600)));
     }
 }

@@ -462,7 +462,7 @@ spec:
 
     #[test]
     fn yaml11_octal_is_read_as_kubernetes_reads_it() {
-        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n  volumes:\n  - name: v\n    configMap: {name: c, defaultMode: 0755}\n";
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: c, image: i}]\n  volumes:\n  - name: v\n    configMap: {name: c, defaultMode: 0755}\n  hostNetwork: true\n";
         let l = load(&[("p.yaml", pod)]);
         assert!(l.is_valid(), "{:?}", messages(&l));
         assert_eq!(
@@ -472,7 +472,7 @@ spec:
         // And the unsupported field is named in a warning, at its line.
         assert_eq!(
             messages(&l),
-            vec!["p.yaml:6: warning: spec.volumes: not supported by commitd yet; the field is stored but ignored"]
+            vec!["p.yaml:9: warning: spec.hostNetwork: not supported by commitd yet; the field is stored but ignored"]
         );
     }
 

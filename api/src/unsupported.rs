@@ -11,6 +11,7 @@ use crate::kinds::Kind;
 const POD_SPEC: &[&str] = &[
     "containers",
     "initContainers",
+    "volumes",
     "restartPolicy",
     "terminationGracePeriodSeconds",
     "nodeName",
@@ -18,6 +19,7 @@ const POD_SPEC: &[&str] = &[
     "dnsPolicy",
     "schedulerName",
     "enableServiceLinks",
+    "securityContext",
 ];
 /// Container fields commitd acts on.
 const CONTAINER: &[&str] = &[
@@ -29,6 +31,7 @@ const CONTAINER: &[&str] = &[
     "env",
     "envFrom",
     "ports",
+    "volumeMounts",
     "workingDir",
     "resources",
     "terminationMessagePath",
@@ -36,6 +39,7 @@ const CONTAINER: &[&str] = &[
     "livenessProbe",
     "readinessProbe",
     "startupProbe",
+    "securityContext",
 ];
 /// Deployment spec fields commitd acts on.
 const DEPLOYMENT_SPEC: &[&str] = &[
@@ -46,6 +50,32 @@ const DEPLOYMENT_SPEC: &[&str] = &[
     "revisionHistoryLimit",
 ];
 const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "template"];
+/// Pod `securityContext` fields commitd acts on; `supplementalGroupsPolicy`
+/// only as `Merge`, what it does anyway.
+const POD_SECURITY_CONTEXT: &[&str] = &[
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "supplementalGroups",
+    "fsGroup",
+    "seLinuxOptions",
+    "seccompProfile",
+    "appArmorProfile",
+];
+/// Container `securityContext` fields commitd acts on; `procMount` only as
+/// `Default`.
+const CONTAINER_SECURITY_CONTEXT: &[&str] = &[
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "readOnlyRootFilesystem",
+    "allowPrivilegeEscalation",
+    "privileged",
+    "capabilities",
+    "seLinuxOptions",
+    "seccompProfile",
+    "appArmorProfile",
+];
 
 fn empty(v: &Value) -> bool {
     match v {
@@ -67,8 +97,43 @@ fn check_keys(v: &Value, path: &FieldPath, allowed: &[&str], out: &mut Vec<(Fiel
     }
 }
 
+/// A `securityContext`: the fields not acted on, a field set to the one
+/// value that is what commitd does anyway excepted; and a Localhost
+/// seccomp profile, which keeps the container from starting.
+fn security_context(
+    sc: &Value,
+    path: &FieldPath,
+    allowed: &[&str],
+    defaults: &[(&str, &str)],
+    out: &mut Vec<(FieldPath, String)>,
+) {
+    let Some(map) = sc.as_object() else { return };
+    let rest: serde_json::Map<String, Value> = map
+        .iter()
+        .filter(|(k, v)| !defaults.contains(&(k.as_str(), v.as_str().unwrap_or_default())))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    check_keys(&Value::Object(rest), path, allowed, out);
+    let seccomp = sc.get("seccompProfile").and_then(|p| p.get("type"));
+    if seccomp.and_then(Value::as_str) == Some("Localhost") {
+        out.push((
+            path.key("seccompProfile").key("type"),
+            "Localhost profiles are not supported by commitd yet; the container will not be started".into(),
+        ));
+    }
+}
+
 fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) {
     check_keys(spec, path, POD_SPEC, out);
+    if let Some(sc) = spec.get("securityContext") {
+        security_context(
+            sc,
+            &path.key("securityContext"),
+            POD_SECURITY_CONTEXT,
+            &[("supplementalGroupsPolicy", "Merge")],
+            out,
+        );
+    }
     let lists = ["containers", "initContainers"].map(|key| {
         let items = spec
             .get(key)
@@ -97,6 +162,15 @@ fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) 
         }
         if let Some(r) = c.get("resources") {
             check_keys(r, &cp.key("resources"), &["requests", "limits"], out);
+        }
+        if let Some(sc) = c.get("securityContext") {
+            security_context(
+                sc,
+                &cp.key("securityContext"),
+                CONTAINER_SECURITY_CONTEXT,
+                &[("procMount", "Default")],
+                out,
+            );
         }
     }
 }
@@ -149,8 +223,33 @@ mod tests {
             got,
             vec![
                 "spec.minReadySeconds",
-                "spec.template.spec.volumes",
                 "spec.template.spec.containers[0].lifecycle",
+            ]
+        );
+    }
+
+    #[test]
+    fn security_context_fields_not_acted_on_are_named() {
+        let p = json!({"spec": {
+            "securityContext": {"runAsUser": 1000, "fsGroup": 2000, "supplementalGroupsPolicy": "Merge",
+                "sysctls": [{"name": "net.ipv4.ip_local_port_range", "value": "1024 65535"}],
+                "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}},
+            "containers": [{"name": "c", "image": "i", "securityContext": {
+                "runAsNonRoot": true, "readOnlyRootFilesystem": true, "procMount": "Default",
+                "capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": false}},
+                {"name": "d", "image": "i", "securityContext": {"procMount": "Unmasked",
+                "windowsOptions": {"runAsUserName": "x"}}}]}});
+        let got: Vec<String> = fields(Kind::Pod, &p)
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "spec.securityContext.sysctls",
+                "spec.securityContext.seccompProfile.type",
+                "spec.containers[1].securityContext.procMount",
+                "spec.containers[1].securityContext.windowsOptions",
             ]
         );
     }

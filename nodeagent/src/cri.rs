@@ -183,6 +183,27 @@ impl Cri {
         Ok(response.image.map(|i| i.id).filter(|id| !id.is_empty()))
     }
 
+    /// The user `image` runs as unless told otherwise, as the runtime
+    /// reports it (the kubelet's `getImageUser` asks the same); `None` when
+    /// the image is not on the node.
+    pub async fn image_user(&self, image: &str) -> Result<Option<ImageUser>, CriError> {
+        let request = ImageStatusRequest {
+            image: Some(image_spec(image)),
+            verbose: false,
+        };
+        let response = self
+            .image
+            .clone()
+            .image_status(request)
+            .await
+            .map_err(|s| CriError::call("ImageStatus", s))?
+            .into_inner();
+        Ok(response.image.map(|i| ImageUser {
+            uid: i.uid.map(|u| u.value),
+            username: i.username,
+        }))
+    }
+
     /// Creates and starts the pod's sandbox (network namespace, pause
     /// process) and returns its id. `runtime_handler` selects a
     /// RuntimeClass; empty means the runtime's default.
@@ -449,6 +470,16 @@ fn non_empty(op: &'static str, field: &str, value: String) -> Result<String, Cri
     } else {
         Ok(value)
     }
+}
+
+/// An image's own user (its `USER`), as CRI `ImageStatus` reports it: a
+/// uid when numeric, else the name; neither when the image sets none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageUser {
+    /// The numeric user, if the image names one.
+    pub uid: Option<i64>,
+    /// The user name, if the image's user is not numeric.
+    pub username: String,
 }
 
 /// What a command run with [`Cri::exec_sync`] left.

@@ -40,7 +40,6 @@ pub async fn drain(
     }
     while stops.join_next().await.is_some() {}
     let sandboxes = cri.list_pod_sandboxes(&labels).await?;
-    let pods_dir = state_dir.join("pods");
     for s in &sandboxes {
         cri.stop_pod_sandbox(&s.id)
             .await
@@ -49,7 +48,7 @@ pub async fn drain(
             .await
             .with_context(|| format!("removing sandbox {}", s.id))?;
         if let Some(uid) = s.labels.get(LABEL_POD_UID) {
-            remove_host_leftovers(&pods_dir, uid).await?;
+            remove_host_leftovers(state_dir, uid).await?;
         }
     }
     info!(

@@ -393,6 +393,10 @@ fn container_status(
                 latest.filter(|l| l.has_exited()).map(terminated),
             )
         }
+        (ContainerPlan::Start { .. }, None) if input.memory.volume_error.is_some() => (
+            waiting("ContainerCreating", input.memory.volume_error.clone()),
+            None,
+        ),
         (ContainerPlan::Start { .. }, _) if config_error.is_some() => (
             waiting("CreateContainerConfigError", config_error.cloned()),
             latest.filter(|l| l.has_exited()).map(terminated),

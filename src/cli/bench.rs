@@ -911,8 +911,16 @@ async fn start_direct_pod(
             pod_ip: None,
             ..EnvFacts::default()
         };
-        let (config, _) = container_config(pod, desired, spec, DIRECT_NODE, &instance, &facts)
-            .context("configuring the benchmark's container")?;
+        let (config, _) = container_config(
+            pod,
+            desired,
+            spec,
+            DIRECT_NODE,
+            &instance,
+            &facts,
+            Vec::new(),
+        )
+        .context("configuring the benchmark's container")?;
         let id = cri.create_container(&sandbox_id, &config, &sandbox).await?;
         cri.start_container(&id).await?;
     }

@@ -13,7 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use crate::field_path::FieldPath;
 
 mod probe;
+mod security;
 mod service;
+mod volumes;
 
 /// Field errors found in one object.
 #[derive(Debug, Default)]
@@ -232,6 +234,11 @@ pub(crate) fn labels(l: Option<&BTreeMap<String, String>>, p: &FieldPath, errs: 
 /// Validates a pod spec; `only_always` for workloads whose pods must
 /// restart (Deployments, ReplicaSets).
 pub fn pod_spec(spec: &PodSpec, p: &FieldPath, only_always: bool, errs: &mut FieldErrors) {
+    let vols = volumes::volumes(
+        spec.volumes.as_deref().unwrap_or_default(),
+        &p.key("volumes"),
+        errs,
+    );
     if spec.containers.is_empty() {
         errs.required(p.key("containers"));
     }
@@ -239,9 +246,13 @@ pub fn pod_spec(spec: &PodSpec, p: &FieldPath, only_always: bool, errs: &mut Fie
     let init = spec.init_containers.iter().flatten();
     for (i, c) in spec.containers.iter().enumerate() {
         container(c, &p.key("containers").index(i), &mut names, errs);
+        let mounts = p.key("containers").index(i).key("volumeMounts");
+        volumes::volume_mounts(c, &vols, &mounts, errs);
     }
     for (i, c) in init.enumerate() {
         container(c, &p.key("initContainers").index(i), &mut names, errs);
+        let mounts = p.key("initContainers").index(i).key("volumeMounts");
+        volumes::volume_mounts(c, &vols, &mounts, errs);
     }
     if let Some(rp) = spec.restart_policy.as_deref() {
         if only_always && rp != "Always" {
@@ -264,6 +275,9 @@ pub fn pod_spec(spec: &PodSpec, p: &FieldPath, only_always: bool, errs: &mut Fie
         }
     }
     labels(spec.node_selector.as_ref(), &p.key("nodeSelector"), errs);
+    if let Some(sc) = &spec.security_context {
+        security::pod_security_context(sc, &p.key("securityContext"), errs);
+    }
 }
 
 fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &mut FieldErrors) {
@@ -386,6 +400,9 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
         if let Some(pr) = pr {
             probe::probe(pr, kind, &p.key(field), errs);
         }
+    }
+    if let Some(sc) = &c.security_context {
+        security::security_context(sc, &p.key("securityContext"), errs);
     }
 }
 

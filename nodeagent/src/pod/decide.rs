@@ -105,6 +105,9 @@ pub struct Memory {
     pub host_cleaned: bool,
     /// What the probes of running instances found, by container name.
     pub probes: BTreeMap<String, ProbeStatus>,
+    /// Why the pod's volumes could not be set up (containers wait in
+    /// `ContainerCreating` meanwhile).
+    pub volume_error: Option<String>,
 }
 
 /// The named state of a pod on this node.

@@ -182,6 +182,8 @@ pub fn spec_hash(c: &Container) -> String {
         let later = [
             ("envFrom", serde_json::to_value(&c.env_from)),
             ("resources", serde_json::to_value(&c.resources)),
+            ("securityContext", serde_json::to_value(&c.security_context)),
+            ("volumeMounts", serde_json::to_value(&c.volume_mounts)),
         ];
         for (key, value) in later {
             match value {

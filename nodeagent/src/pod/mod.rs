@@ -7,7 +7,9 @@
 //! - [`spec`]: the CRI configs built from a Pod;
 //! - [`resources`]: requests and limits as CPU shares, quota and memory
 //!   limit, and the pod's QoS class;
+//! - [`security`]: the pod's and containers' `securityContext` over CRI;
 //! - [`service_links`]: the pod's DNS config and service environment;
+//! - [`volumes`]: emptyDir, hostPath and projected volumes on the node;
 //! - [`worker`]: the task that runs one pod: observe, decide, report, act.
 //!
 //! Nothing here trusts memory over the runtime: every pass starts from a
@@ -19,8 +21,10 @@ pub mod decide;
 pub mod desired;
 pub mod observe;
 pub mod resources;
+pub mod security;
 pub mod service_links;
 pub mod spec;
+pub mod volumes;
 pub mod worker;
 
 /// Label on every sandbox and container: the Pod's uid. The one identity

@@ -1,12 +1,13 @@
 //! The CRI configs of a pod's sandbox and containers, built from the Pod
 //! object. Pure, so what reaches the runtime is unit-tested field by field.
 //!
-//! Supported: command, args, env (`value`, and `valueFrom.fieldRef` for the
-//! downward-API fields known here), `$(VAR)` expansion as Kubernetes does
-//! it, workingDir, ports with hostPort, tty/stdin. Not yet: `envFrom`,
-//! config map / secret / resource env sources, volumes, resources,
-//! security contexts — each is reported as a warning naming the field
-//! instead of being dropped silently.
+//! Supported: command, args, env (values, ConfigMap and Secret keys,
+//! downward-API fields and resources) and `envFrom`, `$(VAR)` expansion as
+//! Kubernetes does it, workingDir, ports with hostPort, tty/stdin, volume
+//! mounts (prepared by [`super::volumes`]), resources (see
+//! [`super::resources`]) and security contexts (see [`super::security`]).
+//! What is not supported yet (lifecycle hooks, HTTPS probes) is reported as
+//! a warning naming the field instead of being dropped silently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -20,7 +21,7 @@ use super::{cgroup_parent, ANNOTATION_BACKOFF, ANNOTATION_RESTART_COUNT, ANNOTAT
 use super::{LABEL_CONTAINER_NAME, LABEL_NODE, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID};
 use crate::cri::proto::{
     ContainerConfig, ContainerMetadata, DnsConfig, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxPodSandboxConfig, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
+    LinuxPodSandboxConfig, Mount, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol,
 };
 
 /// The labels that identify a pod's objects in the runtime.
@@ -96,6 +97,7 @@ pub fn sandbox_config(
         annotations,
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent(&desired.uid),
+            security_context: Some(super::security::sandbox_security_context(&spec)),
             ..Default::default()
         }),
         ..Default::default()
@@ -198,6 +200,7 @@ pub fn container_config(
     node: &str,
     instance: &Instance<'_>,
     facts: &EnvFacts,
+    mounts: Vec<Mount>,
 ) -> Result<(ContainerConfig, Vec<String>), ConfigError> {
     let mut warnings = unsupported_fields(container);
     let (envs, env_warnings) = environment(pod, container, facts)?;
@@ -242,6 +245,7 @@ pub fn container_config(
         args: expand_all(&container.args),
         working_dir: container.working_dir.clone().unwrap_or_default(),
         envs,
+        mounts,
         labels,
         annotations,
         log_path: format!("{}/{}.log", container.name, instance.restart_count),
@@ -254,7 +258,7 @@ pub fn container_config(
                 qos_class(pod.spec.as_ref().unwrap_or(&Default::default())),
                 facts.node_memory_bytes,
             )),
-            security_context: None,
+            security_context: Some(super::security::container_security_context(pod, container)?),
         }),
         ..Default::default()
     };
@@ -264,16 +268,7 @@ pub fn container_config(
 fn unsupported_fields(c: &Container) -> Vec<String> {
     let mut w = Vec::new();
     let name = &c.name;
-    if c.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
-        w.push(format!(
-            "container {name}: volumeMounts are not supported yet; ignored"
-        ));
-    }
-    if c.security_context.is_some() {
-        w.push(format!(
-            "container {name}: securityContext is not supported yet; ignored"
-        ));
-    }
+    w.extend(super::security::unsupported_fields(c));
     if c.lifecycle.is_some() {
         w.push(format!(
             "container {name}: lifecycle is not supported yet; ignored"
@@ -441,7 +436,7 @@ fn key_value(
 /// `resourceFieldRef`: a container's request or limit divided by the
 /// divisor and rounded up, as the kubelet reports it. An unset limit is the
 /// node's capacity; an unset request is the limit if set, else 0.
-fn resource_value(
+pub(crate) fn resource_value(
     pod: &Pod,
     c: &Container,
     r: &k8s_openapi::api::core::v1::ResourceFieldSelector,
@@ -495,7 +490,7 @@ fn resource_value(
 }
 
 /// The downward-API value of `path`, for the fields the node knows.
-fn field_value(pod: &Pod, path: &str, facts: &EnvFacts) -> Option<String> {
+pub(crate) fn field_value(pod: &Pod, path: &str, facts: &EnvFacts) -> Option<String> {
     let meta = &pod.metadata;
     let map_value = |map: &Option<BTreeMap<String, String>>, prefix: &str| {
         let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
@@ -667,9 +662,16 @@ mod tests {
             spec_hash: "abc",
             image_ref: "sha256:1",
         };
-        let (c, warnings) =
-            container_config(&p, &d, container, "n1", &instance, &EnvFacts::default())
-                .expect("config");
+        let (c, warnings) = container_config(
+            &p,
+            &d,
+            container,
+            "n1",
+            &instance,
+            &EnvFacts::default(),
+            Vec::new(),
+        )
+        .expect("config");
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(c.args, vec!["echo hello world $(MISSING) $(GREETING)"]);
         assert_eq!(c.log_path, "c/3.log");
@@ -714,10 +716,10 @@ mod tests {
     fn unsupported_fields_are_named() {
         let mut p = pod();
         let c = &mut p.spec.as_mut().unwrap().containers[0];
-        c.volume_mounts = Some(vec![Default::default()]);
+        c.lifecycle = Some(Default::default());
         assert_eq!(
             unsupported_fields(c),
-            vec!["container c: volumeMounts are not supported yet; ignored"]
+            vec!["container c: lifecycle is not supported yet; ignored"]
         );
     }
 

@@ -20,9 +20,10 @@ use tracing::{debug, info, warn};
 use super::decide::{decide, Memory, PodState, PullFailure, Step};
 use super::desired::{DesiredContainer, DesiredPod, PullPolicy};
 use super::observe::{observe, Observed};
+use super::security;
 use super::service_links::{self, ClusterDns};
 use super::spec::{container_config, referenced_objects, sandbox_config, EnvFacts, Instance};
-use super::{cgroup_parent, log_dir_name, now_ns, sanitize};
+use super::{cgroup_parent, log_dir_name, now_ns, sanitize, volumes};
 use crate::cri::proto::PodSandboxConfig;
 use crate::cri::{cgroup_cleanup, Cri, CriError};
 use crate::probe::runner::RunningInstance;
@@ -70,6 +71,11 @@ impl WorkerContext {
         self.state_dir.join("pods")
     }
 
+    /// The directory of all pods' volumes.
+    pub fn volumes_dir(&self) -> PathBuf {
+        volumes_root(&self.state_dir)
+    }
+
     /// The pod's sandbox config on this node.
     fn sandbox_config(
         &self,
@@ -113,6 +119,7 @@ pub async fn run(
         repeats: 0,
         warned: BTreeSet::new(),
         probers: Probers::new(wake.clone()),
+        volumes: None,
     };
     let mut errors = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
@@ -189,6 +196,8 @@ struct Worker {
     repeats: u32,
     warned: BTreeSet<String>,
     probers: Probers,
+    /// Where the pod's volumes are on the host, from the last set-up.
+    volumes: Option<Result<BTreeMap<String, PathBuf>, volumes::VolumeError>>,
 }
 
 impl Worker {
@@ -202,6 +211,11 @@ impl Worker {
         self.probers
             .sync(&self.ctx.cri, to_probe(desired.as_ref(), &observed));
         self.memory.probes = self.probers.results();
+        if let (Some(pod), Some(desired)) = (pod, desired.as_ref()) {
+            if desired.deletion_grace.is_none() && observed.current_sandbox().is_some() {
+                self.set_up_volumes(pod, desired, &observed).await;
+            }
+        }
         let now = now_ns();
         let decision = decide(desired.as_ref(), &observed, &self.memory, now);
         if self.last_state != Some(decision.state) {
@@ -298,9 +312,6 @@ impl Worker {
             return;
         };
         let mut notes = Vec::new();
-        if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-            notes.push("volumes are not supported yet; ignored".to_string());
-        }
         if spec.host_network == Some(true) {
             notes
                 .push("hostNetwork is not supported yet; the pod gets its own network".to_string());
@@ -462,6 +473,22 @@ impl Worker {
                 return Ok(Outcome::Again);
             }
         };
+        // The kubelet's `runAsNonRoot` check, against the image's own user.
+        let image_user = self
+            .ctx
+            .cri
+            .image_user(&image_ref)
+            .await
+            .with_context(|| format!("reading the user of image {image_ref}"))?;
+        let pod_display = desired.display();
+        if let Err(e) =
+            security::verify_run_as_non_root(pod, spec, &pod_display, image_user.as_ref())
+        {
+            self.memory
+                .config_errors
+                .insert(name.to_string(), e.to_string());
+            return Err(anyhow!(e).context(format!("configuring container {name}")));
+        }
         let (config_maps, secrets) = self.env_sources(pod, &desired.namespace);
         let facts = EnvFacts {
             node_name: self.ctx.node_name.clone(),
@@ -479,19 +506,44 @@ impl Worker {
             spec_hash: &wanted.hash,
             image_ref: &image_ref,
         };
-        let (config, warnings) =
-            match container_config(pod, desired, spec, &self.ctx.node_name, &instance, &facts) {
-                Ok(built) => {
-                    self.memory.config_errors.remove(name);
-                    built
-                }
-                Err(e) => {
-                    self.memory
-                        .config_errors
-                        .insert(name.to_string(), e.to_string());
-                    return Err(anyhow!(e).context(format!("configuring container {name}")));
-                }
-            };
+        let paths = match &self.volumes {
+            Some(Ok(paths)) => paths.clone(),
+            Some(Err(e)) => {
+                return Err(anyhow!(e.clone()).context(format!("starting container {name}")))
+            }
+            None => BTreeMap::new(),
+        };
+        let mounts = match volumes::container_mounts(pod, spec, &paths) {
+            Ok(mounts) => mounts,
+            Err(e) => {
+                self.memory
+                    .config_errors
+                    .insert(name.to_string(), e.clone());
+                return Err(anyhow!(e).context(format!("mounting the volumes of container {name}")));
+            }
+        };
+        let (config, warnings) = match container_config(
+            pod,
+            desired,
+            spec,
+            &self.ctx.node_name,
+            &instance,
+            &facts,
+            mounts,
+        ) {
+            Ok(built) => {
+                self.memory.config_errors.remove(name);
+                built
+            }
+            Err(e) => {
+                self.memory
+                    .config_errors
+                    .insert(name.to_string(), e.to_string());
+                return Err(anyhow!(e).context(format!("configuring container {name}")));
+            }
+        };
+        let mut config = config;
+        security::run_as_image_user(&mut config, image_user.as_ref());
         for note in warnings {
             if self.warned.insert(note.clone()) {
                 warn!("{note}");
@@ -518,6 +570,94 @@ impl Worker {
                     .insert(name.to_string(), e.to_string());
                 Err(anyhow!(e).context(format!("starting container {name}")))
             }
+        }
+    }
+
+    /// Sets up (or brings up to date) the pod's volumes; the outcome is
+    /// remembered for container starts and status.
+    async fn set_up_volumes(&mut self, pod: &Pod, desired: &DesiredPod, observed: &Observed) {
+        let has_volumes = pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.volumes.as_ref().is_some_and(|v| !v.is_empty()));
+        if !has_volumes {
+            self.volumes = Some(Ok(BTreeMap::new()));
+            self.memory.volume_error = None;
+            return;
+        }
+        let objects = self.volume_objects(pod, &desired.namespace);
+        let facts = EnvFacts {
+            node_name: self.ctx.node_name.clone(),
+            host_ip: self.ctx.host_ip.clone(),
+            pod_ip: observed
+                .current_sandbox()
+                .and_then(|s| s.ip)
+                .map(|ip| ip.to_string()),
+            node_cpu_millis: self.ctx.node_cpu_millis,
+            node_memory_bytes: self.ctx.node_memory_bytes,
+            ..EnvFacts::default()
+        };
+        let dir = volumes::pod_dir(&self.ctx.volumes_dir(), &self.uid);
+        let owned = pod.clone();
+        let result =
+            tokio::task::spawn_blocking(move || volumes::set_up(&owned, &dir, &objects, &facts))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(volumes::VolumeError {
+                        volume: String::new(),
+                        reason: format!("volume set-up panicked: {e}"),
+                    })
+                });
+        match &result {
+            Ok(_) => self.memory.volume_error = None,
+            Err(e) => {
+                if self.memory.volume_error.as_deref() != Some(e.to_string().as_str()) {
+                    warn!(error = %e, "volume set-up failed");
+                }
+                self.memory.volume_error = Some(e.to_string());
+            }
+        }
+        self.volumes = Some(result);
+    }
+
+    /// The ConfigMaps and Secrets the pod's volumes project, as bytes.
+    fn volume_objects(&self, pod: &Pod, namespace: &str) -> volumes::VolumeObjects {
+        let (cm_names, secret_names) = volumes::referenced_objects(pod);
+        let config_maps = cm_names
+            .into_iter()
+            .filter_map(|name| {
+                let cm = self.ctx.config_maps.get(Some(namespace), &name)?;
+                let mut values: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                    .collect();
+                for (k, v) in cm.binary_data.iter().flatten() {
+                    values.insert(k.clone(), v.0.clone());
+                }
+                Some((name, values))
+            })
+            .collect();
+        let secrets = secret_names
+            .into_iter()
+            .filter_map(|name| {
+                let s = self.ctx.secrets.get(Some(namespace), &name)?;
+                let mut values: BTreeMap<String, Vec<u8>> = s
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect();
+                for (k, v) in s.string_data.iter().flatten() {
+                    values.insert(k.clone(), v.clone().into_bytes());
+                }
+                Some((name, values))
+            })
+            .collect();
+        volumes::VolumeObjects {
+            config_maps,
+            secrets,
         }
     }
 
@@ -606,7 +746,7 @@ impl Worker {
 
     /// Removes the pod's cgroups and log directories.
     async fn clean_up_host(&self) -> anyhow::Result<()> {
-        remove_host_leftovers(&self.ctx.pods_dir(), &self.uid).await
+        remove_host_leftovers(&self.ctx.state_dir, &self.uid).await
     }
 
     /// Deletes the Pod object, guarded by uid and resourceVersion so a
@@ -694,15 +834,27 @@ async fn remove_log_file(log_path: &str) {
     }
 }
 
-/// Removes what containerd leaves behind for a pod: its cgroups in every
-/// hierarchy and its log directories. Every log directory ending in
-/// `_<uid>` goes, so an orphan whose name is unknown is cleaned as well.
-pub async fn remove_host_leftovers(pods_dir: &Path, uid: &str) -> anyhow::Result<()> {
+/// Where pods' volumes live under an agent's state directory.
+pub fn volumes_root(state_dir: &Path) -> PathBuf {
+    state_dir.join("volumes")
+}
+
+/// Removes what a pod leaves on the host under the agent's `state_dir`:
+/// its volumes (unmounting tmpfs), its cgroups in every hierarchy and its
+/// log directories. Every log directory ending in `_<uid>` goes, so an
+/// orphan whose name is unknown is cleaned as well.
+pub async fn remove_host_leftovers(state_dir: &Path, uid: &str) -> anyhow::Result<()> {
+    let pods_dir = state_dir.join("pods");
+    let pods_dir = pods_dir.as_path();
     let parent = cgroup_parent(uid);
-    tokio::task::spawn_blocking(move || cgroup_cleanup(&parent))
-        .await
-        .context("cgroup cleanup panicked")?
-        .context("removing the pod's cgroups")?;
+    let root = volumes_root(state_dir);
+    let owner = uid.to_string();
+    tokio::task::spawn_blocking(move || {
+        volumes::tear_down(&root, &owner).context("removing the pod's volumes")?;
+        cgroup_cleanup(&parent).context("removing the pod's cgroups")
+    })
+    .await
+    .context("host cleanup panicked")??;
     let suffix = format!("_{}", sanitize(uid));
     let mut entries = match tokio::fs::read_dir(pods_dir).await {
         Ok(entries) => entries,
