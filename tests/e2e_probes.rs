@@ -237,5 +237,55 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
         third["status"]
     );
 
+    // Lifecycle hooks: postStart runs after the start, preStop before the
+    // container gets SIGTERM. The pod records each step in a host
+    // directory, which outlives it.
+    let events_dir = cluster.state.path().join("hook-events");
+    let hooked = HOOKED
+        .replace("REGISTRY", &cluster.registry.addr)
+        .replace("EVENTS_DIR", &events_dir.to_string_lossy());
+    cluster.repo().write("hooked.yaml", &hooked);
+    cluster.repo().commit("A pod with lifecycle hooks");
+    let events = events_dir.join("events");
+    until("the postStart hook to run", WAIT, || async {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        (text == "post-start\n").then_some(()).ok_or(text)
+    })
+    .await;
+    cluster.repo().remove("hooked.yaml");
+    cluster.repo().commit("Remove the hooked pod");
+    until("the hooked pod to be gone", WAIT, || async {
+        match pod(&cluster, "hooked").await {
+            Err(e) if e.contains("not found") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&events).expect("events");
+    assert_eq!(text, "post-start\npre-stop\nterm\n");
+
     cluster.stop().await;
 }
+
+/// Writes its lifecycle to EVENTS_DIR/events on the host.
+const HOOKED: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: hooked
+  namespace: demo
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+    - name: app
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'trap "echo term >> /events/events; exit 0" TERM; while :; do sleep 1 & wait $!; done']
+      lifecycle:
+        postStart:
+          exec: {command: [sh, -c, 'echo post-start >> /events/events']}
+        preStop:
+          exec: {command: [sh, -c, 'echo pre-stop >> /events/events']}
+      volumeMounts: [{name: events, mountPath: /events}]
+  volumes:
+    - name: events
+      hostPath: {path: EVENTS_DIR, type: DirectoryOrCreate}
+"#;

@@ -37,6 +37,7 @@ const CONTAINER: &[&str] = &[
     "terminationMessagePath",
     "terminationMessagePolicy",
     "livenessProbe",
+    "lifecycle",
     "readinessProbe",
     "startupProbe",
     "securityContext",
@@ -212,7 +213,7 @@ mod tests {
         let d = json!({"spec": {"replicas": 2, "minReadySeconds": 5, "template": {"spec": {
             "volumes": [{"name": "v"}], "securityContext": {},
             "containers": [{"name": "c", "image": "i", "livenessProbe": {"tcpSocket": {"port": 80}},
-                "lifecycle": {"preStop": {"exec": {"command": ["true"]}}},
+                "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
                 "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}],
                 "resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}]}}}});
         let got: Vec<String> = fields(Kind::Deployment, &d)
@@ -223,7 +224,7 @@ mod tests {
             got,
             vec![
                 "spec.minReadySeconds",
-                "spec.template.spec.containers[0].lifecycle",
+                "spec.template.spec.containers[0].resizePolicy",
             ]
         );
     }

@@ -45,6 +45,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
+
 /// How often a plan is recomputed when its transaction loses a race.
 const MAX_ATTEMPTS: usize = 16;
 /// etcd's default `--max-txn-ops`.
@@ -482,10 +485,50 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
         let meta = cur.value.get("metadata");
         let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
         let name = display(kind, field("namespace"), field("name").unwrap_or_default());
-        plan.writes.push(Write::delete(&key, cur.mod_revision));
+        match graceful_pod_deletion(kind, &cur.value) {
+            // Already being deleted by its node: nothing to write.
+            Some(None) => continue,
+            Some(Some(marked)) => plan
+                .writes
+                .push(Write::put(&key, cur.mod_revision, &marked)?),
+            None => plan.writes.push(Write::delete(&key, cur.mod_revision)),
+        }
         plan.changes.deleted.push(name);
     }
     Ok(plan)
+}
+
+/// A pod bound to a node is deleted as Kubernetes deletes it: marked with
+/// a deletion timestamp and its grace period, so its node runs the preStop
+/// hooks, stops the containers with SIGTERM and then removes the object.
+/// `None` for anything else (deleted outright); `Some(None)` for a pod
+/// already being deleted.
+fn graceful_pod_deletion(kind: Kind, value: &Value) -> Option<Option<Value>> {
+    if kind != Kind::Pod {
+        return None;
+    }
+    let node = value.pointer("/spec/nodeName").and_then(Value::as_str);
+    if node.is_none_or(str::is_empty) {
+        return None;
+    }
+    if value
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
+        return Some(None);
+    }
+    let grace = value
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(DEFAULT_POD_GRACE_SECONDS);
+    let mut marked = value.clone();
+    let meta = marked.get_mut("metadata")?.as_object_mut()?;
+    meta.insert(
+        "deletionTimestamp".into(),
+        serde_json::to_value(meta::now()).ok()?,
+    );
+    meta.insert("deletionGracePeriodSeconds".into(), grace.into());
+    Some(Some(marked))
 }
 
 /// Adds to `into` what a later plan found to change besides.
@@ -1131,6 +1174,23 @@ pub async fn correct_drift(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn bound_pods_leaving_git_are_deleted_gracefully() {
+        let bound = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 7}});
+        let marked = graceful_pod_deletion(Kind::Pod, &bound)
+            .expect("a pod")
+            .expect("marked");
+        assert!(
+            marked["metadata"]["deletionTimestamp"].is_string(),
+            "{marked}"
+        );
+        assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 7);
+        assert_eq!(graceful_pod_deletion(Kind::Pod, &marked), Some(None));
+        let unbound = json!({"metadata": {"name": "p"}, "spec": {}});
+        assert_eq!(graceful_pod_deletion(Kind::Pod, &unbound), None);
+        assert_eq!(graceful_pod_deletion(Kind::ConfigMap, &bound), None);
+    }
 
     #[test]
     fn view_ignores_status_identity_and_commit() {

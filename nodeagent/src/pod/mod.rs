@@ -4,6 +4,7 @@
 //! - [`desired`]: what the Pod object asks for, reduced to what decisions need;
 //! - [`decide`]: the pure state machine — given both, the one next step;
 //! - [`backoff`]: Kubernetes' crash-loop back-off, derived from CRI alone;
+//! - [`lifecycle`]: postStart and preStop hooks;
 //! - [`spec`]: the CRI configs built from a Pod;
 //! - [`resources`]: requests and limits as CPU shares, quota and memory
 //!   limit, and the pod's QoS class;
@@ -19,6 +20,7 @@
 pub mod backoff;
 pub mod decide;
 pub mod desired;
+pub mod lifecycle;
 pub mod observe;
 pub mod resources;
 pub mod security;

@@ -6,7 +6,7 @@
 //! Kubernetes does it, workingDir, ports with hostPort, tty/stdin, volume
 //! mounts (prepared by [`super::volumes`]), resources (see
 //! [`super::resources`]) and security contexts (see [`super::security`]).
-//! What is not supported yet (lifecycle hooks, HTTPS probes) is reported as
+//! What is not supported yet (HTTPS probes) is reported as
 //! a warning naming the field instead of being dropped silently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -269,11 +269,6 @@ fn unsupported_fields(c: &Container) -> Vec<String> {
     let mut w = Vec::new();
     let name = &c.name;
     w.extend(super::security::unsupported_fields(c));
-    if c.lifecycle.is_some() {
-        w.push(format!(
-            "container {name}: lifecycle is not supported yet; ignored"
-        ));
-    }
     for (field, probe) in [
         ("livenessProbe", &c.liveness_probe),
         ("readinessProbe", &c.readiness_probe),
@@ -716,10 +711,15 @@ mod tests {
     fn unsupported_fields_are_named() {
         let mut p = pod();
         let c = &mut p.spec.as_mut().unwrap().containers[0];
-        c.lifecycle = Some(Default::default());
+        c.liveness_probe = Some(
+            serde_json::from_value(
+                serde_json::json!({"httpGet": {"port": 443, "scheme": "HTTPS"}}),
+            )
+            .expect("probe"),
+        );
         assert_eq!(
             unsupported_fields(c),
-            vec!["container c: lifecycle is not supported yet; ignored"]
+            vec!["container c: livenessProbe: httpGet with scheme HTTPS is not supported yet; the probe is ignored"]
         );
     }
 

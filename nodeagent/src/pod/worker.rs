@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::decide::{decide, Memory, PodState, PullFailure, Step};
 use super::desired::{DesiredContainer, DesiredPod, PullPolicy};
+use super::lifecycle::{self, Hook};
 use super::observe::{observe, Observed};
 use super::security;
 use super::service_links::{self, ClusterDns};
@@ -30,6 +31,9 @@ use crate::probe::runner::RunningInstance;
 use crate::probe::Probers;
 use crate::status::{pod_status, StatusInput};
 
+/// The least time a postStart hook is given (the pod's grace period if
+/// longer).
+const POST_START_LIMIT_SECS: u64 = 30;
 /// A worker looks again at least this often even if nothing wakes it.
 pub const RESYNC: Duration = Duration::from_secs(10);
 /// The same step repeated this many times without the runtime changing
@@ -336,11 +340,32 @@ impl Worker {
             Step::Finished => Ok(Outcome::Finished),
             Step::StopContainers { ids, grace } => {
                 info!(containers = ?ids, grace, "stopping containers");
+                let pod_ip = observed.current_sandbox().and_then(|s| s.ip);
                 let mut stops = tokio::task::JoinSet::new();
                 for id in ids {
                     let cri = cri.clone();
+                    // The instance's container spec, for its preStop hook.
+                    let spec = observed
+                        .containers
+                        .iter()
+                        .find(|c| c.id == id)
+                        .and_then(|c| spec_container(pod, &c.name))
+                        .cloned();
                     stops.spawn(async move {
-                        ignore_not_found(cri.stop_container(&id, grace).await)
+                        let mut left = u64::try_from(grace).unwrap_or(0);
+                        if let Some((c, hook)) = spec
+                            .as_ref()
+                            .and_then(|c| Some((c, lifecycle::handler(c, Hook::PreStop)?)))
+                        {
+                            let limit = Duration::from_secs(left);
+                            let start = tokio::time::Instant::now();
+                            if let Err(e) = lifecycle::run(&cri, c, &id, pod_ip, &hook, limit).await {
+                                warn!(container = %c.name, reason = Hook::PreStop.failure_reason(), error = %e, "preStop hook failed");
+                            }
+                            left = lifecycle::grace_after_hook(limit, start.elapsed()).as_secs();
+                        }
+                        let left = i64::try_from(left).unwrap_or(grace);
+                        ignore_not_found(cri.stop_container(&id, left).await)
                             .with_context(|| format!("stopping container {id}"))
                     });
                 }
@@ -561,6 +586,26 @@ impl Worker {
         match started {
             Ok(id) => {
                 info!(container = %name, id = %id, restart_count, "container started");
+                if let Some(hook) = lifecycle::handler(spec, Hook::PostStart) {
+                    let pod_ip = sandbox.ip;
+                    let limit = Duration::from_secs(
+                        u64::try_from(desired.grace_period)
+                            .unwrap_or(30)
+                            .max(POST_START_LIMIT_SECS),
+                    );
+                    if let Err(e) = lifecycle::run(cri, spec, &id, pod_ip, &hook, limit).await {
+                        // The kubelet kills the container; its restart
+                        // policy and back-off decide what follows.
+                        let message = format!("PostStartHookError: {e}");
+                        warn!(container = %name, reason = Hook::PostStart.failure_reason(), error = %e, "postStart hook failed; stopping the container");
+                        ignore_not_found(cri.stop_container(&id, desired.grace_period).await)
+                            .with_context(|| {
+                                format!("stopping container {name} after its postStart hook failed")
+                            })?;
+                        self.memory.run_errors.insert(name.to_string(), message);
+                        return Ok(Outcome::Again);
+                    }
+                }
                 self.memory.run_errors.remove(name);
                 Ok(Outcome::Again)
             }
@@ -799,6 +844,18 @@ fn to_probe(desired: Option<&DesiredPod>, observed: &Observed) -> Vec<RunningIns
             })
         })
         .collect()
+}
+
+/// The spec of the container (or init container) `name` of `pod`.
+fn spec_container<'a>(
+    pod: Option<&'a Pod>,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::Container> {
+    let spec = pod?.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
 }
 
 /// The message kubelet shows for a failed pull: the runtime's own words.

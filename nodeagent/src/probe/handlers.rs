@@ -57,6 +57,10 @@ pub async fn attempt(
             let addr = address(host.as_deref(), target.pod_ip, port).await?;
             http_get(addr, host.as_deref(), path, headers, timeout).await
         }
+        Handler::Sleep { duration } => {
+            tokio::time::sleep((*duration).min(timeout)).await;
+            Ok(())
+        }
         Handler::Grpc { port, service } => {
             let port = u16::try_from(*port).map_err(|_| format!("invalid port number: {port}"))?;
             let addr = address(None, target.pod_ip, port).await?;

@@ -12,7 +12,7 @@ pub mod runner;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use runner::{ProbeResults, ProbeStatus, Probers};
@@ -102,6 +102,11 @@ pub enum Handler {
         /// The port.
         port: PortRef,
     },
+    /// Wait (lifecycle hooks only).
+    Sleep {
+        /// How long.
+        duration: Duration,
+    },
     /// The standard gRPC health check; `SERVING` is success.
     Grpc {
         /// The port (a number).
@@ -153,6 +158,48 @@ pub fn is_https(probe: &Probe) -> bool {
         .http_get
         .as_ref()
         .is_some_and(|h| h.scheme.as_deref() == Some("HTTPS"))
+}
+
+impl Handler {
+    /// A lifecycle hook's action (`postStart`, `preStop`); `None` when it
+    /// has none or is an HTTPS GET, which commitd cannot make yet.
+    pub fn from_lifecycle(h: &LifecycleHandler) -> Option<Handler> {
+        if let Some(exec) = &h.exec {
+            return Some(Handler::Exec {
+                command: exec.command.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(http) = h
+            .http_get
+            .as_ref()
+            .filter(|g| g.scheme.as_deref() != Some("HTTPS"))
+        {
+            return Some(Handler::Http {
+                host: http.host.clone().filter(|x| !x.is_empty()),
+                port: PortRef::from_k8s(&http.port),
+                path: http
+                    .path
+                    .clone()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "/".to_string()),
+                headers: http
+                    .http_headers
+                    .iter()
+                    .flatten()
+                    .map(|x| (x.name.clone(), x.value.clone()))
+                    .collect(),
+            });
+        }
+        if let Some(sleep) = &h.sleep {
+            return Some(Handler::Sleep {
+                duration: Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0)),
+            });
+        }
+        h.tcp_socket.as_ref().map(|tcp| Handler::Tcp {
+            host: tcp.host.clone().filter(|x| !x.is_empty()),
+            port: PortRef::from_k8s(&tcp.port),
+        })
+    }
 }
 
 impl ProbeSpec {
