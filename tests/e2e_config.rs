@@ -66,6 +66,19 @@ stringData:
   password: s3cret
 "#;
 
+const FAREWELL: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: farewell
+  namespace: demo
+spec:
+  restartPolicy: Never
+  containers:
+    - name: app
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'echo "disk full" > /dev/termination-log; exit 3']
+"#;
+
 async fn pod(cluster: &Cluster) -> Result<Value, String> {
     let (code, out, err) = cluster
         .cli()
@@ -136,6 +149,28 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
     assert!(!env.contains("OPTIONAL="), "{env}");
     let p = pod(&cluster).await.expect("pod");
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // What a container writes to its termination log is its message.
+    cluster.repo().write(
+        "farewell.yaml",
+        &FAREWELL.replace("REGISTRY", &cluster.registry.addr),
+    );
+    cluster.repo().commit("A pod that says why it stopped");
+    let terminated = until("farewell to stop with its message", WAIT, || async {
+        let (code, out, err) = cluster
+            .cli()
+            .run(&["get", "pod", "farewell", "-n", "demo", "-o", "json"])
+            .await;
+        if code != 0 {
+            return Err(err);
+        }
+        let p: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+        let t = p["status"]["containerStatuses"][0]["state"]["terminated"].clone();
+        t["message"].is_string().then_some(t).ok_or(out)
+    })
+    .await;
+    assert_eq!(terminated["message"], "disk full\n");
+    assert_eq!(terminated["exitCode"], 3);
 
     cluster.stop().await;
 }

@@ -209,9 +209,10 @@ impl Worker {
     async fn pass(&mut self, pod: Option<&Pod>) -> anyhow::Result<Outcome> {
         let pod = pod.filter(|p| p.metadata.uid.as_deref() == Some(self.uid.as_str()));
         let desired = pod.and_then(DesiredPod::from_pod);
-        let observed = observe(&self.ctx.cri, &self.uid)
+        let mut observed = observe(&self.ctx.cri, &self.uid)
             .await
             .context("observing the pod in the runtime")?;
+        self.read_termination_messages(&mut observed).await;
         self.probers
             .sync(&self.ctx.cri, to_probe(desired.as_ref(), &observed));
         self.memory.probes = self.probers.results();
@@ -538,8 +539,20 @@ impl Worker {
             }
             None => BTreeMap::new(),
         };
+        let termination_log =
+            volumes::termination_log(&self.ctx.volumes_dir(), &self.uid, name, restart_count);
+        let termination = tokio::task::spawn_blocking({
+            let spec = spec.clone();
+            move || volumes::termination_mount(&spec, &termination_log)
+        })
+        .await
+        .context("termination log set-up panicked")?
+        .context("creating the termination log")?;
         let mounts = match volumes::container_mounts(pod, spec, &paths) {
-            Ok(mounts) => mounts,
+            Ok(mut mounts) => {
+                mounts.extend(termination);
+                mounts
+            }
             Err(e) => {
                 self.memory
                     .config_errors
@@ -614,6 +627,24 @@ impl Worker {
                     .run_errors
                     .insert(name.to_string(), e.to_string());
                 Err(anyhow!(e).context(format!("starting container {name}")))
+            }
+        }
+    }
+
+    /// Fills in the message of exited instances from their termination
+    /// log, where the runtime has none (containerd does not read it).
+    async fn read_termination_messages(&self, observed: &mut Observed) {
+        let root = self.ctx.volumes_dir();
+        for c in observed
+            .containers
+            .iter_mut()
+            .filter(|c| c.has_exited() && c.message.is_empty())
+        {
+            let file = volumes::termination_log(&root, &self.uid, &c.name, c.restart_count);
+            if let Ok(Some(message)) =
+                tokio::task::spawn_blocking(move || volumes::termination_message(&file)).await
+            {
+                c.message = message;
             }
         }
     }
