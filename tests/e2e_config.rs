@@ -6,9 +6,8 @@
 
 mod support;
 
-use commitd_nodeagent::cri::Cri;
 use serde_json::Value;
-use support::cli::running_containers;
+use support::cli::exec_ok;
 use support::cluster::{Cluster, Network, WAIT};
 use support::wait::until;
 
@@ -79,31 +78,6 @@ spec:
       command: [sh, -c, 'echo "disk full" > /dev/termination-log; exit 3']
 "#;
 
-async fn pod(cluster: &Cluster) -> Result<Value, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "pod", "configured", "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get pod: {err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-}
-
-async fn env_of(cri: &Cri) -> Result<String, String> {
-    let id = running_containers(cri)
-        .await
-        .into_iter()
-        .find(|(_, pod)| pod == "configured")
-        .map(|(id, _)| id)
-        .ok_or("the container does not run")?;
-    let out = cri
-        .exec_sync(&id, &["env"], 10)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(out.stdout)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_from_config_maps_and_secrets_waits_for_them() {
     if !support::is_root() {
@@ -119,7 +93,7 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
     );
     cluster.repo().commit("A pod that needs configuration");
     let waiting = until("CreateContainerConfigError", WAIT, || async {
-        let p = pod(&cluster).await?;
+        let p = cluster.cli().get_json("pod", "configured", "demo").await?;
         let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
         (w["reason"] == "CreateContainerConfigError")
             .then(|| w["message"].as_str().unwrap_or_default().to_string())
@@ -132,7 +106,7 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
     cluster.repo().commit("Add the configuration");
     let cri = cluster.cri().await;
     let env = until("the container to run with its configuration", WAIT, || {
-        env_of(&cri)
+        exec_ok(&cri, "configured", &["env"])
     })
     .await;
     let lines: Vec<&str> = env.lines().collect();
@@ -147,7 +121,11 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
         assert!(lines.contains(&expected), "{expected} missing in:\n{env}");
     }
     assert!(!env.contains("OPTIONAL="), "{env}");
-    let p = pod(&cluster).await.expect("pod");
+    let p = cluster
+        .cli()
+        .get_json("pod", "configured", "demo")
+        .await
+        .expect("pod");
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
 
     // What a container writes to its termination log is its message.

@@ -51,17 +51,6 @@ spec:
       image: REGISTRY/commitd/missing:1
 "#;
 
-async fn pod(cluster: &Cluster, name: &str) -> Result<Value, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "pod", name, "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get pod {name}: {err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-}
-
 fn restarts(pod: &Value) -> u64 {
     pod["status"]["containerStatuses"][0]["restartCount"]
         .as_u64()
@@ -149,13 +138,13 @@ async fn logs_show_current_previous_and_tail() {
     // Once restarted, --previous shows the instance before, whose run line
     // differs from the current one. Both are read at one restart count.
     until("--previous to show the instance before", WAIT, || async {
-        let before = restarts(&pod(&cluster, "chatty").await?);
+        let before = restarts(&cluster.cli().get_json("pod", "chatty", "demo").await?);
         if before < 1 {
             return Err("not restarted yet".into());
         }
         let current = complete_run(&logs(&cluster, &[]).await?)?;
         let previous = complete_run(&logs(&cluster, &["--previous"]).await?)?;
-        let after = restarts(&pod(&cluster, "chatty").await?);
+        let after = restarts(&cluster.cli().get_json("pod", "chatty", "demo").await?);
         if before != after {
             return Err(format!("restarted while reading ({before} -> {after})"));
         }
@@ -173,7 +162,7 @@ async fn logs_show_current_previous_and_tail() {
 
     // -f on a running instance ends when it exits (within seconds).
     until("chatty to run again", WAIT, || async {
-        let p = pod(&cluster, "chatty").await?;
+        let p = cluster.cli().get_json("pod", "chatty", "demo").await?;
         p["status"]["containerStatuses"][0]["state"]["running"]
             .is_object()
             .then_some(())

@@ -9,9 +9,8 @@ mod support;
 
 use std::time::Duration;
 
-use commitd_nodeagent::cri::Cri;
 use serde_json::Value;
-use support::cli::running_containers;
+use support::cli::exec_ok;
 use support::cluster::{Cluster, Network, WAIT};
 use support::wait::until;
 
@@ -57,17 +56,6 @@ spec:
   ports: [{port: 80}]
 "#;
 
-async fn pod(cluster: &Cluster, name: &str) -> Result<Value, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "pod", name, "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get pod {name}: {err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-}
-
 fn condition(pod: &Value, kind: &str) -> String {
     pod["status"]["conditions"]
         .as_array()
@@ -83,42 +71,6 @@ fn container(pod: &Value) -> &Value {
     &pod["status"]["containerStatuses"][0]
 }
 
-async fn endpoint_ips(cluster: &Cluster, name: &str) -> Result<Vec<String>, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "endpoints", name, "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get endpoints {name}: {err}"));
-    }
-    let ep: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-    Ok(ep["subsets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a["ip"].as_str().map(str::to_string))
-        .collect())
-}
-
-/// Runs `cmd` in the running container of pod `probed`.
-async fn exec(cri: &Cri, cmd: &[&str]) -> Result<(), String> {
-    let id = running_containers(cri)
-        .await
-        .into_iter()
-        .find(|(_, pod)| pod == "probed")
-        .map(|(id, _)| id)
-        .ok_or("the probed container does not run")?;
-    let out = cri
-        .exec_sync(&id, cmd, 10)
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        return Err(format!("{cmd:?} exited {}: {}", out.exit_code, out.stderr));
-    }
-    Ok(())
-}
-
 /// The pod once its container runs as restart `count`, started and not
 /// ready (readiness starts over with every instance).
 async fn running_unready(cluster: &Cluster, count: u64) -> Value {
@@ -126,7 +78,7 @@ async fn running_unready(cluster: &Cluster, count: u64) -> Value {
         &format!("probed running as restart {count}, started, not ready"),
         WAIT,
         || async {
-            let p = pod(cluster, "probed").await?;
+            let p = cluster.cli().get_json("pod", "probed", "demo").await?;
             let c = container(&p);
             let ok = c["state"]["running"].is_object()
                 && c["restartCount"] == count
@@ -159,7 +111,7 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
     let pods = cluster.wait_running(2, "hello from").await;
     for (name, _) in &pods {
         until(&format!("{name} to be Ready"), WAIT, || async {
-            let p = pod(&cluster, name).await?;
+            let p = cluster.cli().get_json("pod", name, "demo").await?;
             (condition(&p, "Ready") == "True")
                 .then_some(())
                 .ok_or_else(|| p["status"].to_string())
@@ -182,23 +134,32 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
         .expect("pod IP")
         .to_string();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let p = pod(&cluster, "probed").await.expect("pod");
+    let p = cluster
+        .cli()
+        .get_json("pod", "probed", "demo")
+        .await
+        .expect("pod");
     assert_eq!(container(&p)["ready"], false, "{}", p["status"]);
     assert_eq!(container(&p)["restartCount"], 0, "{}", p["status"]);
-    assert_eq!(endpoint_ips(&cluster, "probed").await, Ok(vec![]));
+    assert_eq!(
+        cluster.cli().endpoint_ips("probed", "demo").await,
+        Ok(Default::default())
+    );
 
     // Ready once the readiness file exists: Ready condition, endpoints.
-    exec(&cri, &["touch", "/tmp/ready"]).await.expect("touch");
+    exec_ok(&cri, "probed", &["touch", "/tmp/ready"])
+        .await
+        .expect("touch");
     until("probed to become Ready", WAIT, || async {
-        let p = pod(&cluster, "probed").await?;
+        let p = cluster.cli().get_json("pod", "probed", "demo").await?;
         (condition(&p, "Ready") == "True" && container(&p)["ready"] == true)
             .then_some(())
             .ok_or_else(|| p["status"].to_string())
     })
     .await;
     until("the Service to list probed", WAIT, || async {
-        let ips = endpoint_ips(&cluster, "probed").await?;
-        (ips == vec![ip.clone()])
+        let ips = cluster.cli().endpoint_ips("probed", "demo").await?;
+        (ips.iter().eq([&ip]))
             .then_some(())
             .ok_or(format!("{ips:?}"))
     })
@@ -206,21 +167,25 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
 
     // Liveness fails: the container is restarted at once (first restart),
     // the new instance is not ready, and the endpoint goes.
-    exec(&cri, &["rm", "/tmp/healthy"]).await.expect("rm");
+    exec_ok(&cri, "probed", &["rm", "/tmp/healthy"])
+        .await
+        .expect("rm");
     let second = running_unready(&cluster, 1).await;
     let last = &container(&second)["lastState"]["terminated"];
     assert!(last.is_object(), "{}", second["status"]);
     until("the Service to drop probed", WAIT, || async {
-        let ips = endpoint_ips(&cluster, "probed").await?;
+        let ips = cluster.cli().endpoint_ips("probed", "demo").await?;
         ips.is_empty().then_some(()).ok_or(format!("{ips:?}"))
     })
     .await;
 
     // Liveness fails again: now the crash-loop back-off (10 s) holds the
     // restart back.
-    exec(&cri, &["rm", "/tmp/healthy"]).await.expect("rm again");
+    exec_ok(&cri, "probed", &["rm", "/tmp/healthy"])
+        .await
+        .expect("rm again");
     until("probed to wait in CrashLoopBackOff", WAIT, || async {
-        let p = pod(&cluster, "probed").await?;
+        let p = cluster.cli().get_json("pod", "probed", "demo").await?;
         (container(&p)["state"]["waiting"]["reason"] == "CrashLoopBackOff")
             .then_some(())
             .ok_or_else(|| p["status"].to_string())
@@ -255,7 +220,7 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
     cluster.repo().remove("hooked.yaml");
     cluster.repo().commit("Remove the hooked pod");
     until("the hooked pod to be gone", WAIT, || async {
-        match pod(&cluster, "hooked").await {
+        match cluster.cli().get_json("pod", "hooked", "demo").await {
             Err(e) if e.contains("not found") => Ok(()),
             other => Err(format!("{other:?}")),
         }

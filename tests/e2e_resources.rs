@@ -6,8 +6,7 @@
 mod support;
 
 use commitd_nodeagent::cri::Cri;
-use serde_json::Value;
-use support::cli::running_containers;
+use support::cli::exec_ok;
 use support::cluster::{Cluster, Network, WAIT};
 use support::wait::until;
 
@@ -52,34 +51,13 @@ spec:
         limits: {cpu: 250m, memory: 64Mi}
 "#;
 
-async fn pod(cluster: &Cluster, name: &str) -> Result<Value, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "pod", name, "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get pod {name}: {err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-}
-
 /// The cgroup limits `capped` sees from inside: v2's `cpu.max` and
 /// `memory.max`, or v1's quota, period and limit files.
 async fn limits_seen(cri: &Cri) -> Result<String, String> {
-    let id = running_containers(cri)
-        .await
-        .into_iter()
-        .find(|(_, pod)| pod == "capped")
-        .map(|(id, _)| id)
-        .ok_or("capped does not run")?;
     let script = "cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max 2>/dev/null || \
                   cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/cpu/cpu.cfs_period_us \
                       /sys/fs/cgroup/memory/memory.limit_in_bytes";
-    let out = cri
-        .exec_sync(&id, &["sh", "-c", script], 10)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(out.stdout)
+    exec_ok(cri, "capped", &["sh", "-c", script]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +68,11 @@ async fn memory_limits_kill_and_cpu_limits_throttle() {
     }
     let mut cluster = Cluster::up(NETWORK).await;
     let web = cluster.wait_running(2, "hello from").await;
-    let p = pod(&cluster, &web[0].0).await.expect("web pod");
+    let p = cluster
+        .cli()
+        .get_json("pod", &web[0].0, "demo")
+        .await
+        .expect("web pod");
     assert_eq!(p["status"]["qosClass"], "Burstable", "{}", p["status"]);
 
     cluster.repo().write(
@@ -100,7 +82,7 @@ async fn memory_limits_kill_and_cpu_limits_throttle() {
     cluster.repo().commit("A memory hog and a capped pod");
 
     let hog = until("hog to be OOMKilled", WAIT, || async {
-        let p = pod(&cluster, "hog").await?;
+        let p = cluster.cli().get_json("pod", "hog", "demo").await?;
         let t = &p["status"]["containerStatuses"][0]["state"]["terminated"];
         (t["reason"] == "OOMKilled")
             .then(|| p.clone())
@@ -121,7 +103,11 @@ async fn memory_limits_kill_and_cpu_limits_throttle() {
         words == ["25000", "100000", "67108864"],
         "cgroup limits seen by the container: {seen:?}"
     );
-    let p = pod(&cluster, "capped").await.expect("capped");
+    let p = cluster
+        .cli()
+        .get_json("pod", "capped", "demo")
+        .await
+        .expect("capped");
     assert_eq!(p["status"]["qosClass"], "Guaranteed", "{}", p["status"]);
 
     cluster.stop().await;

@@ -7,9 +7,8 @@
 
 mod support;
 
-use commitd_nodeagent::cri::{Cri, ExecOutput};
-use serde_json::Value;
-use support::cli::running_containers;
+use commitd_nodeagent::cri::Cri;
+use support::cli::exec_in;
 use support::cluster::{Cluster, Network, WAIT};
 use support::wait::until;
 
@@ -46,34 +45,12 @@ fn pod_yaml(registry: &str, name: &str, pod_sc: &str, container_sc: &str) -> Str
         .replace("CONTAINER", container_sc)
 }
 
-async fn pod(cluster: &Cluster, name: &str) -> Result<Value, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "pod", name, "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get pod {name}: {err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-}
-
-/// Runs `cmd` in the running container of pod `name`.
-async fn exec(cri: &Cri, name: &str, cmd: &[&str]) -> Result<ExecOutput, String> {
-    let id = running_containers(cri)
-        .await
-        .into_iter()
-        .find(|(_, pod)| pod == name)
-        .map(|(id, _)| id)
-        .ok_or_else(|| format!("the container of {name} does not run"))?;
-    cri.exec_sync(&id, cmd, 10).await.map_err(|e| e.to_string())
-}
-
 /// The output of `cmd` in pod `name`, once its container runs and the
 /// command succeeds.
 async fn output(cri: &Cri, name: &str, cmd: &[&str]) -> String {
     let what = format!("{cmd:?} to succeed in {name}");
     until(&what, WAIT, || async {
-        let out = exec(cri, name, cmd).await?;
+        let out = exec_in(cri, name, cmd).await?;
         if out.exit_code == 0 {
             Ok(out.stdout.trim().to_string())
         } else {
@@ -137,7 +114,7 @@ async fn security_contexts_apply_inside_real_containers() {
 
     // A read-only root filesystem, even for root.
     assert_eq!(output(&cri, "readonly", &["id", "-u"]).await, "0");
-    let touched = exec(&cri, "readonly", &["touch", "/x"])
+    let touched = exec_in(&cri, "readonly", &["touch", "/x"])
         .await
         .expect("exec touch");
     assert_ne!(touched.exit_code, 0, "touch /x succeeded: {touched:?}");
@@ -172,7 +149,7 @@ async fn security_contexts_apply_inside_real_containers() {
     // runAsNonRoot with an image that runs as root: refused, as the
     // kubelet refuses it.
     let (uid, waiting) = until("CreateContainerConfigError", WAIT, || async {
-        let p = pod(&cluster, "rootrefused").await?;
+        let p = cluster.cli().get_json("pod", "rootrefused", "demo").await?;
         let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
         (w["reason"] == "CreateContainerConfigError")
             .then(|| {
@@ -200,7 +177,11 @@ async fn security_contexts_apply_inside_real_containers() {
 
     // ... and allowed with a user that is not root.
     assert_eq!(output(&cri, "nonroot", &["id", "-u"]).await, "1000");
-    let p = pod(&cluster, "nonroot").await.expect("pod");
+    let p = cluster
+        .cli()
+        .get_json("pod", "nonroot", "demo")
+        .await
+        .expect("pod");
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
 
     cluster.stop().await;

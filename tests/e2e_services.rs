@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use commitd_nodeagent::cri::Cri;
 use commitd_nodeagent::proxy::nft;
-use serde_json::Value;
-use support::cli::running_containers;
+use support::cli::exec_ok;
 use support::cluster::{Cluster, Network, WAIT};
 use support::http_get;
 use support::wait::until;
@@ -79,43 +78,15 @@ spec:
     - port: 80
 "#;
 
-/// A Service of namespace demo as `commitd get -o json` prints it.
-async fn service(cluster: &Cluster, name: &str) -> Result<Value, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "service", name, "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get service {name}: {err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-}
-
 async fn cluster_ip(cluster: &Cluster, name: &str) -> String {
-    let svc = until(&format!("service {name}"), WAIT, || service(cluster, name)).await;
+    let svc = until(&format!("service {name}"), WAIT, || async {
+        cluster.cli().get_json("service", name, "demo").await
+    })
+    .await;
     svc["spec"]["clusterIP"]
         .as_str()
         .unwrap_or_else(|| panic!("{name} has no clusterIP: {svc}"))
         .to_string()
-}
-
-/// The ready addresses of a Service's Endpoints.
-async fn endpoint_ips(cluster: &Cluster, name: &str) -> Result<BTreeSet<String>, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "endpoints", name, "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get endpoints {name}: {err}"));
-    }
-    let ep: Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-    Ok(ep["subsets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a["ip"].as_str().map(str::to_string))
-        .collect())
 }
 
 /// The pod name in a page (`<h1>hello from NAME</h1>…`).
@@ -145,25 +116,9 @@ async fn spread(addr: &str, count: usize) -> BTreeSet<String> {
     servers
 }
 
-/// Runs a command in the client pod's container.
+/// Runs a command in the client pod's container; its output.
 async fn exec(cri: &Cri, cmd: &[&str]) -> Result<String, String> {
-    let containers = running_containers(cri).await;
-    let id = containers
-        .iter()
-        .find(|(_, pod)| pod == "client")
-        .map(|(id, _)| id.clone())
-        .ok_or("the client container does not run")?;
-    let out = cri
-        .exec_sync(&id, cmd, 10)
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        return Err(format!(
-            "{cmd:?} exited {}: {}{}",
-            out.exit_code, out.stdout, out.stderr
-        ));
-    }
-    Ok(out.stdout)
+    exec_ok(cri, "client", cmd).await
 }
 
 /// `GET http://HOST/` from inside the client pod. busybox's `nc` resolves
@@ -232,7 +187,7 @@ async fn services_balance_resolve_and_follow_their_pods() {
 
     // Headless: one record per ready pod.
     let pod_ips = until("both endpoints of web", WAIT, || async {
-        let ips = endpoint_ips(&cluster, "web").await?;
+        let ips = cluster.cli().endpoint_ips("web", "demo").await?;
         (ips.len() == 2)
             .then_some(ips.clone())
             .ok_or(format!("{ips:?}"))
@@ -299,7 +254,7 @@ async fn services_balance_resolve_and_follow_their_pods() {
         .edit("web.yaml", "replicas: 2", "replicas: 1");
     cluster.repo().commit("Scale web to 1");
     let remaining = until("one endpoint left in web", WAIT, || async {
-        let ips = endpoint_ips(&cluster, "web").await?;
+        let ips = cluster.cli().endpoint_ips("web", "demo").await?;
         (ips.len() == 1)
             .then_some(ips.clone())
             .ok_or(format!("{ips:?}"))

@@ -8,8 +8,7 @@
 mod support;
 
 use commitd_nodeagent::cri::Cri;
-use serde_json::Value;
-use support::cli::running_containers;
+use support::cli::exec_ok;
 use support::cluster::{Cluster, Network, WAIT};
 use support::http_get;
 use support::wait::until;
@@ -75,36 +74,9 @@ spec:
     - {name: scratch, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
 "#;
 
-async fn pod(cluster: &Cluster) -> Result<Value, String> {
-    let (code, out, err) = cluster
-        .cli()
-        .run(&["get", "pod", "site", "-n", "demo", "-o", "json"])
-        .await;
-    if code != 0 {
-        return Err(format!("get pod: {err}"));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
-}
-
 /// Runs `script` with `sh -c` in the running `web` container of `site`.
 async fn sh(cri: &Cri, script: &str) -> Result<String, String> {
-    let id = running_containers(cri)
-        .await
-        .into_iter()
-        .find(|(_, pod)| pod == "site")
-        .map(|(id, _)| id)
-        .ok_or("site does not run")?;
-    let out = cri
-        .exec_sync(&id, &["sh", "-c", script], 10)
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.exit_code != 0 {
-        return Err(format!(
-            "{script:?} exited {}: {}",
-            out.exit_code, out.stderr
-        ));
-    }
-    Ok(out.stdout)
+    exec_ok(cri, "site", &["sh", "-c", script]).await
 }
 
 fn mounts_under(path: &str) -> Vec<String> {
@@ -135,7 +107,7 @@ async fn init_containers_and_volumes() {
 
     // The init container ran to completion first; the app serves its page.
     let running = until("site to run", WAIT, || async {
-        let p = pod(&cluster).await?;
+        let p = cluster.cli().get_json("pod", "site", "demo").await?;
         let ip = p["status"]["podIP"]
             .as_str()
             .unwrap_or_default()
@@ -189,7 +161,11 @@ async fn init_containers_and_volumes() {
     assert!(sh(&cri, "touch /etc/app/x").await.is_err());
 
     // A new ConfigMap value arrives in the mounted file, in place.
-    let before = pod(&cluster).await.expect("pod");
+    let before = cluster
+        .cli()
+        .get_json("pod", "site", "demo")
+        .await
+        .expect("pod");
     cluster
         .repo()
         .edit("site.yaml", "greeting: hello", "greeting: bonjour");
@@ -199,7 +175,11 @@ async fn init_containers_and_volumes() {
         (g == "bonjour").then_some(()).ok_or(g)
     })
     .await;
-    let after = pod(&cluster).await.expect("pod");
+    let after = cluster
+        .cli()
+        .get_json("pod", "site", "demo")
+        .await
+        .expect("pod");
     assert_eq!(
         after["status"]["containerStatuses"][0]["containerID"],
         before["status"]["containerStatuses"][0]["containerID"],

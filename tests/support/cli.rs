@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::time::Duration;
 
-use commitd_nodeagent::cri::{proto::ContainerState, Cri};
+use commitd_nodeagent::cri::{proto::ContainerState, Cri, ExecOutput};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -34,6 +34,33 @@ impl Cli {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// One object as `commitd get KIND NAME -n NAMESPACE -o json` prints it.
+    pub async fn get_json(&self, kind: &str, name: &str, namespace: &str) -> Result<Value, String> {
+        let (code, out, err) = self
+            .run(&["get", kind, name, "-n", namespace, "-o", "json"])
+            .await;
+        if code != 0 {
+            return Err(format!("get {kind} {name}: {err}"));
+        }
+        serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+    }
+
+    /// The ready addresses of a Service's Endpoints, in order.
+    pub async fn endpoint_ips(
+        &self,
+        name: &str,
+        namespace: &str,
+    ) -> Result<BTreeSet<String>, String> {
+        let ep = self.get_json("endpoints", name, namespace).await?;
+        Ok(ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["addresses"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a["ip"].as_str().map(str::to_string))
+            .collect())
     }
 
     /// The pods of a namespace, as `commitd get pods -o json` lists them.
@@ -90,6 +117,30 @@ impl Cli {
         )
         .await
     }
+}
+
+/// Runs `cmd` in the running container of the pod named `pod` (the first
+/// one found) and returns what it printed and its exit code.
+pub async fn exec_in(cri: &Cri, pod: &str, cmd: &[&str]) -> Result<ExecOutput, String> {
+    let id = running_containers(cri)
+        .await
+        .into_iter()
+        .find(|(_, p)| p == pod)
+        .map(|(id, _)| id)
+        .ok_or_else(|| format!("no container of {pod} runs"))?;
+    cri.exec_sync(&id, cmd, 10).await.map_err(|e| e.to_string())
+}
+
+/// [`exec_in`] for a command that must succeed: its standard output.
+pub async fn exec_ok(cri: &Cri, pod: &str, cmd: &[&str]) -> Result<String, String> {
+    let out = exec_in(cri, pod, cmd).await?;
+    if out.exit_code != 0 {
+        return Err(format!(
+            "{cmd:?} exited {}: {}{}",
+            out.exit_code, out.stdout, out.stderr
+        ));
+    }
+    Ok(out.stdout)
 }
 
 /// The running containers containerd reports: (container id, pod name).
