@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use commitd::cluster::etcd::{Etcd, EtcdOptions};
 use commitd_api::k8s_openapi::api::apps::v1::Deployment;
-use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
+use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use commitd_api::keys;
 use commitd_api::records::{AppliedCommit, HistoryRecord, Outcome};
 use commitd_api::service_network::ServiceNetwork;
@@ -523,10 +523,22 @@ async fn a_pod_bound_by_the_scheduler_is_not_drift() {
         .expect("exists");
     // A later commit is applied; by then the binding was seen by the
     // drift check, which must have left it alone.
-    let c2 = h
-        .repo
-        .commit("More config", &[("manifests/cm.yaml", Some(CONFIG))]);
+    let account =
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: web\n  namespace: demo\n";
+    let c2 = h.repo.commit(
+        "More config",
+        &[
+            ("manifests/cm.yaml", Some(CONFIG)),
+            ("manifests/sa.yaml", Some(account)),
+        ],
+    );
     assert_eq!(h.wait_for_record(&c2).await.outcome, Outcome::Applied);
+    let sa = h
+        .store
+        .get::<ServiceAccount>(Some("demo"), "web")
+        .await
+        .expect("read");
+    assert!(sa.is_some(), "the ServiceAccount is stored");
     let bound = h
         .store
         .get::<Pod>(Some("demo"), "solo")
@@ -542,5 +554,20 @@ async fn a_pod_bound_by_the_scheduler_is_not_drift() {
         .filter(|r| r.outcome == Outcome::DriftCorrected)
         .count();
     assert_eq!(drift, 0, "{:?}", h.history().await);
+
+    // Removed from Git, the bound pod is deleted gracefully: its node
+    // stops it (preStop, SIGTERM) and then removes the object.
+    let c3 = h
+        .repo
+        .commit("Remove the pod", &[("manifests/pod.yaml", None)]);
+    assert_eq!(h.wait_for_record(&c3).await.outcome, Outcome::Applied);
+    let leaving = h
+        .store
+        .get::<Pod>(Some("demo"), "solo")
+        .await
+        .expect("read")
+        .expect("still there until its node removes it");
+    assert!(leaving.metadata.deletion_timestamp.is_some());
+    assert_eq!(leaving.metadata.deletion_grace_period_seconds, Some(30));
     h.stop().await;
 }

@@ -10,6 +10,7 @@ pub enum Kind {
     Namespace,
     ConfigMap,
     Secret,
+    ServiceAccount,
     Pod,
     ReplicaSet,
     Deployment,
@@ -21,10 +22,11 @@ pub enum Kind {
 impl Kind {
     /// Every kind, in the order a commit applies them (namespaces first,
     /// configuration before the workloads that read it).
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::ServiceAccount,
         Kind::Node,
         Kind::Service,
         Kind::Endpoints,
@@ -34,10 +36,11 @@ impl Kind {
     ];
 
     /// Kinds a manifest in Git may declare.
-    pub const FROM_GIT: [Kind; 7] = [
+    pub const FROM_GIT: [Kind; 8] = [
         Kind::Namespace,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::ServiceAccount,
         Kind::Service,
         Kind::Deployment,
         Kind::ReplicaSet,
@@ -66,6 +69,7 @@ impl Kind {
             Kind::Namespace => "Namespace",
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
+            Kind::ServiceAccount => "ServiceAccount",
             Kind::Pod => "Pod",
             Kind::ReplicaSet => "ReplicaSet",
             Kind::Deployment => "Deployment",
@@ -81,6 +85,7 @@ impl Kind {
             Kind::Namespace => "namespaces",
             Kind::ConfigMap => "configmaps",
             Kind::Secret => "secrets",
+            Kind::ServiceAccount => "serviceaccounts",
             Kind::Pod => "pods",
             Kind::ReplicaSet => "replicasets",
             Kind::Deployment => "deployments",
@@ -118,6 +123,7 @@ impl Kind {
             Kind::Namespace => &["ns"],
             Kind::ConfigMap => &["cm"],
             Kind::Secret => &[],
+            Kind::ServiceAccount => &["sa"],
             Kind::Pod => &["po"],
             Kind::ReplicaSet => &["rs"],
             Kind::Deployment => &["deploy"],
@@ -145,6 +151,7 @@ mod tests {
         assert_eq!(Kind::from_cli("deploy"), Some(Kind::Deployment));
         assert_eq!(Kind::from_cli("replicasets.apps"), Some(Kind::ReplicaSet));
         assert_eq!(Kind::from_cli("cm"), Some(Kind::ConfigMap));
+        assert_eq!(Kind::from_cli("sa"), Some(Kind::ServiceAccount));
         assert_eq!(Kind::from_cli("widgets"), None);
     }
 

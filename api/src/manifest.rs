@@ -223,6 +223,7 @@ fn load_document(
         Kind::Namespace => typed::<k8s_openapi::api::core::v1::Namespace>(&json, |_| {}),
         Kind::ConfigMap => typed::<k8s_openapi::api::core::v1::ConfigMap>(&json, |_| {}),
         Kind::Secret => typed::<k8s_openapi::api::core::v1::Secret>(&json, defaults::secret),
+        Kind::ServiceAccount => typed::<k8s_openapi::api::core::v1::ServiceAccount>(&json, |_| {}),
         Kind::Pod => typed::<k8s_openapi::api::core::v1::Pod>(&json, |p| {
             if let Some(s) = p.spec.as_mut() {
                 defaults::pod_spec(s)

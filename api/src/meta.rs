@@ -3,7 +3,9 @@
 //! helpers over `metadata` (owners, ownership by Git, identities).
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -44,6 +46,7 @@ macro_rules! object {
 object!(Namespace, Kind::Namespace);
 object!(ConfigMap, Kind::ConfigMap);
 object!(Secret, Kind::Secret);
+object!(ServiceAccount, Kind::ServiceAccount);
 object!(Pod, Kind::Pod);
 object!(ReplicaSet, Kind::ReplicaSet);
 object!(Deployment, Kind::Deployment);

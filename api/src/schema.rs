@@ -53,13 +53,16 @@ fn build<T: JsonSchema>() -> Schema {
 /// The schema of a kind, built once.
 pub fn for_kind(kind: Kind) -> &'static Schema {
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-    use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service};
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+    };
     static SCHEMAS: OnceLock<HashMap<Kind, Schema>> = OnceLock::new();
     let all = SCHEMAS.get_or_init(|| {
         HashMap::from([
             (Kind::Namespace, build::<Namespace>()),
             (Kind::ConfigMap, build::<ConfigMap>()),
             (Kind::Secret, build::<Secret>()),
+            (Kind::ServiceAccount, build::<ServiceAccount>()),
             (Kind::Pod, build::<Pod>()),
             (Kind::ReplicaSet, build::<ReplicaSet>()),
             (Kind::Deployment, build::<Deployment>()),

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use commitd_api::k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount,
+};
 use commitd_api::manifest::Manifest;
 use commitd_api::reflector::{reflect, Cache};
 use commitd_api::{Kind, Object, Store};
@@ -21,6 +23,7 @@ pub struct GitKindCaches {
     namespaces: Cache<Namespace>,
     config_maps: Cache<ConfigMap>,
     secrets: Cache<Secret>,
+    service_accounts: Cache<ServiceAccount>,
     services: Cache<Service>,
     pods: Cache<Pod>,
     replica_sets: Cache<ReplicaSet>,
@@ -39,6 +42,7 @@ impl GitKindCaches {
             namespaces: reflect(store.clone(), cancel.clone()),
             config_maps: reflect(store.clone(), cancel.clone()),
             secrets: reflect(store.clone(), cancel.clone()),
+            service_accounts: reflect(store.clone(), cancel.clone()),
             services: reflect(store.clone(), cancel.clone()),
             pods: reflect(store.clone(), cancel.clone()),
             replica_sets: reflect(store.clone(), cancel.clone()),
@@ -52,6 +56,7 @@ impl GitKindCaches {
             self.namespaces.changes(),
             self.config_maps.changes(),
             self.secrets.changes(),
+            self.service_accounts.changes(),
             self.services.changes(),
             self.pods.changes(),
             self.replica_sets.changes(),
@@ -63,6 +68,7 @@ impl GitKindCaches {
         self.namespaces.is_ready()
             && self.config_maps.is_ready()
             && self.secrets.is_ready()
+            && self.service_accounts.is_ready()
             && self.services.is_ready()
             && self.pods.is_ready()
             && self.replica_sets.is_ready()
@@ -74,6 +80,7 @@ impl GitKindCaches {
             Kind::Namespace => json_of(&self.namespaces, ns, name),
             Kind::ConfigMap => json_of(&self.config_maps, ns, name),
             Kind::Secret => json_of(&self.secrets, ns, name),
+            Kind::ServiceAccount => json_of(&self.service_accounts, ns, name),
             Kind::Service => json_of(&self.services, ns, name),
             Kind::Pod => json_of(&self.pods, ns, name),
             Kind::ReplicaSet => json_of(&self.replica_sets, ns, name),

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use commitd_api::k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret, Service,
-    ServicePort,
+    ServiceAccount, ServicePort,
 };
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use commitd_api::k8s_openapi::jiff::Timestamp;
@@ -276,6 +276,7 @@ async fn fetch(
         Kind::Namespace => fetch_kind::<Namespace>(store, scope, names, wide, now).await,
         Kind::ConfigMap => fetch_kind::<ConfigMap>(store, scope, names, wide, now).await,
         Kind::Secret => fetch_kind::<Secret>(store, scope, names, wide, now).await,
+        Kind::ServiceAccount => fetch_kind::<ServiceAccount>(store, scope, names, wide, now).await,
         Kind::Service => fetch_kind::<Service>(store, scope, names, wide, now).await,
         Kind::Endpoints => fetch_kind::<Endpoints>(store, scope, names, wide, now).await,
     }
@@ -690,6 +691,22 @@ impl Columns for ConfigMap {
         vec![
             meta::name(self).to_string(),
             n.to_string(),
+            age(self.metadata.creation_timestamp.as_ref(), now),
+        ]
+    }
+}
+
+/// kubectl's columns; commitd issues no tokens, so SECRETS counts the
+/// `secrets` the object lists.
+impl Columns for ServiceAccount {
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["NAME", "SECRETS", "AGE"]
+    }
+
+    fn cells(&self, _wide: bool, now: Timestamp) -> Vec<String> {
+        vec![
+            meta::name(self).to_string(),
+            self.secrets.as_ref().map_or(0, Vec::len).to_string(),
             age(self.metadata.creation_timestamp.as_ref(), now),
         ]
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, Pod, PodSpec, PodTemplateSpec, Secret,
+    ConfigMap, Container, Namespace, Pod, PodSpec, PodTemplateSpec, Secret, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 
@@ -479,6 +479,13 @@ impl Validate for Secret {
                 errs.invalid(FieldPath::root().key("data").key(k), format!("\"{k}\""), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')");
             }
         }
+    }
+}
+
+/// Stored and shown; commitd issues no tokens, so only the name matters.
+impl Validate for ServiceAccount {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, true, false, errs);
     }
 }
 
