@@ -370,6 +370,7 @@ fn container_status(
     let pull_failure = input.memory.pull_failures.get(name);
     let run_error = input.memory.run_errors.get(name);
     let config_error = input.memory.config_errors.get(name);
+    let post_start_error = input.memory.post_start_errors.get(name);
 
     let (state, last_state) = match (plan, latest) {
         (ContainerPlan::CrashLoopBackOff { backoff, .. }, Some(latest)) => (
@@ -399,6 +400,10 @@ fn container_status(
         ),
         (ContainerPlan::Start { .. }, _) if config_error.is_some() => (
             waiting("CreateContainerConfigError", config_error.cloned()),
+            latest.filter(|l| l.has_exited()).map(terminated),
+        ),
+        (ContainerPlan::Start { .. }, _) if post_start_error.is_some() => (
+            waiting("PostStartHookError", post_start_error.cloned()),
             latest.filter(|l| l.has_exited()).map(terminated),
         ),
         (ContainerPlan::Start { .. } | ContainerPlan::Resume { .. }, _) if run_error.is_some() => (
@@ -586,6 +591,31 @@ mod tests {
         assert_eq!(s.start_time, to_time(100 * S));
         assert_eq!(s.host_ip.as_deref(), Some("192.0.2.1"));
         assert_eq!(s.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn a_failed_post_start_hook_is_the_waiting_reason() {
+        let p = pod("Always");
+        let o = Observed {
+            sandboxes: vec![sandbox("s0", 0, true)],
+            containers: vec![exited("a", 0, "s0", 10, 1, 137)],
+        };
+        let mut mem = Memory::default();
+        mem.post_start_errors
+            .insert("a".into(), "command [\"false\"] exited with 1".into());
+        let s = build(&p, &o, &mem, 12, None);
+        let w = s.container_statuses.as_ref().unwrap()[0]
+            .state
+            .as_ref()
+            .unwrap()
+            .waiting
+            .clone()
+            .unwrap();
+        assert_eq!(w.reason.as_deref(), Some("PostStartHookError"));
+        assert_eq!(
+            w.message.as_deref(),
+            Some("command [\"false\"] exited with 1")
+        );
     }
 
     #[test]

@@ -401,6 +401,9 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
             probe::probe(pr, kind, &p.key(field), errs);
         }
     }
+    if let Some(l) = &c.lifecycle {
+        probe::lifecycle(l, &p.key("lifecycle"), errs);
+    }
     if let Some(sc) = &c.security_context {
         security::security_context(sc, &p.key("securityContext"), errs);
     }

@@ -3,7 +3,9 @@
 //! validated, so a field left out here is one Kubernetes would have filled
 //! in (`scheme: HTTP`, `successThreshold: 1`) and is not reported.
 
-use k8s_openapi::api::core::v1::{HTTPGetAction, Probe};
+use k8s_openapi::api::core::v1::{
+    ExecAction, GRPCAction, HTTPGetAction, Lifecycle, Probe, SleepAction, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{is_port_name, FieldErrors, PORT_NAME_MSG};
@@ -65,31 +67,78 @@ pub(crate) fn probe(pr: &Probe, kind: ProbeKind, p: &FieldPath, errs: &mut Field
     }
 }
 
-/// Exactly one of exec, httpGet, tcpSocket and grpc. As in Kubernetes, the
-/// first one given (in that order) is validated and each later one is
-/// reported as forbidden.
+/// The actions a probe or a lifecycle hook may name, one of which it must.
+struct Actions<'a> {
+    exec: Option<&'a ExecAction>,
+    http_get: Option<&'a HTTPGetAction>,
+    tcp_socket: Option<&'a TCPSocketAction>,
+    grpc: Option<&'a GRPCAction>,
+    sleep: Option<&'a SleepAction>,
+}
+
 fn handler(pr: &Probe, p: &FieldPath, errs: &mut FieldErrors) {
+    let actions = Actions {
+        exec: pr.exec.as_ref(),
+        http_get: pr.http_get.as_ref(),
+        tcp_socket: pr.tcp_socket.as_ref(),
+        grpc: pr.grpc.as_ref(),
+        sleep: None,
+    };
+    one_action(&actions, p, errs);
+}
+
+/// A container's `lifecycle`: each of `postStart` and `preStop` names
+/// exactly one action (exec, httpGet, tcpSocket or sleep).
+pub(crate) fn lifecycle(l: &Lifecycle, p: &FieldPath, errs: &mut FieldErrors) {
+    for (field, hook) in [("postStart", &l.post_start), ("preStop", &l.pre_stop)] {
+        let Some(h) = hook else { continue };
+        let actions = Actions {
+            exec: h.exec.as_ref(),
+            http_get: h.http_get.as_ref(),
+            tcp_socket: h.tcp_socket.as_ref(),
+            grpc: None,
+            sleep: h.sleep.as_ref(),
+        };
+        one_action(&actions, &p.key(field), errs);
+    }
+}
+
+/// Exactly one action. As in Kubernetes, the first one given (in the
+/// order exec, httpGet, tcpSocket, grpc, sleep) is validated and each later
+/// one is reported as forbidden.
+fn one_action(a: &Actions<'_>, p: &FieldPath, errs: &mut FieldErrors) {
     let mut count = 0;
-    if let Some(exec) = &pr.exec {
+    if let Some(exec) = a.exec {
         if let Some(hp) = first_handler(&mut count, p.key("exec"), errs) {
             if exec.command.as_ref().is_none_or(Vec::is_empty) {
                 errs.required(hp.key("command"));
             }
         }
     }
-    if let Some(get) = &pr.http_get {
+    if let Some(get) = a.http_get {
         if let Some(hp) = first_handler(&mut count, p.key("httpGet"), errs) {
             http_get(get, &hp, errs);
         }
     }
-    if let Some(tcp) = &pr.tcp_socket {
+    if let Some(tcp) = a.tcp_socket {
         if let Some(hp) = first_handler(&mut count, p.key("tcpSocket"), errs) {
             port(&tcp.port, hp.key("port"), errs);
         }
     }
-    if let Some(grpc) = &pr.grpc {
+    if let Some(grpc) = a.grpc {
         if let Some(hp) = first_handler(&mut count, p.key("grpc"), errs) {
             port_number(grpc.port, hp.key("port"), errs);
+        }
+    }
+    if let Some(sleep) = a.sleep {
+        if let Some(hp) = first_handler(&mut count, p.key("sleep"), errs) {
+            if sleep.seconds < 0 {
+                errs.invalid(
+                    hp.key("seconds"),
+                    sleep.seconds,
+                    "must be non-negative and less than terminationGracePeriodSeconds",
+                );
+            }
         }
     }
     if count == 0 {
@@ -175,6 +224,30 @@ mod tests {
             .into_iter()
             .map(|(p, m)| format!("{p}: {m}"))
             .collect()
+    }
+
+    #[test]
+    fn lifecycle_hooks_name_one_action() {
+        assert!(errors(json!({"lifecycle": {
+            "postStart": {"exec": {"command": ["true"]}},
+            "preStop": {"sleep": {"seconds": 5}}
+        }}))
+        .is_empty());
+        assert_eq!(
+            errors(json!({"lifecycle": {
+                "postStart": {},
+                "preStop": {"exec": {"command": []}, "sleep": {"seconds": -1}}
+            }})),
+            vec![
+                "spec.containers[0].lifecycle.postStart: Required value: must specify a handler type",
+                "spec.containers[0].lifecycle.preStop.exec.command: Required value",
+                "spec.containers[0].lifecycle.preStop.sleep: Forbidden: may not specify more than 1 handler type",
+            ]
+        );
+        assert_eq!(
+            errors(json!({"lifecycle": {"preStop": {"httpGet": {"port": 0}}}})),
+            vec!["spec.containers[0].lifecycle.preStop.httpGet.port: Invalid value: 0: must be between 1 and 65535, inclusive"]
+        );
     }
 
     #[test]

@@ -98,6 +98,9 @@ pub struct Memory {
     pub pull_failures: BTreeMap<String, PullFailure>,
     /// The last create/start error by container name (`RunContainerError`).
     pub run_errors: BTreeMap<String, String>,
+    /// Why the last instance's postStart hook failed, by container name
+    /// (`PostStartHookError`, until the next instance starts).
+    pub post_start_errors: BTreeMap<String, String>,
     /// Why a container could not be configured, by container name
     /// (`CreateContainerConfigError`: a missing ConfigMap, Secret or key).
     pub config_errors: BTreeMap<String, String>,

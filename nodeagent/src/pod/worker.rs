@@ -609,17 +609,17 @@ impl Worker {
                     if let Err(e) = lifecycle::run(cri, spec, &id, pod_ip, &hook, limit).await {
                         // The kubelet kills the container; its restart
                         // policy and back-off decide what follows.
-                        let message = format!("PostStartHookError: {e}");
                         warn!(container = %name, reason = Hook::PostStart.failure_reason(), error = %e, "postStart hook failed; stopping the container");
                         ignore_not_found(cri.stop_container(&id, desired.grace_period).await)
                             .with_context(|| {
                                 format!("stopping container {name} after its postStart hook failed")
                             })?;
-                        self.memory.run_errors.insert(name.to_string(), message);
+                        self.memory.post_start_errors.insert(name.to_string(), e);
                         return Ok(Outcome::Again);
                     }
                 }
                 self.memory.run_errors.remove(name);
+                self.memory.post_start_errors.remove(name);
                 Ok(Outcome::Again)
             }
             Err(e) => {
