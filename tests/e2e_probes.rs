@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde_json::Value;
 use support::cli::exec_ok;
 use support::cluster::{Cluster, Network, WAIT};
@@ -43,7 +41,7 @@ spec:
         periodSeconds: 1
         failureThreshold: 1
       readinessProbe:
-        exec: {command: [test, -f, /tmp/ready]}
+        exec: {command: [sh, -c, 'echo probed >> /tmp/probes; test -f /tmp/ready']}
         periodSeconds: 1
 ---
 apiVersion: v1
@@ -126,14 +124,19 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
     cluster.repo().commit("A probed pod and its Service");
     let cri = cluster.cri().await;
 
-    // Running and live, but not ready: no /tmp/ready yet. It stays so over
-    // several probe periods, and the Service has no endpoint.
+    // Running and live, but not ready: no /tmp/ready yet. It stays so
+    // after three failed readiness probes (each one counts itself in
+    // /tmp/probes), and the Service has no endpoint.
     let first = running_unready(&cluster, 0).await;
     let ip = first["status"]["podIP"]
         .as_str()
         .expect("pod IP")
         .to_string();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    until("three readiness probes", WAIT, || async {
+        let runs = exec_ok(&cri, "probed", &["cat", "/tmp/probes"]).await?;
+        (runs.lines().count() >= 3).then_some(()).ok_or(runs)
+    })
+    .await;
     let p = cluster
         .cli()
         .get_json("pod", "probed", "demo")
