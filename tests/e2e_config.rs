@@ -87,11 +87,7 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
     let mut cluster = Cluster::up(NETWORK).await;
     cluster.wait_running(2, "hello from").await;
 
-    cluster.repo().write(
-        "configured.yaml",
-        &POD.replace("REGISTRY", &cluster.registry.addr),
-    );
-    cluster.repo().commit("A pod that needs configuration");
+    cluster.commit_manifest("configured.yaml", POD, "A pod that needs configuration");
     let waiting = until("CreateContainerConfigError", WAIT, || async {
         let p = cluster.cli().get_json("pod", "configured", "demo").await?;
         let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
@@ -129,11 +125,7 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
 
     // What a container writes to its termination log is its message.
-    cluster.repo().write(
-        "farewell.yaml",
-        &FAREWELL.replace("REGISTRY", &cluster.registry.addr),
-    );
-    cluster.repo().commit("A pod that says why it stopped");
+    cluster.commit_manifest("farewell.yaml", FAREWELL, "A pod that says why it stopped");
     let terminated = until("farewell to stop with its message", WAIT, || async {
         let (code, out, err) = cluster
             .cli()

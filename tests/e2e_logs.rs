@@ -96,13 +96,11 @@ async fn logs_show_current_previous_and_tail() {
     // The examples' web pods run: the repository exists, pods start.
     cluster.wait_running(2, "hello from").await;
 
-    cluster.repo().write(
+    cluster.commit_manifest(
         "logs.yaml",
-        &PODS.replace("REGISTRY", &cluster.registry.addr),
+        PODS,
+        "A pod that talks and exits, and one that never starts",
     );
-    cluster
-        .repo()
-        .commit("A pod that talks and exits, and one that never starts");
 
     // All of an instance's lines, stdout and stderr, nothing else.
     let out = until("chatty's log to hold all its lines", WAIT, || async {

@@ -117,11 +117,7 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
         .await;
     }
 
-    cluster.repo().write(
-        "probed.yaml",
-        &PROBED.replace("REGISTRY", &cluster.registry.addr),
-    );
-    cluster.repo().commit("A probed pod and its Service");
+    cluster.commit_manifest("probed.yaml", PROBED, "A probed pod and its Service");
     let cri = cluster.cri().await;
 
     // Running and live, but not ready: no /tmp/ready yet. It stays so
@@ -209,11 +205,8 @@ async fn probes_gate_readiness_and_restart_dead_containers() {
     // container gets SIGTERM. The pod records each step in a host
     // directory, which outlives it.
     let events_dir = cluster.state.path().join("hook-events");
-    let hooked = HOOKED
-        .replace("REGISTRY", &cluster.registry.addr)
-        .replace("EVENTS_DIR", &events_dir.to_string_lossy());
-    cluster.repo().write("hooked.yaml", &hooked);
-    cluster.repo().commit("A pod with lifecycle hooks");
+    let hooked = HOOKED.replace("EVENTS_DIR", &events_dir.to_string_lossy());
+    cluster.commit_manifest("hooked.yaml", &hooked, "A pod with lifecycle hooks");
     let events = events_dir.join("events");
     until("the postStart hook to run", WAIT, || async {
         let text = std::fs::read_to_string(&events).unwrap_or_default();

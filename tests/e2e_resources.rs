@@ -75,11 +75,7 @@ async fn memory_limits_kill_and_cpu_limits_throttle() {
         .expect("web pod");
     assert_eq!(p["status"]["qosClass"], "Burstable", "{}", p["status"]);
 
-    cluster.repo().write(
-        "pods.yaml",
-        &PODS.replace("REGISTRY", &cluster.registry.addr),
-    );
-    cluster.repo().commit("A memory hog and a capped pod");
+    cluster.commit_manifest("pods.yaml", PODS, "A memory hog and a capped pod");
 
     let hog = until("hog to be OOMKilled", WAIT, || async {
         let p = cluster.cli().get_json("pod", "hog", "demo").await?;

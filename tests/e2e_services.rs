@@ -160,11 +160,8 @@ async fn services_balance_resolve_and_follow_their_pods() {
     assert_eq!(spread(&vip_addr, 200).await, pod_names);
 
     // More Services and a client pod.
-    let more = MORE
-        .replace("REGISTRY", &cluster.registry.addr)
-        .replace("NODE_PORT", &NODE_PORT.to_string());
-    cluster.repo().write("more.yaml", &more);
-    cluster.repo().commit("Client pod and more services");
+    let more = MORE.replace("NODE_PORT", &NODE_PORT.to_string());
+    cluster.commit_manifest("more.yaml", &more, "Client pod and more services");
     let cri = cluster.cri().await;
 
     // From inside a pod, by short and full DNS name; the pod's

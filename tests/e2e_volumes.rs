@@ -97,13 +97,7 @@ async fn init_containers_and_volumes() {
     let mut cluster = Cluster::up(NETWORK).await;
     cluster.wait_running(2, "hello from").await;
 
-    cluster.repo().write(
-        "site.yaml",
-        &SITE.replace("REGISTRY", &cluster.registry.addr),
-    );
-    cluster
-        .repo()
-        .commit("A site rendered by an init container");
+    cluster.commit_manifest("site.yaml", SITE, "A site rendered by an init container");
 
     // The init container ran to completion first; the app serves its page.
     let running = until("site to run", WAIT, || async {

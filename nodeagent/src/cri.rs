@@ -168,6 +168,16 @@ impl Cri {
     /// Returns the runtime's id of `image` if it is already on the node, so
     /// the `IfNotPresent` pull policy can skip the registry entirely.
     pub async fn image_present(&self, image: &str) -> Result<Option<String>, CriError> {
+        Ok(self
+            .image_status(image)
+            .await?
+            .map(|i| i.id)
+            .filter(|id| !id.is_empty()))
+    }
+
+    /// The runtime's record of `image`; `None` when it is not on the node
+    /// (CRI reports "absent" as an empty response, not as NotFound).
+    async fn image_status(&self, image: &str) -> Result<Option<proto::Image>, CriError> {
         let request = ImageStatusRequest {
             image: Some(image_spec(image)),
             verbose: false,
@@ -179,26 +189,14 @@ impl Cri {
             .await
             .map_err(|s| CriError::call("ImageStatus", s))?
             .into_inner();
-        // CRI reports "absent" as an empty response, not as NotFound.
-        Ok(response.image.map(|i| i.id).filter(|id| !id.is_empty()))
+        Ok(response.image)
     }
 
     /// The user `image` runs as unless told otherwise, as the runtime
     /// reports it (the kubelet's `getImageUser` asks the same); `None` when
     /// the image is not on the node.
     pub async fn image_user(&self, image: &str) -> Result<Option<ImageUser>, CriError> {
-        let request = ImageStatusRequest {
-            image: Some(image_spec(image)),
-            verbose: false,
-        };
-        let response = self
-            .image
-            .clone()
-            .image_status(request)
-            .await
-            .map_err(|s| CriError::call("ImageStatus", s))?
-            .into_inner();
-        Ok(response.image.map(|i| ImageUser {
+        Ok(self.image_status(image).await?.map(|i| ImageUser {
             uid: i.uid.map(|u| u.value),
             username: i.username,
         }))

@@ -103,6 +103,14 @@ impl Cluster {
         self.up = Some(up);
     }
 
+    /// Writes `text` to `file` in the repository, with `REGISTRY` standing
+    /// for this cluster's registry address, and commits it.
+    pub fn commit_manifest(&self, file: &str, text: &str, message: &str) -> String {
+        self.repo()
+            .write(file, &text.replace("REGISTRY", &self.registry.addr));
+        self.repo().commit(message)
+    }
+
     pub fn repo(&self) -> TestRepoView<'_> {
         TestRepoView {
             path: &self.repo_path,

@@ -12,7 +12,9 @@ pub mod runner;
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Probe};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 pub use runner::{ProbeResults, ProbeStatus, Probers};
@@ -161,44 +163,52 @@ pub fn is_https(probe: &Probe) -> bool {
 }
 
 impl Handler {
+    fn exec(exec: &ExecAction) -> Handler {
+        Handler::Exec {
+            command: exec.command.clone().unwrap_or_default(),
+        }
+    }
+
+    fn http(http: &HTTPGetAction) -> Handler {
+        Handler::Http {
+            host: http.host.clone().filter(|h| !h.is_empty()),
+            port: PortRef::from_k8s(&http.port),
+            path: http
+                .path
+                .clone()
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "/".to_string()),
+            headers: http
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        }
+    }
+
+    fn tcp(tcp: &TCPSocketAction) -> Handler {
+        Handler::Tcp {
+            host: tcp.host.clone().filter(|h| !h.is_empty()),
+            port: PortRef::from_k8s(&tcp.port),
+        }
+    }
+
     /// A lifecycle hook's action (`postStart`, `preStop`); `None` when it
     /// has none or is an HTTPS GET, which commitd cannot make yet.
     pub fn from_lifecycle(h: &LifecycleHandler) -> Option<Handler> {
         if let Some(exec) = &h.exec {
-            return Some(Handler::Exec {
-                command: exec.command.clone().unwrap_or_default(),
-            });
+            return Some(Handler::exec(exec));
         }
-        if let Some(http) = h
-            .http_get
-            .as_ref()
-            .filter(|g| g.scheme.as_deref() != Some("HTTPS"))
-        {
-            return Some(Handler::Http {
-                host: http.host.clone().filter(|x| !x.is_empty()),
-                port: PortRef::from_k8s(&http.port),
-                path: http
-                    .path
-                    .clone()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "/".to_string()),
-                headers: http
-                    .http_headers
-                    .iter()
-                    .flatten()
-                    .map(|x| (x.name.clone(), x.value.clone()))
-                    .collect(),
-            });
+        if let Some(http) = &h.http_get {
+            return (http.scheme.as_deref() != Some("HTTPS")).then(|| Handler::http(http));
         }
         if let Some(sleep) = &h.sleep {
             return Some(Handler::Sleep {
                 duration: Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0)),
             });
         }
-        h.tcp_socket.as_ref().map(|tcp| Handler::Tcp {
-            host: tcp.host.clone().filter(|x| !x.is_empty()),
-            port: PortRef::from_k8s(&tcp.port),
-        })
+        h.tcp_socket.as_ref().map(Handler::tcp)
     }
 }
 
@@ -211,30 +221,11 @@ impl ProbeSpec {
             return None;
         }
         let handler = if let Some(exec) = &probe.exec {
-            Handler::Exec {
-                command: exec.command.clone().unwrap_or_default(),
-            }
+            Handler::exec(exec)
         } else if let Some(http) = &probe.http_get {
-            Handler::Http {
-                host: http.host.clone().filter(|h| !h.is_empty()),
-                port: PortRef::from_k8s(&http.port),
-                path: http
-                    .path
-                    .clone()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or_else(|| "/".to_string()),
-                headers: http
-                    .http_headers
-                    .iter()
-                    .flatten()
-                    .map(|h| (h.name.clone(), h.value.clone()))
-                    .collect(),
-            }
+            Handler::http(http)
         } else if let Some(tcp) = &probe.tcp_socket {
-            Handler::Tcp {
-                host: tcp.host.clone().filter(|h| !h.is_empty()),
-                port: PortRef::from_k8s(&tcp.port),
-            }
+            Handler::tcp(tcp)
         } else if let Some(grpc) = &probe.grpc {
             Handler::Grpc {
                 port: grpc.port,
