@@ -151,12 +151,30 @@ async fn services_balance_resolve_and_follow_their_pods() {
     let pods = cluster.wait_running(2, "hello from").await;
     let pod_names: BTreeSet<String> = pods.iter().map(|(n, _)| n.clone()).collect();
 
-    // The examples' Service: 200 requests from the node to its VIP all
-    // succeed and reach both pods.
+    // The examples' Service: once both pods are ready and programmed
+    // (Running is not Ready: the readiness probe decides), 200 requests
+    // from the node to its VIP all succeed and reach both pods. Endpoints
+    // sit in the slot maps as `VIP . tcp . 80 : IP . PORT`.
     let vip = cluster_ip(&cluster, "web").await;
     assert!(vip.starts_with("10.100.20."), "{vip}");
     let vip_addr = format!("{vip}:80");
-    until("the VIP to answer", WAIT, || http_get(&vip_addr)).await;
+    let pod_ips = until("both endpoints of web", WAIT, || async {
+        let ips = cluster.cli().endpoint_ips("web", "demo").await?;
+        (ips.len() == 2)
+            .then_some(ips.clone())
+            .ok_or(format!("{ips:?}"))
+    })
+    .await;
+    let programmed = |t: &str, ip: &str| t.contains(&format!(": {ip} . "));
+    until("both endpoints in the rules", WAIT, || async {
+        let t = table().await;
+        pod_ips
+            .iter()
+            .all(|ip| programmed(&t, ip))
+            .then_some(())
+            .ok_or(t)
+    })
+    .await;
     assert_eq!(spread(&vip_addr, 200).await, pod_names);
 
     // More Services and a client pod.
@@ -183,13 +201,6 @@ async fn services_balance_resolve_and_follow_their_pods() {
     assert!(env.lines().any(|l| l == "WEB_SERVICE_PORT=80"), "{env}");
 
     // Headless: one record per ready pod.
-    let pod_ips = until("both endpoints of web", WAIT, || async {
-        let ips = cluster.cli().endpoint_ips("web", "demo").await?;
-        (ips.len() == 2)
-            .then_some(ips.clone())
-            .ok_or(format!("{ips:?}"))
-    })
-    .await;
     until("headless lookup to return the pod IPs", WAIT, || async {
         let out = exec(&cri, &["nslookup", "web-headless.demo.svc.cluster.local"]).await?;
         pod_ips
@@ -241,11 +252,7 @@ async fn services_balance_resolve_and_follow_their_pods() {
     }
 
     // Scale to one: once the change is programmed, no request fails and
-    // all reach the remaining pod. Endpoints sit in the slot maps as
-    // `VIP . tcp . 80 : IP . PORT`.
-    let programmed = |t: &str, ip: &str| t.contains(&format!(": {ip} . "));
-    let t = table().await;
-    assert!(pod_ips.iter().all(|ip| programmed(&t, ip)), "{t}");
+    // all reach the remaining pod.
     cluster
         .repo()
         .edit("web.yaml", "replicas: 2", "replicas: 1");
