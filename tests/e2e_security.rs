@@ -1,5 +1,6 @@
 //! Security contexts end to end, with real containers under `commitd up`:
-//! the user and groups a container runs as, a read-only root filesystem,
+//! the user and groups a container runs as, volumes given to the pod's
+//! `fsGroup`, a read-only root filesystem,
 //! dropped capabilities and no privilege escalation, all capabilities for
 //! a privileged container, seen from inside the containers; and `runAsNonRoot` against the demo image, which runs as
 //! root: refused with the kubelet's `CreateContainerConfigError` unless
@@ -36,6 +37,37 @@ spec:
       image: REGISTRY/commitd/web:1
       command: [sh, -c, 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
       securityContext: CONTAINER
+"#;
+
+/// A pod running as a user that is not root, with `fsGroup`: an emptyDir
+/// it writes to and a Secret readable only by its owner (0400), which the
+/// group makes readable.
+const OWNED: &str = r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+  namespace: demo
+stringData:
+  token: s3cret
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: owned
+  namespace: demo
+spec:
+  terminationGracePeriodSeconds: 2
+  securityContext: {runAsUser: 1000, fsGroup: 2000}
+  containers:
+    - name: app
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
+      volumeMounts:
+        - {name: scratch, mountPath: /scratch}
+        - {name: creds, mountPath: /creds}
+  volumes:
+    - {name: scratch, emptyDir: {}}
+    - {name: creds, secret: {secretName: creds, defaultMode: 0400}}
 "#;
 
 fn pod_yaml(registry: &str, name: &str, pod_sc: &str, container_sc: &str) -> String {
@@ -97,6 +129,7 @@ async fn security_contexts_apply_inside_real_containers() {
             "{runAsNonRoot: true}",
             "{runAsUser: 1000}",
         ),
+        OWNED.replace("REGISTRY", &registry),
     ];
     cluster.repo().write("security.yaml", &pods.join("---\n"));
     cluster.repo().commit("Pods with security contexts");
@@ -111,6 +144,25 @@ async fn security_contexts_apply_inside_real_containers() {
     for g in ["3000", "2000", "4000"] {
         assert!(groups.contains(&g), "group {g} missing in {groups:?}");
     }
+
+    // fsGroup: the emptyDir belongs to the group, is writable by the
+    // pod's user, and what is made in it joins the group; the Secret's
+    // owner-only files become readable by the group.
+    let made = output(
+        &cri,
+        "owned",
+        &[
+            "sh",
+            "-c",
+            "touch /scratch/f && stat -c '%g %a' /scratch /scratch/f && stat -L -c '%g %a' /creds/token",
+        ],
+    )
+    .await;
+    assert_eq!(made, "2000 2777\n2000 644\n2000 440");
+    assert_eq!(
+        output(&cri, "owned", &["cat", "/creds/token"]).await,
+        "s3cret"
+    );
 
     // A read-only root filesystem, even for root.
     assert_eq!(output(&cri, "readonly", &["id", "-u"]).await, "0");

@@ -52,13 +52,16 @@ const DEPLOYMENT_SPEC: &[&str] = &[
 ];
 const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "template"];
 /// Pod `securityContext` fields commitd acts on; `supplementalGroupsPolicy`
-/// only as `Merge`, what it does anyway.
+/// only as `Merge`, what it does anyway. `fsGroupChangePolicy` changes
+/// nothing: volumes are given to the group only when they are made, which
+/// both policies do alike for the volumes commitd has.
 const POD_SECURITY_CONTEXT: &[&str] = &[
     "runAsUser",
     "runAsGroup",
     "runAsNonRoot",
     "supplementalGroups",
     "fsGroup",
+    "fsGroupChangePolicy",
     "seLinuxOptions",
     "seccompProfile",
     "appArmorProfile",

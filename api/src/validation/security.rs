@@ -15,6 +15,7 @@ use crate::field_path::FieldPath;
 /// Kubernetes' message for a user or group id out of range.
 const ID_RANGE_MSG: &str = "must be between 0 and 2147483647, inclusive";
 const PROFILE_TYPES: &[&str] = &["Localhost", "RuntimeDefault", "Unconfined"];
+const FS_GROUP_CHANGE_POLICIES: &[&str] = &["Always", "OnRootMismatch"];
 
 fn id(value: Option<i64>, p: FieldPath, errs: &mut FieldErrors) {
     if let Some(v) = value.filter(|v| !(0..=i64::from(i32::MAX)).contains(v)) {
@@ -31,6 +32,15 @@ fn shown<T: serde::Serialize>(value: &T) -> String {
 /// `spec.securityContext`.
 pub(crate) fn pod_security_context(sc: &PodSecurityContext, p: &FieldPath, errs: &mut FieldErrors) {
     id(sc.fs_group, p.key("fsGroup"), errs);
+    if let Some(policy) = sc.fs_group_change_policy.as_deref() {
+        if !FS_GROUP_CHANGE_POLICIES.contains(&policy) {
+            errs.unsupported(
+                p.key("fsGroupChangePolicy"),
+                policy,
+                FS_GROUP_CHANGE_POLICIES,
+            );
+        }
+    }
     id(sc.run_as_user, p.key("runAsUser"), errs);
     id(sc.run_as_group, p.key("runAsGroup"), errs);
     for (i, g) in sc.supplemental_groups.iter().flatten().enumerate() {
@@ -202,6 +212,22 @@ mod tests {
                 "spec.securityContext.supplementalGroups[1]: Invalid value: -2: must be between 0 and 2147483647, inclusive",
             ]
         );
+    }
+
+    #[test]
+    fn fs_group_change_policy_is_one_of_two() {
+        let got = errors(json!({"fsGroupChangePolicy": "Sometimes"}), json!(null));
+        assert_eq!(
+            got,
+            vec![
+                "spec.securityContext.fsGroupChangePolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnRootMismatch\""
+            ]
+        );
+        let got = errors(
+            json!({"fsGroup": 1, "fsGroupChangePolicy": "OnRootMismatch"}),
+            json!(null),
+        );
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]

@@ -19,7 +19,10 @@
 //!   checked against the image's own user, and that user made explicit
 //!   when the pod names none, as the kubelet does.
 //!
-//! Not yet: `fsGroup` ownership of volumes, `sysctls`, `procMount:
+//! `fsGroup` ownership of the volumes themselves is made where they are
+//! (`super::volumes`).
+//!
+//! Not yet: `sysctls`, `procMount:
 //! Unmasked`, `supplementalGroupsPolicy: Strict`, Localhost seccomp
 //! profiles (refused, so a container never runs less confined than asked),
 //! `windowsOptions`.

@@ -12,6 +12,11 @@
 //!   it with a rename, and each top-level name is a symlink through
 //!   `..data`. Secret volumes live on a tmpfs, never on disk.
 //!
+//! With the pod's `securityContext.fsGroup`, volumes belong to that group
+//! as the kubelet makes them: an emptyDir is group-writable with the
+//! set-group-ID bit (so files made in it join the group), and projected
+//! files are group-readable. hostPath volumes are left as they are.
+//!
 //! Setting up is idempotent: a pass rewrites a volume only when its
 //! contents changed. Tearing down unmounts what was mounted and removes
 //! the pod's directory.
@@ -35,6 +40,16 @@ use crate::cri::proto::Mount;
 const DEFAULT_MODE: i32 = 0o644;
 /// The symlink through which a projected volume's files are read.
 const DATA_LINK: &str = "..data";
+/// The mode of a fresh emptyDir: anyone may write, whatever user the
+/// containers run as (the kubelet's choice).
+const EMPTY_DIR_MODE: u32 = 0o777;
+/// What `fsGroup` adds to a file of a writable volume (the kubelet's
+/// `rwMask`) and of a read-only one (`roMask`).
+const GROUP_RW: u32 = 0o660;
+const GROUP_RO: u32 = 0o440;
+/// What `fsGroup` adds to a directory on top: search, and set-group-ID so
+/// that what is created inside joins the group.
+const GROUP_DIR: u32 = 0o2110;
 
 /// The directory of all of a pod's volumes.
 pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
@@ -147,6 +162,7 @@ pub fn set_up(
     facts: &EnvFacts,
 ) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
     let mut out = BTreeMap::new();
+    let group = fs_group(pod);
     for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let fail = |reason: String| VolumeError {
             volume: v.name.clone(),
@@ -157,21 +173,36 @@ pub fn set_up(
             host_path(&host.path, host.type_.as_deref().unwrap_or_default()).map_err(fail)?;
             PathBuf::from(&host.path)
         } else if let Some(empty) = &v.empty_dir {
+            let created = fs::symlink_metadata(&own).is_err();
             fs::create_dir_all(&own).map_err(|e| fail(io_reason(&own, &e)))?;
-            if empty.medium.as_deref() == Some("Memory") {
+            let mounted = if empty.medium.as_deref() == Some("Memory") {
                 let size = empty
                     .size_limit
                     .as_ref()
                     .and_then(|q| commitd_api::quantity::memory_bytes(q).ok());
-                ensure_tmpfs(&own, size).map_err(|e| fail(io_reason(&own, &e)))?;
+                ensure_tmpfs(&own, size).map_err(|e| fail(io_reason(&own, &e)))?
+            } else {
+                false
+            };
+            // Only a fresh directory: what the containers did to it since
+            // (a chmod, say) is theirs.
+            if created || mounted {
+                prepare_empty_dir(&own, group).map_err(|e| fail(io_reason(&own, &e)))?;
             }
             own
-        } else if let Some(files) = projected_files(pod, v, objects, facts).map_err(fail)? {
+        } else if let Some(mut files) = projected_files(pod, v, objects, facts).map_err(fail)? {
             fs::create_dir_all(&own).map_err(|e| fail(io_reason(&own, &e)))?;
             if v.secret.is_some() {
                 ensure_tmpfs(&own, None).map_err(|e| fail(io_reason(&own, &e)))?;
             }
-            write_atomically(&own, &files).map_err(|e| fail(io_reason(&own, &e)))?;
+            if let Some(gid) = group {
+                for f in &mut files {
+                    f.mode |= GROUP_RO;
+                }
+                own_by_group(&own, gid, GROUP_RO | GROUP_DIR)
+                    .map_err(|e| fail(io_reason(&own, &e)))?;
+            }
+            write_atomically(&own, &files, group).map_err(|e| fail(io_reason(&own, &e)))?;
             own
         } else {
             return Err(fail("volume type not supported by commitd".to_string()));
@@ -183,6 +214,36 @@ pub fn set_up(
 
 fn io_reason(path: &Path, e: &io::Error) -> String {
     format!("{}: {e}", path.display())
+}
+
+/// The pod's `securityContext.fsGroup`, when it is a valid group ID.
+fn fs_group(pod: &Pod) -> Option<u32> {
+    let group = pod.spec.as_ref()?.security_context.as_ref()?.fs_group?;
+    u32::try_from(group).ok()
+}
+
+/// A fresh emptyDir: writable by all, and with `fsGroup` owned by that
+/// group with the set-group-ID bit.
+fn prepare_empty_dir(dir: &Path, group: Option<u32>) -> io::Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(EMPTY_DIR_MODE))?;
+    match group {
+        Some(gid) => own_by_group(dir, gid, GROUP_RW | GROUP_DIR),
+        None => Ok(()),
+    }
+}
+
+/// Gives `path` to group `gid` and adds `add` to its mode (the execute
+/// and set-group-ID bits of `add` only for a directory), as the kubelet's
+/// volume ownership does for each file.
+fn own_by_group(path: &Path, gid: u32, add: u32) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::chown(path, None, Some(gid))?;
+    let meta = fs::metadata(path)?;
+    let add = if meta.is_dir() { add } else { add & 0o666 };
+    fs::set_permissions(
+        path,
+        fs::Permissions::from_mode((meta.mode() & 0o7777) | add),
+    )
 }
 
 /// The hostPath `type` check, creating what the `OrCreate` types create.
@@ -236,10 +297,10 @@ fn host_path(path: &str, kind: &str) -> Result<(), String> {
     }
 }
 
-/// Mounts a tmpfs on `dir` unless one is there already.
-fn ensure_tmpfs(dir: &Path, size: Option<i64>) -> io::Result<()> {
+/// Mounts a tmpfs on `dir` unless one is there already; whether it did.
+fn ensure_tmpfs(dir: &Path, size: Option<i64>) -> io::Result<bool> {
     if is_mount_point(dir)? {
-        return Ok(());
+        return Ok(false);
     }
     let mut options = "mode=0755".to_string();
     if let Some(bytes) = size.filter(|b| *b > 0) {
@@ -252,7 +313,8 @@ fn ensure_tmpfs(dir: &Path, size: Option<i64>) -> io::Result<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(options.as_str()),
     )
-    .map_err(io::Error::from)
+    .map_err(io::Error::from)?;
+    Ok(true)
 }
 
 /// Whether `dir` is on another device than its parent.
@@ -479,7 +541,8 @@ fn relative(path: &str) -> Result<PathBuf, String> {
 
 /// Replaces the files of `dir` with `files` in one step for readers (the
 /// kubelet's atomic writer); does nothing when they are already there.
-fn write_atomically(dir: &Path, files: &[File]) -> io::Result<()> {
+/// With `group`, what is written belongs to it.
+fn write_atomically(dir: &Path, files: &[File], group: Option<u32>) -> io::Result<()> {
     let data_link = dir.join(DATA_LINK);
     let current = fs::read_link(&data_link).ok();
     if let Some(target) = &current {
@@ -497,15 +560,30 @@ fn write_atomically(dir: &Path, files: &[File]) -> io::Result<()> {
     );
     let fresh = dir.join(&stamp);
     fs::create_dir(&fresh)?;
+    let mut dirs = BTreeSet::from([fresh.clone()]);
     for f in files {
         let path = fresh.join(&f.path);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
+            dirs.extend(
+                parent
+                    .ancestors()
+                    .take_while(|d| d.starts_with(&fresh))
+                    .map(Path::to_path_buf),
+            );
         }
         fs::write(&path, &f.data)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))?;
+        if let Some(gid) = group {
+            own_by_group(&path, gid, 0)?;
+        }
     }
-    fs::set_permissions(&fresh, fs::Permissions::from_mode(0o755))?;
+    for d in &dirs {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
+        if let Some(gid) = group {
+            own_by_group(d, gid, GROUP_RO | GROUP_DIR)?;
+        }
+    }
     let tmp_link = dir.join("..data_tmp");
     let _ = fs::remove_file(&tmp_link);
     symlink(&stamp, &tmp_link)?;
@@ -600,7 +678,7 @@ pub fn container_mounts(
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             host_path = host.join(relative(sub)?);
             if spec.empty_dir.is_some() && fs::symlink_metadata(&host_path).is_err() {
-                fs::create_dir_all(&host_path).map_err(|e| io_reason(&host_path, &e))?;
+                create_sub_path(host, &host_path).map_err(|e| io_reason(&host_path, &e))?;
             }
         }
         mounts.push(Mount {
@@ -611,6 +689,23 @@ pub fn container_mounts(
         });
     }
     Ok(mounts)
+}
+
+/// Creates the missing directories of an emptyDir's `subPath` with the
+/// mode and group of the volume itself, as the kubelet does.
+fn create_sub_path(volume: &Path, path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let root = fs::metadata(volume)?;
+    let missing: Vec<&Path> = path
+        .ancestors()
+        .take_while(|d| *d != volume && fs::symlink_metadata(d).is_err())
+        .collect();
+    fs::create_dir_all(path)?;
+    for d in missing {
+        std::os::unix::fs::chown(d, None, Some(root.gid()))?;
+        fs::set_permissions(d, fs::Permissions::from_mode(root.mode() & 0o7777))?;
+    }
+    Ok(())
 }
 
 /// Unmounts whatever is mounted in the pod's volume directory and removes
@@ -647,7 +742,12 @@ mod tests {
     fn projected_files_are_swapped_in_atomically_and_stale_names_go() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path();
-        write_atomically(dir, &[file("a", "1", 0o644), file("sub/b", "2", 0o600)]).expect("write");
+        write_atomically(
+            dir,
+            &[file("a", "1", 0o644), file("sub/b", "2", 0o600)],
+            None,
+        )
+        .expect("write");
         assert_eq!(fs::read_to_string(dir.join("a")).expect("a"), "1");
         assert_eq!(fs::read_to_string(dir.join("sub/b")).expect("b"), "2");
         assert_eq!(
@@ -663,14 +763,19 @@ mod tests {
         assert_eq!(mode, 0o600);
 
         // The same files: nothing is rewritten.
-        write_atomically(dir, &[file("a", "1", 0o644), file("sub/b", "2", 0o600)]).expect("again");
+        write_atomically(
+            dir,
+            &[file("a", "1", 0o644), file("sub/b", "2", 0o600)],
+            None,
+        )
+        .expect("again");
         assert_eq!(
             fs::read_link(dir.join(DATA_LINK)).expect("data link"),
             first
         );
 
         // New contents: a new directory, the old one and `sub` go.
-        write_atomically(dir, &[file("a", "3", 0o644)]).expect("update");
+        write_atomically(dir, &[file("a", "3", 0o644)], None).expect("update");
         assert_eq!(fs::read_to_string(dir.join("a")).expect("a"), "3");
         assert_ne!(
             fs::read_link(dir.join(DATA_LINK)).expect("data link"),
@@ -682,6 +787,58 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(dirs.len(), 3, "{dirs:?}");
+    }
+
+    #[test]
+    fn fs_group_owns_empty_dirs_and_projected_files() {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the process's effective user.
+        if fs::metadata("/proc/self").ok().map(|m| m.uid()) != Some(0) {
+            eprintln!("skipping: changing a file's group to any group needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "demo"},
+            "spec": {
+                "securityContext": {"fsGroup": 2345},
+                "containers": [{"name": "app", "image": "i"}],
+                "volumes": [
+                    {"name": "scratch", "emptyDir": {}},
+                    {"name": "conf", "configMap": {"name": "app", "defaultMode": 0o400,
+                        "items": [{"key": "k", "path": "deep/k"}]}}
+                ]
+            }
+        }))
+        .expect("pod");
+        let objects = VolumeObjects {
+            config_maps: BTreeMap::from([(
+                "app".to_string(),
+                BTreeMap::from([("k".to_string(), b"v".to_vec())]),
+            )]),
+            ..VolumeObjects::default()
+        };
+        let paths = set_up(&pod, tmp.path(), &objects, &EnvFacts::default()).expect("set up");
+        let stat = |p: &Path| {
+            let m = fs::metadata(p).expect("stat");
+            (m.gid(), m.mode() & 0o7777)
+        };
+        // Writable by all, the group's, and what is made in it joins it.
+        let scratch = &paths["scratch"];
+        assert_eq!(stat(scratch), (2345, 0o2777));
+        let sub = scratch.join("a/b");
+        create_sub_path(scratch, &sub).expect("subPath");
+        assert_eq!(stat(&scratch.join("a")), (2345, 0o2777));
+        assert_eq!(stat(&sub), (2345, 0o2777));
+        // Projected files readable by the group, whatever defaultMode says.
+        let conf = &paths["conf"];
+        assert_eq!(stat(&conf.join("deep/k")), (2345, 0o440));
+        assert_eq!(stat(&conf.join("deep")).0, 2345);
+        assert_eq!(stat(conf).0, 2345);
+        // A second pass finds the files as they should be and keeps them.
+        let data = fs::read_link(conf.join(DATA_LINK)).expect("..data");
+        set_up(&pod, tmp.path(), &objects, &EnvFacts::default()).expect("again");
+        assert_eq!(fs::read_link(conf.join(DATA_LINK)).expect("..data"), data);
     }
 
     #[test]
@@ -802,6 +959,7 @@ mod tests {
             ("cache".to_string(), tmp.path().join("cache")),
             ("conf".to_string(), tmp.path().join("conf")),
         ]);
+        fs::create_dir(&volumes["cache"]).expect("the emptyDir");
         let c = &pod.spec.as_ref().expect("spec").containers[0];
         let mounts = container_mounts(&pod, c, &volumes).expect("mounts");
         let seen: Vec<(&str, String, bool)> = mounts
