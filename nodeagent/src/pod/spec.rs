@@ -6,8 +6,8 @@
 //! Kubernetes does it, workingDir, ports with hostPort, tty/stdin, volume
 //! mounts (prepared by [`super::volumes`]), resources (see
 //! [`super::resources`]) and security contexts (see [`super::security`]).
-//! What is not supported yet (HTTPS probes) is reported as
-//! a warning naming the field instead of being dropped silently.
+//! What is not supported yet (some security-context fields) is reported
+//! as a warning naming the field instead of being dropped silently.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -265,22 +265,9 @@ pub fn container_config(
     Ok((config, warnings))
 }
 
+/// Warnings naming the fields of `c` that commitd does not support yet.
 fn unsupported_fields(c: &Container) -> Vec<String> {
-    let mut w = Vec::new();
-    let name = &c.name;
-    w.extend(super::security::unsupported_fields(c));
-    for (field, probe) in [
-        ("livenessProbe", &c.liveness_probe),
-        ("readinessProbe", &c.readiness_probe),
-        ("startupProbe", &c.startup_probe),
-    ] {
-        if probe.as_ref().is_some_and(crate::probe::is_https) {
-            w.push(format!(
-                "container {name}: {field}: httpGet with scheme HTTPS is not supported yet; the probe is ignored"
-            ));
-        }
-    }
-    w
+    super::security::unsupported_fields(c)
 }
 
 /// The container's environment in order, as the kubelet builds it: the
@@ -708,7 +695,7 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_fields_are_named() {
+    fn https_probes_are_supported() {
         let mut p = pod();
         let c = &mut p.spec.as_mut().unwrap().containers[0];
         c.liveness_probe = Some(
@@ -717,10 +704,7 @@ mod tests {
             )
             .expect("probe"),
         );
-        assert_eq!(
-            unsupported_fields(c),
-            vec!["container c: livenessProbe: httpGet with scheme HTTPS is not supported yet; the probe is ignored"]
-        );
+        assert_eq!(unsupported_fields(c), Vec::<String>::new());
     }
 
     fn with_env(env: serde_json::Value, env_from: serde_json::Value) -> Pod {

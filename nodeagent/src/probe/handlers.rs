@@ -1,18 +1,22 @@
 //! One probe attempt per handler, each bounded by the probe's timeout, each
 //! answering `Ok` or the reason it failed in the kubelet's words (what
-//! `kubectl describe pod` shows after "Liveness probe failed:").
+//! `kubectl describe pod` shows after "Liveness probe failed:"). An
+//! `httpGet` with `scheme: HTTPS` runs the same request over TLS, the
+//! certificate unchecked as the kubelet does (see the `tls` module).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::Handler;
+use super::{tls, Handler, Scheme};
 use crate::cri::Cri;
+
+pub use super::tls::HTTP_RESPONSE_TO_HTTPS;
 
 /// The most of a failing command's output a message keeps.
 const MAX_OUTPUT: usize = 1024;
@@ -43,19 +47,40 @@ pub async fn attempt(
 ) -> Result<(), String> {
     match handler {
         Handler::Exec { command } => exec(target, command, timeout).await,
+        _ => attempt_without_runtime(handler, target.pod_ip, target.ports, timeout).await,
+    }
+}
+
+/// Makes one attempt of a handler that needs no container runtime (all
+/// but `exec`, which fails here): split out so that hooks and tests can
+/// reach a pod over the network without a runtime connection.
+pub async fn attempt_without_runtime(
+    handler: &Handler,
+    pod_ip: Option<IpAddr>,
+    ports: &[(String, i32)],
+    timeout: Duration,
+) -> Result<(), String> {
+    match handler {
+        Handler::Exec { .. } => Err("exec needs the container runtime".to_string()),
         Handler::Tcp { host, port } => {
-            let addr = address(host.as_deref(), target.pod_ip, port.resolve(target.ports)?).await?;
+            let addr = address(host.as_deref(), pod_ip, port.resolve(ports)?).await?;
             tcp_connect(addr, timeout).await
         }
         Handler::Http {
+            scheme,
             host,
             port,
             path,
             headers,
         } => {
-            let port = port.resolve(target.ports)?;
-            let addr = address(host.as_deref(), target.pod_ip, port).await?;
-            http_get(addr, host.as_deref(), path, headers, timeout).await
+            let addr = address(host.as_deref(), pod_ip, port.resolve(ports)?).await?;
+            let request = HttpRequest {
+                scheme: *scheme,
+                host: host.as_deref(),
+                path,
+                headers,
+            };
+            http_get(addr, &request, timeout).await
         }
         Handler::Sleep { duration } => {
             tokio::time::sleep((*duration).min(timeout)).await;
@@ -63,7 +88,7 @@ pub async fn attempt(
         }
         Handler::Grpc { port, service } => {
             let port = u16::try_from(*port).map_err(|_| format!("invalid port number: {port}"))?;
-            let addr = address(None, target.pod_ip, port).await?;
+            let addr = address(None, pod_ip, port).await?;
             grpc_check(addr, service, timeout).await
         }
     }
@@ -133,56 +158,34 @@ async fn exec(target: Target<'_>, command: &[String], timeout: Duration) -> Resu
     }
 }
 
-/// A GET of `path`; statuses 200 to 399 succeed (redirects are not
-/// followed, as a 3xx already counts as success).
+/// A GET of `path` over HTTP or HTTPS; statuses 200 to 399 succeed
+/// (redirects are not followed, as a 3xx already counts as success). Both
+/// schemes share one request/response path and the kubelet's messages;
+/// only the URL in them says `https://`.
 async fn http_get(
     addr: SocketAddr,
-    host: Option<&str>,
-    path: &str,
-    headers: &[(String, String)],
+    request: &HttpRequest<'_>,
     timeout: Duration,
 ) -> Result<(), String> {
-    let authority = match host {
-        Some(h) => format!("{h}:{}", addr.port()),
+    let authority = match request.host {
+        Some(h) => join_host_port(h, addr.port()),
         None => addr.to_string(),
     };
-    let url = format!("http://{authority}{path}");
+    let path = if request.path.starts_with('/') {
+        request.path.to_string()
+    } else {
+        format!("/{}", request.path)
+    };
+    let url = format!("{}://{authority}{path}", request.scheme.as_str());
+    let head = request_head(&path, &authority, request.headers);
     let attempt = async {
-        let mut stream = TcpStream::connect(addr)
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("dial tcp {addr}: connect: {e}"))?;
-        let mut request = format!("GET {path} HTTP/1.1\r\n");
-        let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
-        if !has("host") {
-            request.push_str(&format!("Host: {authority}\r\n"));
+        match request.scheme {
+            Scheme::Http => exchange(tcp, &head).await,
+            Scheme::Https => exchange(tls::connect(tcp, request.host, addr).await?, &head).await,
         }
-        if !has("user-agent") {
-            request.push_str(&format!("User-Agent: {USER_AGENT}\r\n"));
-        }
-        if !has("accept") {
-            request.push_str("Accept: */*\r\n");
-        }
-        for (name, value) in headers {
-            // Validation allows only [-A-Za-z0-9] in names; values must
-            // not end the header early.
-            let value = value.replace(['\r', '\n'], " ");
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("Connection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut head = Vec::with_capacity(1024);
-        let mut buf = [0u8; 1024];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < MAX_HEAD {
-            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        status_code(&head).ok_or_else(|| "malformed HTTP response".to_string())
     };
     match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Err(format!(
@@ -192,6 +195,71 @@ async fn http_get(
         Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
         Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
     }
+}
+
+/// What an `httpGet` asks, apart from where it connects.
+struct HttpRequest<'a> {
+    scheme: Scheme,
+    /// The `host` of the action: names the server in `Host` and SNI.
+    host: Option<&'a str>,
+    path: &'a str,
+    headers: &'a [(String, String)],
+}
+
+/// `host:port`, with brackets around an IPv6 address, as a URL has it.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The request line and headers of the GET, the kubelet's defaults first
+/// unless the action sets them itself.
+fn request_head(path: &str, authority: &str, headers: &[(String, String)]) -> String {
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+    if !has("host") {
+        request.push_str(&format!("Host: {authority}\r\n"));
+    }
+    if !has("user-agent") {
+        request.push_str(&format!("User-Agent: {USER_AGENT}\r\n"));
+    }
+    if !has("accept") {
+        request.push_str("Accept: */*\r\n");
+    }
+    for (name, value) in headers {
+        // Validation allows only [-A-Za-z0-9] in names; values must
+        // not end the header early.
+        let value = value.replace(['\r', '\n'], " ");
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    request
+}
+
+/// Sends `head` and reads the status code of the answer, over a plain TCP
+/// or a TLS stream alike.
+async fn exchange<S>(mut stream: S, head: &str) -> Result<u16, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut got = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") && got.len() < MAX_HEAD {
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    status_code(&got).ok_or_else(|| "malformed HTTP response".to_string())
 }
 
 /// The status code of an HTTP response's first line.
@@ -243,6 +311,23 @@ mod tests {
 
     const SHORT: Duration = Duration::from_millis(500);
 
+    /// A GET the way `attempt` makes one, without a runtime at hand.
+    async fn get(
+        addr: SocketAddr,
+        scheme: Scheme,
+        host: Option<&str>,
+        path: &str,
+        headers: &[(String, String)],
+    ) -> Result<(), String> {
+        let request = HttpRequest {
+            scheme,
+            host,
+            path,
+            headers,
+        };
+        http_get(addr, &request, SHORT).await
+    }
+
     #[test]
     fn status_lines_are_parsed() {
         assert_eq!(status_code(b"HTTP/1.1 200 OK\r\n"), Some(200));
@@ -280,7 +365,7 @@ mod tests {
     async fn http_statuses_below_400_succeed_and_headers_are_sent() {
         let (addr, server) = http_server("302 Found").await;
         let headers = vec![("X-Probe".to_string(), "yes".to_string())];
-        http_get(addr, None, "/healthz", &headers, SHORT)
+        get(addr, Scheme::Http, None, "/healthz", &headers)
             .await
             .expect("302 is success");
         let request = server.await.expect("server");
@@ -294,24 +379,206 @@ mod tests {
 
         let (addr, _server) = http_server("500 Internal Server Error").await;
         assert_eq!(
-            http_get(addr, None, "/", &[], SHORT).await,
+            get(addr, Scheme::Http, None, "/", &[]).await,
+            Err("HTTP probe failed with statuscode: 500".to_string())
+        );
+    }
+
+    #[test]
+    fn the_request_names_the_host_and_the_path() {
+        assert_eq!(join_host_port("web", 80), "web:80");
+        assert_eq!(join_host_port("fd00::1", 8443), "[fd00::1]:8443");
+        let head = request_head("/x", "web:80", &[("Host".into(), "other".into())]);
+        assert!(head.contains("Host: other\r\n"), "{head}");
+        assert!(!head.contains("Host: web:80"), "{head}");
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_path_without_a_slash_gets_one() {
+        let (addr, server) = http_server("200 OK").await;
+        get(addr, Scheme::Http, None, "healthz", &[])
+            .await
+            .expect("200");
+        let request = server.await.expect("server");
+        assert!(
+            request.starts_with("GET /healthz HTTP/1.1\r\n"),
+            "{request}"
+        );
+    }
+
+    /// A self-signed certificate for `localhost` only, made fresh: nothing
+    /// trusts it and it does not name 127.0.0.1, as with most pods.
+    fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+        use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(
+            std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider()),
+        )
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+
+    /// What a TLS server saw of one request.
+    struct Seen {
+        request: String,
+        sni: Option<String>,
+    }
+
+    /// Answers one HTTPS request with `status`.
+    async fn https_server(status: &'static str) -> (SocketAddr, tokio::task::JoinHandle<Seen>) {
+        let acceptor = tls_acceptor();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut stream = acceptor.accept(tcp).await.expect("handshake");
+            let sni = stream.get_ref().1.server_name().map(str::to_string);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+            stream.write_all(reply.as_bytes()).await.expect("write");
+            stream.shutdown().await.expect("close");
+            Seen {
+                request: String::from_utf8_lossy(&got).into_owned(),
+                sni,
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn https_accepts_any_certificate_and_keeps_the_status_rules() {
+        let (addr, server) = https_server("200 OK").await;
+        let headers = vec![("X-Probe".to_string(), "yes".to_string())];
+        get(addr, Scheme::Https, None, "/healthz", &headers)
+            .await
+            .expect("200 over TLS, certificate not checked");
+        let seen = server.await.expect("server");
+        assert!(
+            seen.request.starts_with("GET /healthz HTTP/1.1\r\n"),
+            "{}",
+            seen.request
+        );
+        assert!(
+            seen.request.contains(&format!("Host: {addr}\r\n")),
+            "{}",
+            seen.request
+        );
+        assert!(
+            seen.request.contains("X-Probe: yes\r\n"),
+            "{}",
+            seen.request
+        );
+        assert_eq!(seen.sni, None, "no SNI for an IP address");
+
+        let (addr, _server) = https_server("500 Internal Server Error").await;
+        assert_eq!(
+            get(addr, Scheme::Https, None, "/", &[]).await,
             Err("HTTP probe failed with statuscode: 500".to_string())
         );
     }
 
     #[tokio::test]
-    async fn a_server_that_never_answers_times_out() {
+    async fn https_names_the_host_in_sni_and_the_host_header() {
+        let (addr, server) = https_server("204 No Content").await;
+        get(addr, Scheme::Https, Some("localhost"), "/ready", &[])
+            .await
+            .expect("204");
+        let seen = server.await.expect("server");
+        assert_eq!(seen.sni.as_deref(), Some("localhost"));
+        let host = format!("Host: localhost:{}\r\n", addr.port());
+        assert!(seen.request.contains(&host), "{}", seen.request);
+    }
+
+    /// Answers whatever arrives with `reply`, as a server that does not
+    /// speak TLS does.
+    async fn plain_server(reply: &'static [u8]) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let _hold = tokio::spawn(async move {
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(reply).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn https_to_a_plain_server_fails_with_a_tls_error() {
+        let addr = plain_server(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n").await;
+        assert_eq!(
+            get(addr, Scheme::Https, None, "/", &[]).await,
+            Err(format!(
+                "Get \"https://{addr}/\": http: server gave HTTP response to HTTPS client"
+            ))
+        );
+        let addr = plain_server(b"SSH-2.0-OpenSSH_9.6\r\n").await;
+        let err = get(addr, Scheme::Https, None, "/", &[])
+            .await
+            .expect_err("not TLS");
+        assert!(
+            err.starts_with(&format!("Get \"https://{addr}/\": tls: ")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_to_a_closed_port_fails_like_http() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        let err = get(addr, Scheme::Https, None, "/", &[])
+            .await
+            .expect_err("closed");
+        assert!(
+            err.starts_with(&format!(
+                "Get \"https://{addr}/\": dial tcp {addr}: connect:"
+            )),
+            "{err}"
+        );
+    }
+
+    /// Accepts one connection and then says nothing.
+    async fn silent_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
             let (stream, _) = listener.accept().await.expect("accept");
             tokio::time::sleep(Duration::from_secs(10)).await;
             drop(stream);
         });
-        let err = http_get(addr, None, "/", &[], SHORT)
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let addr = silent_server().await;
+        let err = get(addr, Scheme::Http, None, "/", &[])
             .await
             .expect_err("timeout");
         assert!(err.contains("context deadline exceeded"), "{err}");
+        // One that never finishes the TLS handshake times out alike.
+        let addr = silent_server().await;
+        assert_eq!(
+            get(addr, Scheme::Https, None, "/", &[]).await,
+            Err(format!(
+                "Get \"https://{addr}/\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
+            ))
+        );
     }
 
     #[tokio::test]

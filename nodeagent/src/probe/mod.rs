@@ -1,5 +1,5 @@
 //! Container probes, kubelet-style: startup, readiness and liveness, with
-//! the `exec`, `httpGet`, `tcpSocket` and `grpc` handlers.
+//! the `exec`, `httpGet` (HTTP and HTTPS), `tcpSocket` and `grpc` handlers.
 //!
 //! [`ProbeSpec`] is a probe reduced to what running it needs, with
 //! Kubernetes' defaults; [`handlers`] runs one attempt; [`runner`] probes
@@ -9,6 +9,7 @@
 
 pub mod handlers;
 pub mod runner;
+mod tls;
 
 use std::time::Duration;
 
@@ -78,6 +79,39 @@ impl PortRef {
     }
 }
 
+/// How an `httpGet` talks to its target (`scheme`). HTTPS is made as the
+/// kubelet makes it: TLS without checking the certificate, since a pod's
+/// certificate is rarely issued for its IP and a probe asks "is it up?",
+/// not "is it who it claims to be?".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP (the default).
+    #[default]
+    Http,
+    /// HTTP over TLS, certificate not verified.
+    Https,
+}
+
+impl Scheme {
+    /// Reads `scheme`; validation allows only `HTTP` and `HTTPS`, and like
+    /// the kubelet (which lower-cases it) the case is not significant here.
+    fn from_k8s(scheme: Option<&str>) -> Scheme {
+        if scheme.is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        }
+    }
+
+    /// The URL scheme, as the kubelet writes it in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// How one attempt is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handler {
@@ -88,6 +122,8 @@ pub enum Handler {
     },
     /// An HTTP GET; a status from 200 to 399 is success.
     Http {
+        /// HTTP or HTTPS.
+        scheme: Scheme,
         /// The host to connect to; the pod IP when absent.
         host: Option<String>,
         /// The port.
@@ -152,16 +188,6 @@ fn count(value: Option<i32>, default: u32) -> u32 {
         .unwrap_or(default)
 }
 
-/// Whether `probe` is an HTTPS GET, which commitd cannot make yet: such a
-/// probe is left out (with a warning) rather than failed, so it never
-/// restarts a healthy container.
-pub fn is_https(probe: &Probe) -> bool {
-    probe
-        .http_get
-        .as_ref()
-        .is_some_and(|h| h.scheme.as_deref() == Some("HTTPS"))
-}
-
 impl Handler {
     fn exec(exec: &ExecAction) -> Handler {
         Handler::Exec {
@@ -171,6 +197,7 @@ impl Handler {
 
     fn http(http: &HTTPGetAction) -> Handler {
         Handler::Http {
+            scheme: Scheme::from_k8s(http.scheme.as_deref()),
             host: http.host.clone().filter(|h| !h.is_empty()),
             port: PortRef::from_k8s(&http.port),
             path: http
@@ -195,13 +222,14 @@ impl Handler {
     }
 
     /// A lifecycle hook's action (`postStart`, `preStop`); `None` when it
-    /// has none or is an HTTPS GET, which commitd cannot make yet.
+    /// has none (validation rejects that, so only a hand-written object
+    /// gets here).
     pub fn from_lifecycle(h: &LifecycleHandler) -> Option<Handler> {
         if let Some(exec) = &h.exec {
             return Some(Handler::exec(exec));
         }
         if let Some(http) = &h.http_get {
-            return (http.scheme.as_deref() != Some("HTTPS")).then(|| Handler::http(http));
+            return Some(Handler::http(http));
         }
         if let Some(sleep) = &h.sleep {
             return Some(Handler::Sleep {
@@ -214,12 +242,8 @@ impl Handler {
 
 impl ProbeSpec {
     /// Reads a probe; `None` when it has no handler (validation rejects
-    /// such a probe, so only a hand-written object gets here) or is an
-    /// HTTPS GET (see [`is_https`]).
+    /// such a probe, so only a hand-written object gets here).
     pub fn from_k8s(probe: &Probe) -> Option<ProbeSpec> {
-        if is_https(probe) {
-            return None;
-        }
         let handler = if let Some(exec) = &probe.exec {
             Handler::exec(exec)
         } else if let Some(http) = &probe.http_get {
@@ -301,6 +325,7 @@ mod tests {
         assert_eq!(
             p.handler,
             Handler::Http {
+                scheme: Scheme::Http,
                 host: None,
                 port: PortRef::Name("http".into()),
                 path: "/".into(),
@@ -328,9 +353,21 @@ mod tests {
         assert_eq!(p.timeout, Duration::from_secs(3));
         assert_eq!((p.success_threshold, p.failure_threshold), (2, 1));
         assert!(ProbeSpec::from_k8s(&probe(serde_json::json!({"periodSeconds": 1}))).is_none());
-        let https = probe(serde_json::json!({"httpGet": {"port": 443, "scheme": "HTTPS"}}));
-        assert!(is_https(&https));
-        assert!(ProbeSpec::from_k8s(&https).is_none());
+        let https = probe(serde_json::json!({
+            "httpGet": {"host": "web.local", "port": 443, "scheme": "HTTPS"}
+        }));
+        assert_eq!(
+            ProbeSpec::from_k8s(&https)
+                .expect("an HTTPS probe is kept")
+                .handler,
+            Handler::Http {
+                scheme: Scheme::Https,
+                host: Some("web.local".into()),
+                port: PortRef::Number(443),
+                path: "/".into(),
+                headers: vec![],
+            }
+        );
     }
 
     #[test]
