@@ -76,6 +76,10 @@ spec:
     - name: app
       image: REGISTRY/commitd/web:1
       command: [sh, -c, 'echo "disk full" > /dev/termination-log; exit 3']
+    - name: crash
+      image: REGISTRY/commitd/web:1
+      terminationMessagePolicy: FallbackToLogsOnError
+      command: [sh, -c, 'echo starting >&2; echo "panic: no config" >&2; exit 2']
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,12 +139,29 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
             return Err(err);
         }
         let p: Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
-        let t = p["status"]["containerStatuses"][0]["state"]["terminated"].clone();
-        t["message"].is_string().then_some(t).ok_or(out)
+        let states: Vec<Value> = ["app", "crash"]
+            .iter()
+            .map(|name| {
+                p["status"]["containerStatuses"]
+                    .as_array()
+                    .and_then(|all| all.iter().find(|c| c["name"] == *name))
+                    .map(|c| c["state"]["terminated"].clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        states
+            .iter()
+            .all(|t| t["message"].is_string())
+            .then_some(states)
+            .ok_or(out)
     })
     .await;
-    assert_eq!(terminated["message"], "disk full\n");
-    assert_eq!(terminated["exitCode"], 3);
+    assert_eq!(terminated[0]["message"], "disk full\n");
+    assert_eq!(terminated[0]["exitCode"], 3);
+    // With FallbackToLogsOnError, a failed container that wrote no
+    // message has the end of its log as one.
+    assert_eq!(terminated[1]["message"], "starting\npanic: no config\n");
+    assert_eq!(terminated[1]["exitCode"], 2);
 
     cluster.stop().await;
 }

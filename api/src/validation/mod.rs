@@ -300,6 +300,12 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
             );
         }
     }
+    if let Some(policy) = c.termination_message_policy.as_deref() {
+        const POLICIES: &[&str] = &["File", "FallbackToLogsOnError"];
+        if !POLICIES.contains(&policy) {
+            errs.unsupported(p.key("terminationMessagePolicy"), policy, POLICIES);
+        }
+    }
     let mut port_names = HashSet::new();
     for (i, port) in c.ports.iter().flatten().enumerate() {
         let pp = p.key("ports").index(i);
@@ -619,6 +625,19 @@ mod tests {
         ));
         assert!(got.contains(&"spec.template.spec.containers[1].image: Required value".to_string()));
         assert!(got.contains(&"spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"".to_string()));
+    }
+
+    #[test]
+    fn termination_message_policies_are_file_or_logs() {
+        let pod = |policy: &str| {
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [
+                {"name": "c", "image": "i", "terminationMessagePolicy": policy}]}})
+        };
+        assert!(errors::<Pod>(pod("FallbackToLogsOnError")).is_empty());
+        assert_eq!(
+            errors::<Pod>(pod("Logs")),
+            vec!["spec.containers[0].terminationMessagePolicy: Unsupported value: \"Logs\": supported values: \"File\", \"FallbackToLogsOnError\""]
+        );
     }
 
     #[test]

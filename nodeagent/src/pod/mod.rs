@@ -26,6 +26,7 @@ pub mod resources;
 pub mod security;
 pub mod service_links;
 pub mod spec;
+pub mod termination;
 pub mod volumes;
 pub mod worker;
 

@@ -56,48 +56,6 @@ pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
     root.join(sanitize(uid))
 }
 
-/// The most of a termination message that is kept, as in Kubernetes.
-pub const MAX_TERMINATION_MESSAGE: usize = 4096;
-
-/// The host file behind a container instance's `terminationMessagePath`
-/// (volume names cannot start with a dot, so this never meets a volume).
-pub fn termination_log(root: &Path, uid: &str, container: &str, restart_count: u32) -> PathBuf {
-    pod_dir(root, uid)
-        .join("..termination")
-        .join(format!("{}-{restart_count}", sanitize(container)))
-}
-
-/// Creates the (empty) termination log of an instance and returns its
-/// mount, unless the container has no `terminationMessagePath`.
-pub fn termination_mount(container: &Container, file: &Path) -> io::Result<Option<Mount>> {
-    let target = container
-        .termination_message_path
-        .clone()
-        .unwrap_or_else(|| "/dev/termination-log".to_string());
-    if target.is_empty() {
-        return Ok(None);
-    }
-    if let Some(parent) = file.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    fs::write(file, b"")?;
-    fs::set_permissions(file, fs::Permissions::from_mode(0o666))?;
-    Ok(Some(Mount {
-        container_path: target,
-        host_path: file.to_string_lossy().into_owned(),
-        ..Default::default()
-    }))
-}
-
-/// What an instance wrote to its termination log (at most
-/// [`MAX_TERMINATION_MESSAGE`] bytes), if anything.
-pub fn termination_message(file: &Path) -> Option<String> {
-    let mut bytes = fs::read(file).ok()?;
-    bytes.truncate(MAX_TERMINATION_MESSAGE);
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    (!text.is_empty()).then_some(text)
-}
-
 /// The contents volumes are projected from: ConfigMaps (`data` and
 /// `binaryData`) and Secrets of the pod's namespace, by name, as far as
 /// they exist.
@@ -884,33 +842,6 @@ mod tests {
             "app=\"say \\\"hi\\\"\"\ntier=\"front\""
         );
         assert_eq!(format_map(None), "");
-    }
-
-    #[test]
-    fn termination_logs_are_per_instance_and_bounded() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let file = termination_log(tmp.path(), "u1", "app", 2);
-        assert!(
-            file.ends_with("u1/..termination/app-2"),
-            "{}",
-            file.display()
-        );
-        let c: Container =
-            serde_json::from_value(serde_json::json!({"name": "app", "image": "i"})).expect("c");
-        let m = termination_mount(&c, &file).expect("mount").expect("some");
-        assert_eq!(m.container_path, "/dev/termination-log");
-        assert!(!m.readonly);
-        assert_eq!(termination_message(&file), None, "empty means none");
-        fs::write(&file, "x".repeat(5000)).expect("write");
-        assert_eq!(
-            termination_message(&file).map(|m| m.len()),
-            Some(MAX_TERMINATION_MESSAGE)
-        );
-        let off: Container = serde_json::from_value(
-            serde_json::json!({"name": "app", "image": "i", "terminationMessagePath": ""}),
-        )
-        .expect("c");
-        assert!(termination_mount(&off, &file).expect("ok").is_none());
     }
 
     #[test]

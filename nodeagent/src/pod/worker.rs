@@ -24,7 +24,7 @@ use super::observe::{observe, Observed};
 use super::security;
 use super::service_links::{self, ClusterDns};
 use super::spec::{container_config, referenced_objects, sandbox_config, EnvFacts, Instance};
-use super::{cgroup_parent, log_dir_name, now_ns, sanitize, volumes};
+use super::{cgroup_parent, log_dir_name, now_ns, sanitize, termination, volumes};
 use crate::cri::proto::PodSandboxConfig;
 use crate::cri::{cgroup_cleanup, Cri, CriError};
 use crate::probe::runner::RunningInstance;
@@ -212,7 +212,7 @@ impl Worker {
         let mut observed = observe(&self.ctx.cri, &self.uid)
             .await
             .context("observing the pod in the runtime")?;
-        self.read_termination_messages(&mut observed).await;
+        self.read_termination_messages(pod, &mut observed).await;
         self.probers
             .sync(&self.ctx.cri, to_probe(desired.as_ref(), &observed));
         self.memory.probes = self.probers.results();
@@ -457,15 +457,7 @@ impl Worker {
         let sandbox = observed
             .current_sandbox()
             .context("no ready sandbox to start a container in")?;
-        let spec = pod
-            .spec
-            .as_ref()
-            .and_then(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-                    .find(|c| c.name == name)
-            })
+        let spec = spec_container(Some(pod), name)
             .with_context(|| format!("container {name} is not in the pod spec"))?;
         let wanted = desired
             .containers
@@ -540,10 +532,10 @@ impl Worker {
             None => BTreeMap::new(),
         };
         let termination_log =
-            volumes::termination_log(&self.ctx.volumes_dir(), &self.uid, name, restart_count);
+            termination::log_file(&self.ctx.volumes_dir(), &self.uid, name, restart_count);
         let termination = tokio::task::spawn_blocking({
             let spec = spec.clone();
-            move || volumes::termination_mount(&spec, &termination_log)
+            move || termination::mount(&spec, &termination_log)
         })
         .await
         .context("termination log set-up panicked")?
@@ -632,18 +624,20 @@ impl Worker {
     }
 
     /// Fills in the message of exited instances from their termination
-    /// log, where the runtime has none (containerd does not read it).
-    async fn read_termination_messages(&self, observed: &mut Observed) {
+    /// log (or, as their policy says, their log), where the runtime has
+    /// none (containerd does not read it).
+    async fn read_termination_messages(&self, pod: Option<&Pod>, observed: &mut Observed) {
         let root = self.ctx.volumes_dir();
         for c in observed
             .containers
             .iter_mut()
             .filter(|c| c.has_exited() && c.message.is_empty())
         {
-            let file = volumes::termination_log(&root, &self.uid, &c.name, c.restart_count);
-            if let Ok(Some(message)) =
-                tokio::task::spawn_blocking(move || volumes::termination_message(&file)).await
-            {
+            let file = termination::log_file(&root, &self.uid, &c.name, c.restart_count);
+            let spec = spec_container(pod, &c.name).cloned();
+            let (exit_code, log) = (c.exit_code, PathBuf::from(&c.log_path));
+            let read = move || termination::message(spec.as_ref(), exit_code, &file, &log);
+            if let Ok(Some(message)) = tokio::task::spawn_blocking(read).await {
                 c.message = message;
             }
         }
