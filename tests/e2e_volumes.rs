@@ -3,7 +3,8 @@
 //! the app container serves; ConfigMap, Secret, downwardAPI and
 //! memory-backed volumes show up as files; a ConfigMap changed in a later
 //! commit is updated in place, without a restart; the Secret lives on a
-//! tmpfs; and stopping the cluster leaves no volume or mount behind.
+//! tmpfs; a sidecar runs beside a batch container and is stopped when it
+//! is done; and stopping the cluster leaves no volume or mount behind.
 
 mod support;
 
@@ -72,6 +73,36 @@ spec:
           - {path: name, fieldRef: {fieldPath: metadata.name}}
           - {path: labels, fieldRef: {fieldPath: metadata.labels}}
     - {name: scratch, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
+"#;
+
+/// A run-to-completion pod with a sidecar (an init container with
+/// `restartPolicy: Always`): the sidecar starts first and keeps running
+/// while the app reads what it wrote; when the app is done, the sidecar is
+/// stopped and the pod succeeds.
+const WITH_SIDECAR: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: batch
+  namespace: demo
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  initContainers:
+    - name: agent
+      image: REGISTRY/commitd/web:1
+      restartPolicy: Always
+      command: [sh, -c, 'echo ticket-7 > /shared/ticket; trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
+      startupProbe:
+        exec: {command: [test, -f, /shared/ticket]}
+        periodSeconds: 1
+      volumeMounts: [{name: shared, mountPath: /shared}]
+  containers:
+    - name: job
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'cat /shared/ticket; sleep 2']
+      volumeMounts: [{name: shared, mountPath: /shared}]
+  volumes:
+    - {name: shared, emptyDir: {}}
 "#;
 
 /// Runs `script` with `sh -c` in the running `web` container of `site`.
@@ -180,6 +211,39 @@ async fn init_containers_and_volumes() {
         "the container was replaced"
     );
     assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // A sidecar runs beside the app and is stopped when the app is done.
+    cluster.commit_manifest("batch.yaml", WITH_SIDECAR, "A batch pod with a sidecar");
+    let both_ran = until("the job and its sidecar to run together", WAIT, || async {
+        let p = cluster.cli().get_json("pod", "batch", "demo").await?;
+        let sidecar = &p["status"]["initContainerStatuses"][0];
+        let job = &p["status"]["containerStatuses"][0];
+        (sidecar["state"]["running"].is_object() && job["state"]["running"].is_object())
+            .then(|| p.clone())
+            .ok_or_else(|| p["status"].to_string())
+    })
+    .await;
+    assert_eq!(both_ran["status"]["phase"], "Running", "{both_ran}");
+    assert_eq!(
+        both_ran["status"]["initContainerStatuses"][0]["started"], true,
+        "{both_ran}"
+    );
+    let done = until("the batch pod to succeed", WAIT, || async {
+        let p = cluster.cli().get_json("pod", "batch", "demo").await?;
+        (p["status"]["phase"] == "Succeeded")
+            .then(|| p.clone())
+            .ok_or_else(|| p["status"].to_string())
+    })
+    .await;
+    let job = &done["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(job["exitCode"], 0, "{done}");
+    let sidecar = &done["status"]["initContainerStatuses"][0]["state"]["terminated"];
+    assert!(sidecar.is_object(), "the sidecar still runs: {done}");
+    let (code, printed, err) = cluster
+        .cli()
+        .run(&["logs", "batch", "-c", "job", "-n", "demo"])
+        .await;
+    assert_eq!((code, printed.as_str()), (0, "ticket-7\n"), "{err}");
 
     // Nothing of the volumes outlives the cluster.
     let volumes = cluster.state_dir().join("agent").join("volumes");

@@ -36,6 +36,7 @@ const CONTAINER: &[&str] = &[
     "resources",
     "terminationMessagePath",
     "terminationMessagePolicy",
+    "restartPolicy",
     "livenessProbe",
     "lifecycle",
     "readinessProbe",

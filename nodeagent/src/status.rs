@@ -78,7 +78,7 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
                         plan,
                         input,
                     );
-                    if init {
+                    if init && !desired.sidecar {
                         // A completed init container reads ready, as in Kubernetes.
                         s.ready = completed(&s);
                     }
@@ -93,6 +93,13 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
         true,
     );
 
+    let sidecars: Vec<&str> = input
+        .desired
+        .init_containers
+        .iter()
+        .filter(|c| c.sidecar)
+        .map(|c| c.name.as_str())
+        .collect();
     let old_phase = old.and_then(|s| s.phase.as_deref());
     let terminal = matches!(old_phase, Some("Succeeded" | "Failed"));
     let phase = match old_phase {
@@ -102,6 +109,7 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
             &statuses,
             input.desired.containers.len(),
             &init_statuses,
+            &sidecars,
         ),
     };
 
@@ -120,6 +128,7 @@ pub fn pod_status(old: Option<&PodStatus>, input: StatusInput<'_>) -> PodStatus 
     let mut conditions = owned_conditions(
         &statuses,
         &init_statuses,
+        &sidecars,
         &phase,
         current.is_some(),
         old_conditions,
@@ -176,17 +185,37 @@ fn completed(s: &ContainerStatus) -> bool {
 }
 
 /// The kubelet's `getPhase`: a pod whose init containers have not all
-/// completed is Pending, or Failed once one failed under `Never`.
+/// completed is Pending, or Failed once one failed under `Never`. A
+/// sidecar (named in `sidecars`) counts as running while it runs, as
+/// pending until it started, and not at all once it stopped.
 pub fn phase(
     policy: RestartPolicy,
     statuses: &[ContainerStatus],
     spec_count: usize,
     init_statuses: &[ContainerStatus],
+    sidecars: &[&str],
 ) -> String {
     let mut pending_init = 0;
     let mut failed_init = 0;
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     for s in init_statuses {
         let state = s.state.clone().unwrap_or_default();
+        if sidecars.contains(&s.name.as_str()) {
+            let stopped_before = s
+                .last_state
+                .as_ref()
+                .is_some_and(|l| l.terminated.is_some());
+            if state.running.is_some() {
+                running += 1;
+                if s.started != Some(true) {
+                    pending_init += 1;
+                }
+            } else if state.waiting.is_some() && !stopped_before {
+                pending_init += 1;
+                waiting += 1;
+            }
+            continue;
+        }
         let last_failed = s
             .last_state
             .as_ref()
@@ -214,7 +243,6 @@ pub fn phase(
     if (pending_init > 0 || failed_init > 0) && !app_started {
         return "Pending".to_string();
     }
-    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
     let unknown = spec_count.saturating_sub(statuses.len());
     for s in statuses {
         let state = s.state.clone().unwrap_or_default();
@@ -258,6 +286,7 @@ pub fn phase(
 fn owned_conditions(
     statuses: &[ContainerStatus],
     init_statuses: &[ContainerStatus],
+    sidecars: &[&str],
     phase: &str,
     sandbox_ready: bool,
     old: &[PodCondition],
@@ -268,8 +297,12 @@ fn owned_conditions(
         "Failed" => Some("PodFailed"),
         _ => None,
     };
-    let unready: Vec<&str> = statuses
+    // Sidecars' readiness counts with the app containers'.
+    let is_sidecar = |s: &&ContainerStatus| sidecars.contains(&s.name.as_str());
+    let unready: Vec<&str> = init_statuses
         .iter()
+        .filter(is_sidecar)
+        .chain(statuses)
         .filter(|s| !s.ready)
         .map(|s| s.name.as_str())
         .collect();
@@ -285,9 +318,16 @@ fn owned_conditions(
             )),
         ),
     };
+    // A sidecar is done initializing once it has started.
     let incomplete: Vec<&str> = init_statuses
         .iter()
-        .filter(|s| !completed(s))
+        .filter(|s| {
+            if is_sidecar(s) {
+                s.started != Some(true)
+            } else {
+                !completed(s)
+            }
+        })
         .map(|s| s.name.as_str())
         .collect();
     let (initialized, initialized_reason, initialized_message) = if phase == "Succeeded" {
@@ -439,6 +479,7 @@ fn container_status(
         .desired
         .containers
         .iter()
+        .chain(&input.desired.init_containers)
         .find(|c| c.name == name)
         .map(|c| &c.probes);
     let found = latest.and_then(|l| {
@@ -816,19 +857,112 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            phase(RestartPolicy::Never, &[run.clone(), term(0)], 2, &[]),
+            phase(RestartPolicy::Never, &[run.clone(), term(0)], 2, &[], &[]),
             "Running"
         );
         assert_eq!(
-            phase(RestartPolicy::Never, &[term(1), term(0)], 2, &[]),
+            phase(RestartPolicy::Never, &[term(1), term(0)], 2, &[], &[]),
             "Failed"
         );
         assert_eq!(
-            phase(RestartPolicy::OnFailure, &[term(1)], 1, &[]),
+            phase(RestartPolicy::OnFailure, &[term(1)], 1, &[], &[]),
             "Running"
         );
-        assert_eq!(phase(RestartPolicy::Always, &[term(0)], 1, &[]), "Running");
-        assert_eq!(phase(RestartPolicy::Always, &[run], 2, &[]), "Pending");
+        assert_eq!(
+            phase(RestartPolicy::Always, &[term(0)], 1, &[], &[]),
+            "Running"
+        );
+        assert_eq!(phase(RestartPolicy::Always, &[run], 2, &[], &[]), "Pending");
+    }
+
+    #[test]
+    fn sidecars_count_while_they_run_and_not_once_stopped() {
+        let state = |running: bool, code: i32| ContainerState {
+            running: running.then(Default::default),
+            terminated: (!running).then(|| ContainerStateTerminated {
+                exit_code: code,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = |name: &str, running: bool, code: i32, started: bool| ContainerStatus {
+            name: name.into(),
+            state: Some(state(running, code)),
+            started: Some(started),
+            ..Default::default()
+        };
+        let never = RestartPolicy::Never;
+        let sidecars = ["proxy"];
+        let proxy_up = status("proxy", true, 0, true);
+        let proxy_starting = status("proxy", true, 0, false);
+        let proxy_killed = status("proxy", false, 137, false);
+        let app_running = status("app", true, 0, true);
+        let app_done = status("app", false, 0, false);
+        // Not started yet: the pod is still initializing.
+        assert_eq!(
+            phase(never, &[], 1, &[proxy_starting.clone()], &sidecars),
+            "Pending"
+        );
+        assert_eq!(
+            phase(never, &[app_running], 1, &[proxy_up.clone()], &sidecars),
+            "Running"
+        );
+        // The app finished but the sidecar still runs: Running; once it
+        // is stopped (killed, so not exit 0), it does not count.
+        assert_eq!(
+            phase(
+                never,
+                &[app_done.clone()],
+                1,
+                &[proxy_up.clone()],
+                &sidecars
+            ),
+            "Running"
+        );
+        assert_eq!(
+            phase(
+                never,
+                &[app_done.clone()],
+                1,
+                &[proxy_killed.clone()],
+                &sidecars
+            ),
+            "Succeeded"
+        );
+        // Without the sidecar rule, the killed one would fail the pod.
+        assert_eq!(phase(never, &[app_done], 1, &[proxy_killed], &[]), "Failed");
+
+        // Initialized once the sidecar started; its readiness is the pod's.
+        let now = Time(Timestamp::UNIX_EPOCH);
+        let mut unready = proxy_up.clone();
+        unready.ready = false;
+        let conditions = owned_conditions(&[], &[unready], &sidecars, "Running", true, &[], &now);
+        let by_type = |t: &str| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.message.clone()))
+        };
+        assert_eq!(by_type("Initialized"), Some(("True".into(), None)));
+        assert_eq!(
+            by_type("Ready"),
+            Some((
+                "False".into(),
+                Some("containers with unready status: [proxy]".into())
+            ))
+        );
+        let conditions = owned_conditions(
+            &[],
+            &[proxy_starting],
+            &sidecars,
+            "Pending",
+            true,
+            &[],
+            &now,
+        );
+        assert!(conditions
+            .iter()
+            .any(|c| c.type_ == "Initialized" && c.status == "False"));
     }
 
     use std::time::Duration;

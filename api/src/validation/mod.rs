@@ -245,14 +245,21 @@ pub fn pod_spec(spec: &PodSpec, p: &FieldPath, only_always: bool, errs: &mut Fie
     let mut names = HashSet::new();
     let init = spec.init_containers.iter().flatten();
     for (i, c) in spec.containers.iter().enumerate() {
-        container(c, &p.key("containers").index(i), &mut names, errs);
-        let mounts = p.key("containers").index(i).key("volumeMounts");
-        volumes::volume_mounts(c, &vols, &mounts, errs);
+        let cp = p.key("containers").index(i);
+        container(c, &cp, &mut names, errs);
+        volumes::volume_mounts(c, &vols, &cp.key("volumeMounts"), errs);
+        if c.restart_policy.is_some() {
+            errs.forbidden(
+                cp.key("restartPolicy"),
+                "may not be set for non-init containers",
+            );
+        }
     }
     for (i, c) in init.enumerate() {
-        container(c, &p.key("initContainers").index(i), &mut names, errs);
-        let mounts = p.key("initContainers").index(i).key("volumeMounts");
-        volumes::volume_mounts(c, &vols, &mounts, errs);
+        let cp = p.key("initContainers").index(i);
+        container(c, &cp, &mut names, errs);
+        volumes::volume_mounts(c, &vols, &cp.key("volumeMounts"), errs);
+        init_container(c, &cp, errs);
     }
     if let Some(rp) = spec.restart_policy.as_deref() {
         if only_always && rp != "Always" {
@@ -277,6 +284,37 @@ pub fn pod_spec(spec: &PodSpec, p: &FieldPath, only_always: bool, errs: &mut Fie
     labels(spec.node_selector.as_ref(), &p.key("nodeSelector"), errs);
     if let Some(sc) = &spec.security_context {
         security::pod_security_context(sc, &p.key("securityContext"), errs);
+    }
+}
+
+/// What only init containers are held to: `restartPolicy` is `Always`
+/// (a sidecar) or absent, and only sidecars have probes and hooks, as
+/// Kubernetes requires.
+fn init_container(c: &Container, p: &FieldPath, errs: &mut FieldErrors) {
+    let sidecar = match c.restart_policy.as_deref() {
+        None => false,
+        Some("Always") => true,
+        Some(other) => {
+            errs.unsupported(p.key("restartPolicy"), other, &["Always"]);
+            return;
+        }
+    };
+    if sidecar {
+        return;
+    }
+    let only_sidecars = [
+        ("lifecycle", c.lifecycle.is_some()),
+        ("livenessProbe", c.liveness_probe.is_some()),
+        ("readinessProbe", c.readiness_probe.is_some()),
+        ("startupProbe", c.startup_probe.is_some()),
+    ];
+    for (field, set) in only_sidecars {
+        if set {
+            errs.forbidden(
+                p.key(field),
+                "may not be set for init containers without restartPolicy=Always",
+            );
+        }
     }
 }
 
@@ -387,8 +425,7 @@ fn container(c: &Container, p: &FieldPath, names: &mut HashSet<String>, errs: &m
             }
         }
     }
-    // Init containers' probes are checked alike for now; Kubernetes only
-    // allows them on sidecars (`restartPolicy: Always`).
+    // On init containers only sidecars may have them (`init_container`).
     let probes = [
         (
             &c.liveness_probe,
@@ -637,6 +674,27 @@ mod tests {
         assert_eq!(
             errors::<Pod>(pod("Logs")),
             vec!["spec.containers[0].terminationMessagePolicy: Unsupported value: \"Logs\": supported values: \"File\", \"FallbackToLogsOnError\""]
+        );
+    }
+
+    #[test]
+    fn only_init_containers_restart_always_and_only_sidecars_probe() {
+        let got = errors::<Pod>(json!({"metadata": {"name": "p"}, "spec": {
+        "containers": [{"name": "app", "image": "i", "restartPolicy": "Always"}],
+        "initContainers": [
+            {"name": "proxy", "image": "i", "restartPolicy": "Always",
+             "readinessProbe": {"tcpSocket": {"port": 15000}}},
+            {"name": "setup", "image": "i",
+             "readinessProbe": {"tcpSocket": {"port": 1}}},
+            {"name": "odd", "image": "i", "restartPolicy": "Never"}
+        ]}}));
+        assert_eq!(
+            got,
+            vec![
+                "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers",
+                "spec.initContainers[1].readinessProbe: Forbidden: may not be set for init containers without restartPolicy=Always",
+                "spec.initContainers[2].restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"",
+            ]
         );
     }
 

@@ -337,12 +337,22 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
     // Init containers run one at a time, in order, each to a successful
     // exit, in the current sandbox (a new sandbox runs them again). A
     // failed one is restarted with back-off unless the policy is Never,
-    // which fails the pod. App containers wait until all are done.
+    // which fails the pod. App containers wait until all are done. A
+    // sidecar (`restartPolicy: Always`) lets the next one start as soon as
+    // it runs and its startup probe passed, is always restarted, and is
+    // stopped once the app containers have all finished.
     let init_policy = match pod.restart_policy {
         RestartPolicy::Never => RestartPolicy::Never,
         _ => RestartPolicy::OnFailure,
     };
     let mut init_plans = Vec::with_capacity(pod.init_containers.len());
+    // Once an app container ran in this sandbox, the pod was initialized:
+    // a sidecar restarting later does not hold the app back again.
+    let app_started = pod.containers.iter().any(|c| {
+        obs.instances_of(&c.name)
+            .iter()
+            .any(|i| Some(i.sandbox_id.as_str()) == current)
+    });
     let mut initialized = true;
     let mut init_failed = false;
     for container in &pod.init_containers {
@@ -355,9 +365,14 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
             .into_iter()
             .filter(|c| Some(c.sandbox_id.as_str()) == current)
             .collect();
+        let policy = if container.sidecar {
+            RestartPolicy::Always
+        } else {
+            init_policy
+        };
         let plan = plan_container(
             pod,
-            init_policy,
+            policy,
             container,
             &instances,
             current,
@@ -365,10 +380,16 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
             now,
             &mut housekeeping,
         );
-        let failed =
-            plan == ContainerPlan::Done && instances.first().is_some_and(|c| c.exit_code != 0);
-        init_failed |= failed;
-        initialized &= plan == ContainerPlan::Done && !failed;
+        if container.sidecar {
+            initialized &= app_started
+                || (plan == ContainerPlan::Running
+                    && started(container, instances.first().copied(), mem));
+        } else {
+            let failed =
+                plan == ContainerPlan::Done && instances.first().is_some_and(|c| c.exit_code != 0);
+            init_failed |= failed;
+            initialized &= plan == ContainerPlan::Done && !failed;
+        }
         init_plans.push((container.name.clone(), plan));
     }
     let mut plans = Vec::with_capacity(pod.containers.len());
@@ -391,6 +412,19 @@ fn run(pod: &DesiredPod, obs: &Observed, mem: &Memory, now: i64) -> Decision {
             )
         };
         plans.push((container.name.clone(), plan));
+    }
+    // The app containers are all done: so are the sidecars, stopped if
+    // they still run.
+    if !plans.is_empty() && plans.iter().all(|(_, p)| *p == ContainerPlan::Done) {
+        for (container, (_, plan)) in pod.init_containers.iter().zip(init_plans.iter_mut()) {
+            if container.sidecar {
+                let running = obs.instances_of(&container.name).into_iter();
+                for c in running.filter(|c| c.is_running()) {
+                    housekeeping.kill.push(c.id.clone());
+                }
+                *plan = ContainerPlan::Done;
+            }
+        }
     }
     // Instances of containers no longer in the spec (cannot happen for
     // pods, whose container list is immutable; tidy them all the same).
@@ -590,6 +624,19 @@ fn plan_container(
     }
 }
 
+/// Whether `latest` (the newest instance of `container`) has started: it
+/// runs and its startup probe, if any, succeeded.
+fn started(container: &DesiredContainer, latest: Option<&ContainerInstance>, mem: &Memory) -> bool {
+    let Some(latest) = latest.filter(|c| c.is_running()) else {
+        return false;
+    };
+    container.probes.startup.is_none()
+        || mem
+            .probes
+            .get(&container.name)
+            .is_some_and(|p| p.container_id == latest.id && p.started)
+}
+
 fn first_start(plans: &[(String, ContainerPlan)]) -> Option<Step> {
     plans.iter().find_map(|(name, plan)| match plan {
         ContainerPlan::Start {
@@ -665,6 +712,7 @@ mod tests {
                     pull_policy: PullPolicy::IfNotPresent,
                     hash: "h".into(),
                     probes: Default::default(),
+                    sidecar: false,
                 })
                 .collect(),
             init_containers: Vec::new(),
@@ -789,6 +837,109 @@ mod tests {
             vec![i_done, j_done],
         );
         assert_eq!(step(&p, &o, 9), start("i", 0));
+    }
+
+    #[test]
+    fn sidecars_start_first_keep_running_and_stop_after_the_app() {
+        let mut p = with_init(RestartPolicy::Never);
+        p.init_containers[0].sidecar = true;
+        let s0 = || sandbox("s0", 0, true);
+        let start = |name: &str, restart_count: u32| Step::StartContainer {
+            name: name.into(),
+            restart_count,
+            backoff: if restart_count == 0 {
+                Duration::ZERO
+            } else {
+                backoff::INITIAL
+            },
+        };
+        // The sidecar first; once it runs, the next init container.
+        assert_eq!(step(&p, &obs(vec![s0()], vec![]), 1), start("i", 0));
+        let proxy = running("i", 0, "s0", 1);
+        assert_eq!(
+            step(&p, &obs(vec![s0()], vec![proxy.clone()]), 2),
+            start("j", 0)
+        );
+        let j_done = exited("j", 0, "s0", 2, 1, 0);
+        assert_eq!(
+            step(&p, &obs(vec![s0()], vec![proxy.clone(), j_done.clone()]), 4),
+            start("a", 0)
+        );
+        let app = running("a", 0, "s0", 5);
+        let d = decide(
+            Some(&p),
+            &obs(vec![s0()], vec![proxy.clone(), j_done.clone(), app.clone()]),
+            &Memory::default(),
+            6 * S,
+        );
+        assert_eq!(d.state, PodState::Running);
+        assert_eq!(d.step, Step::Idle { requeue: None });
+
+        // A sidecar that exits is restarted, even under Never, and the
+        // running app is not held back.
+        let proxy_failed = exited("i", 0, "s0", 1, 10, 1);
+        let d = decide(
+            Some(&p),
+            &obs(vec![s0()], vec![proxy_failed, j_done.clone(), app.clone()]),
+            &Memory::default(),
+            30 * S,
+        );
+        assert_eq!(d.step, start("i", 1));
+        assert_eq!(d.containers[0].1, ContainerPlan::Running);
+
+        // The app is done: the sidecar is stopped, then the pod completes.
+        let app_done = exited("a", 0, "s0", 5, 20, 0);
+        let d = decide(
+            Some(&p),
+            &obs(vec![s0()], vec![proxy, j_done.clone(), app_done.clone()]),
+            &Memory::default(),
+            40 * S,
+        );
+        assert_eq!(
+            d.step,
+            Step::StopContainers {
+                ids: vec!["i-0".into()],
+                grace: 30
+            }
+        );
+        let proxy_stopped = exited("i", 0, "s0", 1, 40, 137);
+        let d = decide(
+            Some(&p),
+            &obs(vec![s0()], vec![proxy_stopped, j_done, app_done]),
+            &Memory::default(),
+            41 * S,
+        );
+        assert_eq!(d.state, PodState::Completed);
+        assert_eq!(d.step, Step::StopSandbox { id: "s0".into() });
+    }
+
+    #[test]
+    fn a_sidecar_with_a_startup_probe_holds_the_next_until_it_passes() {
+        let mut p = with_init(RestartPolicy::Always);
+        p.init_containers[0].sidecar = true;
+        let probe = serde_json::from_value(serde_json::json!({"tcpSocket": {"port": 1}}));
+        p.init_containers[0].probes.startup =
+            crate::probe::ProbeSpec::from_k8s(&probe.expect("probe"));
+        assert!(p.init_containers[0].probes.startup.is_some());
+        let o = obs(vec![sandbox("s0", 0, true)], vec![running("i", 0, "s0", 1)]);
+        let mut mem = Memory::default();
+        assert_eq!(
+            decide(Some(&p), &o, &mem, 2 * S).step,
+            Step::Idle { requeue: None }
+        );
+        mem.probes.insert(
+            "i".into(),
+            ProbeStatus {
+                container_id: "i-0".into(),
+                started: true,
+                ready: false,
+                failed: None,
+            },
+        );
+        assert!(matches!(
+            decide(Some(&p), &o, &mem, 3 * S).step,
+            Step::StartContainer { name, .. } if name == "j"
+        ));
     }
 
     #[test]

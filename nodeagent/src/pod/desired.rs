@@ -76,6 +76,9 @@ pub struct DesiredContainer {
     pub hash: String,
     /// Its startup, readiness and liveness probes.
     pub probes: ContainerProbes,
+    /// An init container with `restartPolicy: Always` (a sidecar): it
+    /// keeps running beside the app containers and is always restarted.
+    pub sidecar: bool,
 }
 
 /// The pod as the state machine sees it.
@@ -137,7 +140,10 @@ impl DesiredPod {
                 .init_containers
                 .iter()
                 .flatten()
-                .map(desired_container)
+                .map(|c| DesiredContainer {
+                    sidecar: c.restart_policy.as_deref() == Some("Always"),
+                    ..desired_container(c)
+                })
                 .collect(),
             deletion_grace,
             grace_period,
@@ -159,6 +165,7 @@ fn desired_container(c: &Container) -> DesiredContainer {
         hash: spec_hash(c),
         image,
         probes: ContainerProbes::of(c),
+        sidecar: false,
     }
 }
 

@@ -854,9 +854,11 @@ fn to_probe(desired: Option<&DesiredPod>, observed: &Observed) -> Vec<RunningIns
     if desired.deletion_grace.is_some() {
         return Vec::new();
     }
+    let sidecars = desired.init_containers.iter().filter(|c| c.sidecar);
     desired
         .containers
         .iter()
+        .chain(sidecars)
         .filter(|c| c.probes.any())
         .filter_map(|c| {
             let latest = observed.instances_of(&c.name).into_iter().next()?;
