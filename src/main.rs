@@ -32,7 +32,7 @@ enum Command {
     Get(cli::get::GetArgs),
     /// Show one object in detail, like `kubectl describe` (pods, services).
     Describe(cli::describe::DescribeArgs),
-    /// Print a container's log, like `kubectl logs` (pods on this machine).
+    /// Print a container's log, like `kubectl logs` (read from the node agent of the pod's node).
     Logs(cli::logs::LogsArgs),
     /// Show the applied commit, the last rejected one, nodes and workloads.
     Status(cli::ClusterArgs),

@@ -4,7 +4,11 @@
 //! `--tail`, `--timestamps`, `--previous` (the instance before the
 //! restart, with its own run line), `-f` (ends when the instance stops),
 //! and kubectl's messages for a wrong container, a missing pod and a
-//! container that never started.
+//! container that never started. `commitd logs` reads through the node
+//! agent's read-only HTTP port; the test also speaks to that port itself,
+//! at the address and port the Node object publishes: a plain GET, and a
+//! follow that streams lines printed after it started and ends when the
+//! container stops.
 
 mod support;
 
@@ -13,6 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::cluster::{Cluster, Network, WAIT};
 use support::wait::until;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NETWORK: Network = Network {
     bridge: "cdlog0",
@@ -49,7 +54,24 @@ spec:
   containers:
     - name: app
       image: REGISTRY/commitd/missing:1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ticker
+  namespace: demo
+spec:
+  restartPolicy: Always
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: app
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'i=0; while [ $i -lt 15 ]; do i=$((i+1)); echo tick-$i; sleep 1; done']
 "#;
+
+/// The last line each instance of `ticker` prints before it exits, a
+/// line a second.
+const LAST_TICK: &str = "tick-15";
 
 fn restarts(pod: &Value) -> u64 {
     pod["status"]["containerStatuses"][0]["restartCount"]
@@ -84,6 +106,112 @@ fn complete_run(out: &str) -> Result<String, String> {
         }
         _ => Err(format!("{out:?}")),
     }
+}
+
+/// Where the node agent serves logs, as the Node object publishes it:
+/// `InternalIP:status.daemonEndpoints.kubeletEndpoint.Port`.
+async fn agent_address(cluster: &Cluster) -> Result<String, String> {
+    let node = cluster
+        .cli()
+        .get_json("node", NETWORK.node_name, "default")
+        .await?;
+    let ip = node["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str())
+        .ok_or_else(|| format!("no InternalIP: {}", node["status"]))?;
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+        .as_u64()
+        .ok_or_else(|| format!("no kubelet port: {}", node["status"]))?;
+    Ok(format!("{ip}:{port}"))
+}
+
+/// A raw `GET path` over HTTP/1.1 to `addr`, read to the end: the status
+/// code and the body. A chunked body must end with the last (empty)
+/// chunk: the log was streamed, and ended cleanly.
+async fn raw_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("GET {path} did not end within {timeout:?}"))??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, mut rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end: {text:?}"))?;
+    let code: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status: {head:?}"))?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok((code, rest.to_string()));
+    }
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or_else(|| format!("cut short after {body:?}"))?;
+        let size = usize::from_str_radix(size.trim(), 16).map_err(|e| format!("{size:?}: {e}"))?;
+        if size == 0 {
+            return Ok((code, body));
+        }
+        let chunk = after
+            .get(..size)
+            .ok_or_else(|| format!("short chunk after {body:?}"))?;
+        body.push_str(chunk);
+        rest = after[size..]
+            .strip_prefix("\r\n")
+            .ok_or_else(|| format!("no chunk end after {body:?}"))?;
+    }
+}
+
+/// Checks a followed `ticker` log with timestamps: it went on to the
+/// instance's last line, and at least one line was written after
+/// `started` (so it was streamed, not only what the file held).
+fn followed_after(out: &str, started: chrono::DateTime<chrono::Utc>) -> Result<(), String> {
+    let mut later = 0;
+    let mut last = "";
+    for line in out.lines() {
+        let (time, text) = line.split_once(' ').ok_or(format!("{line:?}"))?;
+        let time =
+            chrono::DateTime::parse_from_rfc3339(time).map_err(|e| format!("{line:?}: {e}"))?;
+        if time > started {
+            later += 1;
+        }
+        last = text;
+    }
+    if last != LAST_TICK {
+        return Err(format!("the follow ended before {LAST_TICK}: {out:?}"));
+    }
+    if later == 0 {
+        return Err(format!("no line printed after the follow began: {out:?}"));
+    }
+    Ok(())
+}
+
+/// Waits until `ticker` runs an instance.
+async fn ticker_running(cluster: &Cluster) -> Result<(), String> {
+    let p = cluster.cli().get_json("pod", "ticker", "demo").await?;
+    p["status"]["containerStatuses"][0]["state"]["running"]
+        .is_object()
+        .then_some(())
+        .ok_or_else(|| format!("ticker is not running: {}", p["status"]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,6 +301,59 @@ async fn logs_show_current_previous_and_tail() {
         .expect("-f");
     // It printed the whole instance, not just what was there at the start.
     assert!(complete_run(&followed).is_ok(), "{followed:?}");
+
+    // The node agent's port itself, where the Node says it is: a plain GET
+    // returns what the container printed.
+    let addr = agent_address(&cluster)
+        .await
+        .expect("the node publishes its agent's address");
+    assert!(
+        addr.ends_with(&format!(":{}", cluster.read_only_port)),
+        "{addr} is not on --read-only-port {}",
+        cluster.read_only_port
+    );
+    until("a raw GET to return chatty's log", WAIT, || async {
+        let (code, body) = raw_get(&addr, "/containerLogs/demo/chatty/app", WAIT).await?;
+        if code != 200 {
+            return Err(format!("{code}: {body}"));
+        }
+        complete_run(&body)
+    })
+    .await;
+    let (code, body) = raw_get(&addr, "/containerLogs/demo/nope/app", WAIT)
+        .await
+        .expect("GET");
+    assert_eq!(code, 404, "{body}");
+
+    // A follow over the network streams what the container prints after
+    // it began, and ends when the container stops; so does `commitd logs
+    // -f`, on the same instance. Tried again when they began too late in
+    // an instance to see a line printed after them.
+    until("follows to stream ticker to its end", WAIT, || async {
+        ticker_running(&cluster).await?;
+        let started = chrono::Utc::now();
+        let limit = Duration::from_secs(40);
+        let raw = raw_get(
+            &addr,
+            "/containerLogs/demo/ticker/app?follow=true&timestamps=true",
+            limit,
+        );
+        let commands = cluster.cli();
+        let cli = commands.run(&["logs", "ticker", "-n", "demo", "-f", "--timestamps"]);
+        let (raw, cli) = tokio::join!(raw, tokio::time::timeout(limit, cli));
+        let (code, body) = raw?;
+        if code != 200 {
+            return Err(format!("{code}: {body}"));
+        }
+        followed_after(&body, started).map_err(|e| format!("raw follow: {e}"))?;
+        let (code, out, err) =
+            cli.map_err(|_| "logs -f did not end when ticker stopped".to_string())?;
+        if code != 0 {
+            return Err(format!("logs -f exited {code}: {err}"));
+        }
+        followed_after(&out, started).map_err(|e| format!("logs -f: {e}"))
+    })
+    .await;
 
     // kubectl's messages.
     let (code, out, err) = cluster

@@ -60,6 +60,7 @@ impl Agent {
             cluster_dns: None,
             dns_listen: None,
             proxy: None,
+            read_only_port: None,
         };
         let handle = tokio::spawn(commitd_nodeagent::run(
             store.clone(),

@@ -34,6 +34,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::cri::Cri;
 use crate::dns;
+use crate::logs::{LogServer, LogSource};
 use crate::node::{self, NodeFacts};
 use crate::pod::service_links::ClusterDns;
 use crate::pod::worker::{self, WorkerContext};
@@ -68,6 +69,11 @@ pub struct NodeAgentConfig {
     pub dns_listen: Option<SocketAddr>,
     /// Program service rules (kube-proxy); `None`: no service rules.
     pub proxy: Option<ProxyConfig>,
+    /// Serve container logs read-only over HTTP on this port of the node
+    /// IP (the kubelet's read-only port, [`crate::logs::DEFAULT_READ_ONLY_PORT`];
+    /// 0: any free port), so `commitd logs` can read them from anywhere.
+    /// The port bound is published on the Node. `None`: no logs served.
+    pub read_only_port: Option<u16>,
 }
 
 /// Runs the node agent until `cancel` fires. Waits (with back-off) for
@@ -94,7 +100,20 @@ pub async fn run(
             return Ok(());
         };
         info!(runtime = %runtime_version, %node_ip, "connected to the container runtime");
-        let facts = NodeFacts::gather(&config.node_name, node_ip, runtime_version);
+        // Bound before registering, so the Node names the port bound.
+        let log_server = match config.read_only_port {
+            Some(port) => {
+                let addr = SocketAddr::new(node_ip, port);
+                let server = LogServer::bind(addr)
+                    .await
+                    .context("serving container logs")?;
+                info!(addr = %server.local_addr(), "serving container logs (read-only port)");
+                Some(server)
+            }
+            None => None,
+        };
+        let mut facts = NodeFacts::gather(&config.node_name, node_ip, runtime_version);
+        facts.read_only_port = log_server.as_ref().map(|s| s.local_addr().port());
         let capacity = (
             i64::try_from(facts.cpus)
                 .unwrap_or(i64::MAX)
@@ -131,6 +150,18 @@ pub async fn run(
             _ = local.cancelled() => return Ok(()),
         }
         info!("pod cache ready; running pods");
+        if let Some(server) = log_server {
+            let source = LogSource {
+                pods: Arc::new(pods.clone()),
+                node_name: config.node_name.clone(),
+                pods_dir: state_dir.join("pods"),
+            };
+            tasks.spawn(
+                server
+                    .serve(source, local.clone())
+                    .instrument(info_span!("logs")),
+            );
+        }
         let ctx = Arc::new(WorkerContext {
             cri,
             store,

@@ -16,7 +16,10 @@ use commitd_api::backoff::Backoff;
 use commitd_api::reflector::sleep_or_cancel;
 use commitd_api::{keys, Store, StoreError};
 use etcd_client::{GetOptions, PutOptions};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -57,6 +60,11 @@ pub struct NodeFacts {
     pub system_uuid: String,
     /// `<runtime>://<version>`, e.g. `containerd://1.6.20`.
     pub container_runtime_version: String,
+    /// The port the agent serves container logs on (its read-only port),
+    /// published as `status.daemonEndpoints.kubeletEndpoint.Port` (capital
+    /// P, as Kubernetes spells it) so `commitd logs` finds it; `None` when
+    /// it serves none.
+    pub read_only_port: Option<u16>,
 }
 
 impl NodeFacts {
@@ -84,6 +92,7 @@ impl NodeFacts {
             machine_id: read("/etc/machine-id"),
             system_uuid: read("/sys/class/dmi/id/product_uuid"),
             container_runtime_version,
+            read_only_port: None,
         }
     }
 }
@@ -204,6 +213,12 @@ pub fn apply(node: &mut Node, facts: &NodeFacts, now: &Time) {
             address: facts.name.clone(),
         },
     ]);
+    // Ours alone: a port no longer served is no longer published.
+    status.daemon_endpoints = facts.read_only_port.map(|port| NodeDaemonEndpoints {
+        kubelet_endpoint: Some(DaemonEndpoint {
+            port: i32::from(port),
+        }),
+    });
     status.node_info = Some(NodeSystemInfo {
         architecture: facts.architecture.clone(),
         boot_id: facts.boot_id.clone(),
@@ -450,6 +465,7 @@ mod tests {
             machine_id: "m".into(),
             system_uuid: String::new(),
             container_runtime_version: "containerd://1.6.20".into(),
+            read_only_port: Some(10255),
         }
     }
 
@@ -510,6 +526,8 @@ mod tests {
         assert_eq!(info.kubelet_version, kubelet_version());
         let addresses = status.addresses.unwrap();
         assert_eq!(addresses[0].address, "192.0.2.7");
+        let endpoints = status.daemon_endpoints.unwrap();
+        assert_eq!(endpoints.kubelet_endpoint.unwrap().port, 10255);
         let ready = |n: &Node| {
             n.status
                 .as_ref()
@@ -530,7 +548,23 @@ mod tests {
         let second = ready(&node);
         assert_eq!(second.last_heartbeat_time, Some(at(200)));
         assert_eq!(second.last_transition_time, Some(at(100)));
-        assert_eq!(node.status.unwrap().conditions.unwrap().len(), 4);
+        assert_eq!(
+            node.status
+                .as_ref()
+                .unwrap()
+                .conditions
+                .as_ref()
+                .unwrap()
+                .len(),
+            4
+        );
+        // A port no longer served is no longer published.
+        let no_port = NodeFacts {
+            read_only_port: None,
+            ..facts()
+        };
+        apply(&mut node, &no_port, &at(300));
+        assert_eq!(node.status.unwrap().daemon_endpoints, None);
     }
 
     #[test]

@@ -900,11 +900,23 @@ mod tests {
         let app_done = status("app", false, 0, false);
         // Not started yet: the pod is still initializing.
         assert_eq!(
-            phase(never, &[], 1, &[proxy_starting.clone()], &sidecars),
+            phase(
+                never,
+                &[],
+                1,
+                std::slice::from_ref(&proxy_starting),
+                &sidecars
+            ),
             "Pending"
         );
         assert_eq!(
-            phase(never, &[app_running], 1, &[proxy_up.clone()], &sidecars),
+            phase(
+                never,
+                &[app_running],
+                1,
+                std::slice::from_ref(&proxy_up),
+                &sidecars
+            ),
             "Running"
         );
         // The app finished but the sidecar still runs: Running; once it
@@ -912,9 +924,9 @@ mod tests {
         assert_eq!(
             phase(
                 never,
-                &[app_done.clone()],
+                std::slice::from_ref(&app_done),
                 1,
-                &[proxy_up.clone()],
+                std::slice::from_ref(&proxy_up),
                 &sidecars
             ),
             "Running"
@@ -922,9 +934,9 @@ mod tests {
         assert_eq!(
             phase(
                 never,
-                &[app_done.clone()],
+                std::slice::from_ref(&app_done),
                 1,
-                &[proxy_killed.clone()],
+                std::slice::from_ref(&proxy_killed),
                 &sidecars
             ),
             "Succeeded"

@@ -312,6 +312,7 @@ impl Lab {
             cluster_dns: None,
             dns_listen: None,
             proxy: None,
+            read_only_port: None,
         };
         let tasks = vec![
             tokio::spawn(commitd_reconciler::run(

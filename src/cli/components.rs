@@ -136,6 +136,11 @@ pub struct NodeArgs {
     /// Seconds between full rewrites of the service rules (heals hand edits).
     #[arg(long, default_value_t = 30)]
     pub proxy_resync: u64,
+    /// The port on the node IP where the agent serves container logs
+    /// read-only over HTTP (the kubelet's read-only port), so
+    /// `commitd logs` reads them from any machine. 0: no logs served.
+    #[arg(long, default_value_t = commitd_nodeagent::logs::DEFAULT_READ_ONLY_PORT)]
+    pub read_only_port: u16,
 }
 
 impl NodeArgs {
@@ -187,6 +192,7 @@ impl NodeArgs {
                 }),
                 resync_interval: Duration::from_secs(self.proxy_resync.max(1)),
             }),
+            read_only_port: (self.read_only_port != 0).then_some(self.read_only_port),
         }
     }
 }

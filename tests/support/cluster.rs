@@ -35,6 +35,9 @@ pub struct Cluster {
     pub repo_path: PathBuf,
     pub registry: Registry,
     network: Network,
+    /// The node agent's read-only port (container logs), free when the
+    /// cluster was made so parallel clusters never share it.
+    pub read_only_port: u16,
 }
 
 /// Copies the example manifests, pointing their images at `registry`.
@@ -65,6 +68,7 @@ impl Cluster {
             state,
             registry,
             network,
+            read_only_port: super::free_port(),
         };
         cluster.start();
         cluster
@@ -92,6 +96,7 @@ impl Cluster {
             .args(["--dns-port", &self.network.dns_port.to_string()])
             .args(["--proxy-table", self.network.proxy_table])
             .args(["--proxy-resync", "2"])
+            .args(["--read-only-port", &self.read_only_port.to_string()])
             .args(["--insecure-registry", &self.registry.addr])
             .args(["--poll-interval", "30"])
             .env("RUST_LOG", "info")

@@ -20,6 +20,16 @@ pub fn is_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// A TCP port free on this machine now, for a server a test starts (it
+/// may be taken again before the server binds it, which is unlikely
+/// enough for tests: the kernel hands ephemeral ports out in turn).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("0.0.0.0", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Fetches `http://addr/` with a raw HTTP/1.0 GET and returns the body.
 pub async fn http_get(addr: &str) -> Result<String, String> {
     let fut = async {
