@@ -4,9 +4,10 @@
 //! within the grace period (what the hook leaves of it is what the
 //! container gets after SIGTERM, at least two seconds). Hooks use the
 //! probe handlers: `exec` in the container, `httpGet` (HTTP or HTTPS) and
-//! `tcpSocket` to the pod, and `sleep`. As the kubelet does, an HTTPS hook
-//! that is answered in plain HTTP is tried once more over HTTP, without
-//! its `Authorization` header.
+//! `tcpSocket` to the pod, and `sleep`. As the kubelet does, an `httpGet`
+//! hook fails only when its request gets no answer (any status will do),
+//! and an HTTPS hook that is answered in plain HTTP is tried once more
+//! over HTTP, without its `Authorization` header.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -16,7 +17,7 @@ use k8s_openapi::api::core::v1::Container;
 use tracing::warn;
 
 use crate::cri::Cri;
-use crate::probe::handlers::{attempt, Target, HTTP_RESPONSE_TO_HTTPS};
+use crate::probe::handlers::{attempt, Purpose, Target, HTTP_RESPONSE_TO_HTTPS};
 use crate::probe::{ContainerProbes, Handler, Scheme};
 
 /// The least a container gets after its preStop hook, as the kubelet
@@ -68,6 +69,7 @@ pub async fn run(
         container_id: id,
         pod_ip,
         ports: &ports,
+        purpose: Purpose::Hook,
     };
     with_http_fallback(handler, limit, move |h, timeout| async move {
         attempt(&h, target, timeout).await
@@ -217,7 +219,7 @@ mod tests {
     async fn run_hook(handler: &Handler) -> Result<(), String> {
         let pod_ip = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         with_http_fallback(handler, Duration::from_secs(2), |h, t| async move {
-            attempt_without_runtime(&h, pod_ip, &[], t).await
+            attempt_without_runtime(&h, pod_ip, &[], Purpose::Hook, t).await
         })
         .await
     }

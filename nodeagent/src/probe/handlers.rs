@@ -22,9 +22,27 @@ pub use super::tls::HTTP_RESPONSE_TO_HTTPS;
 const MAX_OUTPUT: usize = 1024;
 /// The most of an HTTP response head that is read.
 const MAX_HEAD: usize = 16 * 1024;
-/// Sent as `User-Agent`; applications tell probes apart by the
-/// `kube-probe/` prefix.
-const USER_AGENT: &str = "kube-probe/commitd";
+/// Who makes an attempt, which decides how an HTTP answer is judged and
+/// how the request names itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// A probe: statuses 200 to 399 succeed.
+    Probe,
+    /// A lifecycle hook: any answer succeeds, as the kubelet only fails
+    /// a hook whose request fails.
+    Hook,
+}
+
+impl Purpose {
+    /// Sent as `User-Agent`; applications tell probes and hooks apart by
+    /// the kubelet's `kube-probe/` and `kube-lifecycle/` prefixes.
+    fn user_agent(self) -> &'static str {
+        match self {
+            Purpose::Probe => "kube-probe/commitd",
+            Purpose::Hook => "kube-lifecycle/commitd",
+        }
+    }
+}
 
 /// What an attempt is aimed at.
 #[derive(Clone, Copy)]
@@ -37,6 +55,8 @@ pub struct Target<'a> {
     pub pod_ip: Option<IpAddr>,
     /// The container's named ports.
     pub ports: &'a [(String, i32)],
+    /// A probe or a hook.
+    pub purpose: Purpose,
 }
 
 /// Makes one attempt of `handler` against `target`.
@@ -47,7 +67,10 @@ pub async fn attempt(
 ) -> Result<(), String> {
     match handler {
         Handler::Exec { command } => exec(target, command, timeout).await,
-        _ => attempt_without_runtime(handler, target.pod_ip, target.ports, timeout).await,
+        _ => {
+            let ports = target.ports;
+            attempt_without_runtime(handler, target.pod_ip, ports, target.purpose, timeout).await
+        }
     }
 }
 
@@ -58,6 +81,7 @@ pub async fn attempt_without_runtime(
     handler: &Handler,
     pod_ip: Option<IpAddr>,
     ports: &[(String, i32)],
+    purpose: Purpose,
     timeout: Duration,
 ) -> Result<(), String> {
     match handler {
@@ -79,6 +103,7 @@ pub async fn attempt_without_runtime(
                 host: host.as_deref(),
                 path,
                 headers,
+                purpose,
             };
             http_get(addr, &request, timeout).await
         }
@@ -177,7 +202,7 @@ async fn http_get(
         format!("/{}", request.path)
     };
     let url = format!("{}://{authority}{path}", request.scheme.as_str());
-    let head = request_head(&path, &authority, request.headers);
+    let head = request_head(&path, &authority, request.headers, request.purpose);
     let attempt = async {
         let tcp = TcpStream::connect(addr)
             .await
@@ -192,7 +217,7 @@ async fn http_get(
             "Get {url:?}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)"
         )),
         Ok(Err(e)) => Err(format!("Get {url:?}: {e}")),
-        Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
+        Ok(Ok(code)) if (200..400).contains(&code) || request.purpose == Purpose::Hook => Ok(()),
         Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
     }
 }
@@ -204,6 +229,7 @@ struct HttpRequest<'a> {
     host: Option<&'a str>,
     path: &'a str,
     headers: &'a [(String, String)],
+    purpose: Purpose,
 }
 
 /// `host:port`, with brackets around an IPv6 address, as a URL has it.
@@ -217,14 +243,19 @@ fn join_host_port(host: &str, port: u16) -> String {
 
 /// The request line and headers of the GET, the kubelet's defaults first
 /// unless the action sets them itself.
-fn request_head(path: &str, authority: &str, headers: &[(String, String)]) -> String {
+fn request_head(
+    path: &str,
+    authority: &str,
+    headers: &[(String, String)],
+    purpose: Purpose,
+) -> String {
     let mut request = format!("GET {path} HTTP/1.1\r\n");
     let has = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
     if !has("host") {
         request.push_str(&format!("Host: {authority}\r\n"));
     }
     if !has("user-agent") {
-        request.push_str(&format!("User-Agent: {USER_AGENT}\r\n"));
+        request.push_str(&format!("User-Agent: {}\r\n", purpose.user_agent()));
     }
     if !has("accept") {
         request.push_str("Accept: */*\r\n");
@@ -324,6 +355,7 @@ mod tests {
             host,
             path,
             headers,
+            purpose: Purpose::Probe,
         };
         http_get(addr, &request, SHORT).await
     }
@@ -384,11 +416,38 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_hook_takes_any_answer_and_names_itself() {
+        let (addr, server) = http_server("500 Internal Server Error").await;
+        let request = HttpRequest {
+            scheme: Scheme::Http,
+            host: None,
+            path: "/drain",
+            headers: &[],
+            purpose: Purpose::Hook,
+        };
+        http_get(addr, &request, SHORT)
+            .await
+            .expect("a hook that got an answer succeeded");
+        let seen = server.await.expect("server");
+        assert!(seen.contains("User-Agent: kube-lifecycle/"), "{seen}");
+        // No answer at all still fails it.
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let gone = closed.local_addr().expect("addr");
+        drop(closed);
+        assert!(http_get(gone, &request, SHORT).await.is_err());
+    }
+
     #[test]
     fn the_request_names_the_host_and_the_path() {
         assert_eq!(join_host_port("web", 80), "web:80");
         assert_eq!(join_host_port("fd00::1", 8443), "[fd00::1]:8443");
-        let head = request_head("/x", "web:80", &[("Host".into(), "other".into())]);
+        let head = request_head(
+            "/x",
+            "web:80",
+            &[("Host".into(), "other".into())],
+            Purpose::Probe,
+        );
         assert!(head.contains("Host: other\r\n"), "{head}");
         assert!(!head.contains("Host: web:80"), "{head}");
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use super::handlers::{attempt, Target};
+use super::handlers::{attempt, Purpose, Target};
 use super::{ContainerProbes, ProbeKind, ProbeSpec};
 use crate::cri::Cri;
 
@@ -168,6 +168,7 @@ async fn probe_instance(
         container_id: &instance.id,
         pod_ip: instance.pod_ip,
         ports: &instance.probes.ports,
+        purpose: Purpose::Probe,
     };
     // The instance's start, on the monotonic clock.
     let ran_for = crate::pod::now_ns().saturating_sub(instance.started_at);
