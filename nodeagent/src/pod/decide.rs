@@ -762,6 +762,20 @@ mod tests {
         assert_eq!(d.step, Step::Idle { requeue: None });
     }
 
+    /// Starting `name` as instance `restart_count`, with the back-off a
+    /// first start or a first restart arms.
+    fn start(name: &str, restart_count: u32) -> Step {
+        Step::StartContainer {
+            name: name.into(),
+            restart_count,
+            backoff: if restart_count == 0 {
+                Duration::ZERO
+            } else {
+                backoff::INITIAL
+            },
+        }
+    }
+
     fn with_init(policy: RestartPolicy) -> DesiredPod {
         let mut p = pod(policy, &["a"]);
         p.init_containers = pod(policy, &["i", "j"]).containers;
@@ -780,15 +794,6 @@ mod tests {
     fn init_containers_run_in_order_to_completion_before_the_app() {
         let p = with_init(RestartPolicy::Always);
         let s0 = || sandbox("s0", 0, true);
-        let start = |name: &str, restart_count: u32| Step::StartContainer {
-            name: name.into(),
-            restart_count,
-            backoff: if restart_count == 0 {
-                Duration::ZERO
-            } else {
-                backoff::INITIAL
-            },
-        };
         assert_eq!(step(&p, &obs(vec![s0()], vec![]), 1), start("i", 0));
         let d = decide(
             Some(&p),
@@ -844,15 +849,6 @@ mod tests {
         let mut p = with_init(RestartPolicy::Never);
         p.init_containers[0].sidecar = true;
         let s0 = || sandbox("s0", 0, true);
-        let start = |name: &str, restart_count: u32| Step::StartContainer {
-            name: name.into(),
-            restart_count,
-            backoff: if restart_count == 0 {
-                Duration::ZERO
-            } else {
-                backoff::INITIAL
-            },
-        };
         // The sidecar first; once it runs, the next init container.
         assert_eq!(step(&p, &obs(vec![s0()], vec![]), 1), start("i", 0));
         let proxy = running("i", 0, "s0", 1);
