@@ -116,12 +116,16 @@ fn describe(s: &Snapshot) -> String {
 
 /// Waits until the Deployment has exactly `expect_rs` ReplicaSets, the one
 /// of its current template named `<name>-<hash>` with `replicas` live pods
-/// and every other one scaled to 0, and returns the current one.
+/// and every other one scaled to 0, and returns the current one. With
+/// `drive`, it plays the scheduler and the node agent meanwhile, binding
+/// every pod and reporting it ready, so that a rolling update, which waits
+/// for new pods to be available, can advance.
 async fn wait_for_rollout(
     store: &Store,
     d: &Deployment,
     expect_rs: usize,
     replicas: usize,
+    drive: bool,
 ) -> Result<ReplicaSet> {
     let template = d
         .spec
@@ -138,6 +142,15 @@ async fn wait_for_rollout(
         &format!("rollout of {want_name} with {replicas} pods"),
         DEADLINE,
         || async {
+            if drive {
+                let sets = snapshot(store).await?.replica_sets;
+                for rs in owned_by(&sets, &d_uid) {
+                    bind_pods(store, rs, usize::MAX)
+                        .await
+                        .map_err(|e| format!("{e:#}"))?;
+                    mark_ready(store, rs).await.map_err(|e| format!("{e:#}"))?;
+                }
+            }
             let s = snapshot(store).await?;
             let owned = owned_by(&s.replica_sets, &d_uid);
             let current = owned.iter().find(|rs| meta::name(**rs) == want_name);
@@ -344,7 +357,7 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     assert!(meta::is_git_owned(&d.metadata));
 
     // One ReplicaSet named after the template hash, with two pods.
-    let first = wait_for_rollout(store, &d, 1, 2).await?;
+    let first = wait_for_rollout(store, &d, 1, 2, false).await?;
     let hash = meta::name(&first).trim_start_matches("web-").to_string();
     assert_eq!(revision(&first), "1");
     let labels = first.metadata.labels.clone().unwrap_or_default();
@@ -384,22 +397,23 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
         }
     })
     .await?;
-    let scaled = wait_for_rollout(store, &d, 1, 3).await?;
+    let scaled = wait_for_rollout(store, &d, 1, 3, false).await?;
     assert_eq!(uid(&scaled), uid(&first), "scaling keeps the replica set");
     bind_pods(store, &scaled, usize::MAX).await?;
     mark_ready(store, &scaled).await?;
     wait_for_complete_status(store, "web", 3, 2, meta::name(&first)).await?;
     eprintln!("scaled {} to 3", meta::name(&first));
 
-    // A new image: a second ReplicaSet takes over, the first scales to 0
-    // and its (bound) pods are deleted gracefully.
+    // A new image: a second ReplicaSet takes over as its pods become
+    // ready (a rolling update), the first scales to 0 and its (bound)
+    // pods are deleted gracefully.
     let old_pods: BTreeSet<String> =
         owned_by(&store.list::<Pod>(Some(NS)).await?.items, &uid(&first))
             .into_iter()
             .map(|p| meta::name(p).to_string())
             .collect();
     let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:2")).await?;
-    let second = wait_for_rollout(store, &d, 2, 3).await?;
+    let second = wait_for_rollout(store, &d, 2, 3, true).await?;
     assert_ne!(meta::name(&second), meta::name(&first));
     assert_eq!(revision(&second), "2");
     let pods = store.list::<Pod>(Some(NS)).await?.items;
@@ -424,7 +438,7 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     // Back to the first image: the first ReplicaSet is reused, with the
     // newest revision; no third one appears.
     let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:1")).await?;
-    let reused = wait_for_rollout(store, &d, 2, 3).await?;
+    let reused = wait_for_rollout(store, &d, 2, 3, true).await?;
     assert_eq!(
         uid(&reused),
         uid(&first),
@@ -438,10 +452,22 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     assert_eq!(spec_replicas(&second_now), 0);
     assert_eq!(revision(&second_now), "2");
     finish_terminating(store).await?;
-    // Two of the three new pods get a node, one stays unbound.
-    let bound = bind_pods(store, &reused, 2).await?;
-    assert_eq!(bound.len(), 2);
     eprintln!("rolled back to {} (revision 3)", meta::name(&reused));
+    // One more pod, which gets no node: the three bound ones stay.
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    let bound: Vec<String> = owned_by(&pods, &uid(&reused))
+        .into_iter()
+        .filter(|p| !meta::is_terminating(&p.metadata))
+        .map(|p| meta::name(p).to_string())
+        .collect();
+    assert_eq!(bound.len(), 3);
+    let d = change_deployment(store, "web", |d| {
+        if let Some(s) = d.spec.as_mut() {
+            s.replicas = Some(4);
+        }
+    })
+    .await?;
+    wait_for_rollout(store, &d, 2, 4, false).await?;
 
     // The file is deleted from Git: the garbage collector removes the
     // ReplicaSets, then their pods (bound: marked; unbound: deleted).
@@ -574,7 +600,7 @@ async fn restart_scenario(store: &Store) -> Result<(String, usize)> {
         .create(deployment("api", 5, "registry.local/api:1")?)
         .await?;
     let ctl = Controllers::start(store);
-    let rs = wait_for_rollout(store, &d, 1, 5).await?;
+    let rs = wait_for_rollout(store, &d, 1, 5, false).await?;
     ctl.stop().await?;
 
     let mut removed = 0;
@@ -604,7 +630,7 @@ async fn restart_scenario(store: &Store) -> Result<(String, usize)> {
 
     // Started for good, they settle at exactly the replicas.
     let ctl = Controllers::start(store);
-    let settled = wait_for_rollout(store, &d, 1, 5).await;
+    let settled = wait_for_rollout(store, &d, 1, 5, false).await;
     let stopped = ctl.stop().await;
     let settled = settled?;
     stopped?;

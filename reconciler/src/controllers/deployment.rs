@@ -2,9 +2,12 @@
 //! of a Deployment gets its own ReplicaSet, named after a hash of the
 //! template, so going back to an earlier template finds the earlier
 //! ReplicaSet again (a `git revert` is a rollback that reuses its pods'
-//! identity). The ReplicaSet of the current template is scaled up, every
-//! other one down, and old, empty ones beyond `revisionHistoryLimit` are
-//! deleted. The Deployment itself is Git's: only its `status` is written.
+//! identity). The ReplicaSet of the current template is scaled up and
+//! every other one down, a step at a time as the strategy allows
+//! (`super::strategy`: RollingUpdate within `maxSurge` and
+//! `maxUnavailable`, or Recreate), and old, empty ones beyond
+//! `revisionHistoryLimit` are deleted. The Deployment itself is Git's:
+//! only its `status` is written.
 
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -17,7 +20,6 @@ use commitd_api::k8s_openapi::api::apps::v1::{
 };
 use commitd_api::k8s_openapi::api::core::v1::PodTemplateSpec;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use commitd_api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
 use commitd_api::meta::{self, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use commitd_api::{Store, StoreError};
@@ -25,14 +27,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::expectations::Expectations;
+use super::strategy::{self, max_unavailable, SetCounts};
 use super::{controlled_by, earliest, pass_result, resource_version, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
 /// Kubernetes' default `revisionHistoryLimit`.
 const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
-/// Kubernetes' default `maxSurge` and `maxUnavailable`.
-const DEFAULT_ROLLING_PERCENT: &str = "25%";
 /// How soon to look again at a Deployment whose ReplicaSets the cache has
 /// not caught up with (a cache change wakes the loop sooner).
 const EXPECTATION_REQUEUE: Duration = Duration::from_secs(1);
@@ -464,27 +465,35 @@ fn now_seconds() -> Timestamp {
     Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
-/// The replica count each ReplicaSet of a Deployment should have now.
-///
-/// Today every strategy swaps all pods at once: the current template's
-/// ReplicaSet gets `spec.replicas`, every other one 0. The rolling update
-/// (bounded by `maxSurge`/`maxUnavailable`, see [`max_unavailable`]) will
-/// compute the next step here from the sets' current and available counts.
+/// The replica count each ReplicaSet of a Deployment should have next,
+/// by its strategy ([`strategy::next_step`]); `old` is oldest first.
 fn scale_targets(
     spec: &DeploymentSpec,
     new: &ReplicaSet,
     old: &[ReplicaSet],
 ) -> Vec<(ReplicaSet, i32)> {
-    let desired = spec.replicas.unwrap_or(1).max(0);
-    std::iter::once((new.clone(), desired))
-        .chain(old.iter().map(|rs| (rs.clone(), 0)))
+    let counts: Vec<SetCounts> = old.iter().map(set_counts).collect();
+    let step = strategy::next_step(spec, set_counts(new), &counts);
+    std::iter::once((new.clone(), step.new))
+        .chain(old.iter().cloned().zip(step.old))
         .collect()
 }
 
-/// The size a ReplicaSet for a new template is created with (see
-/// [`scale_targets`]: all at once for now).
-fn new_replica_set_replicas(spec: &DeploymentSpec, _old: &[ReplicaSet]) -> i32 {
-    spec.replicas.unwrap_or(1).max(0)
+/// The size a ReplicaSet for a new template is created with: the first
+/// step of the strategy from zero.
+fn new_replica_set_replicas(spec: &DeploymentSpec, old: &[ReplicaSet]) -> i32 {
+    let counts: Vec<SetCounts> = old.iter().map(set_counts).collect();
+    strategy::next_step(spec, SetCounts::default(), &counts).new
+}
+
+/// What the strategy reads of a ReplicaSet.
+fn set_counts(rs: &ReplicaSet) -> SetCounts {
+    let status = rs.status.as_ref();
+    SetCounts {
+        wanted: replicas_of(rs),
+        available: status.and_then(|s| s.available_replicas).unwrap_or(0),
+        pods: status.map_or(0, |s| s.replicas),
+    }
 }
 
 /// The ReplicaSet for a Deployment's current template, as Kubernetes
@@ -596,53 +605,6 @@ fn history_to_prune(old: &[ReplicaSet], limit: i32) -> Vec<&ReplicaSet> {
             status.replicas == 0 && replicas_of(rs) == 0 && observed
         })
         .collect()
-}
-
-/// `maxUnavailable` in pods, as Kubernetes' `MaxUnavailable`: 0 unless
-/// rolling; percentages round down (`maxSurge` rounds up); if both would be
-/// 0 one pod may be unavailable; never more than the replicas.
-fn max_unavailable(spec: &DeploymentSpec) -> i32 {
-    let desired = spec.replicas.unwrap_or(1).max(0);
-    let strategy = spec.strategy.clone().unwrap_or_default();
-    let rolling = strategy.type_.as_deref().unwrap_or("RollingUpdate") == "RollingUpdate";
-    if !rolling || desired == 0 {
-        return 0;
-    }
-    let ru = strategy.rolling_update.unwrap_or_default();
-    let default = IntOrString::String(DEFAULT_ROLLING_PERCENT.to_string());
-    let surge = scaled_value(ru.max_surge.as_ref().unwrap_or(&default), desired, true);
-    let mut unavailable = scaled_value(
-        ru.max_unavailable.as_ref().unwrap_or(&default),
-        desired,
-        false,
-    );
-    if surge == 0 && unavailable == 0 {
-        unavailable = 1;
-    }
-    unavailable.min(desired)
-}
-
-/// An int-or-percent resolved against `total` (Kubernetes'
-/// `GetScaledValueFromIntOrPercent`); an unreadable value counts as the
-/// default 25 %.
-fn scaled_value(v: &IntOrString, total: i32, round_up: bool) -> i32 {
-    let percent = match v {
-        IntOrString::Int(i) => return (*i).max(0),
-        IntOrString::String(s) => match s.trim().strip_suffix('%') {
-            Some(p) => p.trim().parse::<i64>().unwrap_or(25),
-            None => match s.trim().parse::<i32>() {
-                Ok(i) => return i.max(0),
-                Err(_) => 25,
-            },
-        },
-    };
-    let product = percent.max(0) * i64::from(total);
-    let scaled = if round_up {
-        (product + 99) / 100
-    } else {
-        product / 100
-    };
-    i32::try_from(scaled).unwrap_or(i32::MAX)
 }
 
 fn nonzero(n: i32) -> Option<i32> {
@@ -1153,21 +1115,6 @@ mod tests {
     }
 
     #[test]
-    fn scale_targets_swap_everything_at_once() {
-        let d = deployment(3, "web:2");
-        let new = rs("web-new", 2, 0, counts(0, 0, 0));
-        let old = vec![rs("web-old", 1, 3, counts(3, 3, 3))];
-        let targets: Vec<(String, i32)> = scale_targets(d.spec.as_ref().expect("spec"), &new, &old)
-            .into_iter()
-            .map(|(rs, n)| (meta::name(&rs).to_string(), n))
-            .collect();
-        assert_eq!(
-            targets,
-            vec![("web-new".to_string(), 3), ("web-old".to_string(), 0)]
-        );
-    }
-
-    #[test]
     fn history_beyond_the_limit_is_pruned_oldest_first() {
         let mut old: Vec<ReplicaSet> = (1..=12)
             .map(|r| rs(&format!("web-{r}"), r, 0, counts(0, 0, 0)))
@@ -1194,31 +1141,6 @@ mod tests {
         });
         assert!(history_to_prune(&old, 10).is_empty());
         assert_eq!(names(history_to_prune(&old, 9)), vec!["web-3"]);
-    }
-
-    #[test]
-    fn max_unavailable_follows_kubernetes() {
-        let mut d = deployment(2, "web:1");
-        let spec = d.spec.as_mut().expect("spec");
-        assert_eq!(max_unavailable(spec), 0); // 25 % of 2 rounds down
-        spec.replicas = Some(10);
-        assert_eq!(max_unavailable(spec), 2);
-        let ru = spec
-            .strategy
-            .as_mut()
-            .and_then(|s| s.rolling_update.as_mut())
-            .expect("rolling update");
-        ru.max_surge = Some(IntOrString::Int(0));
-        ru.max_unavailable = Some(IntOrString::String("0%".into()));
-        assert_eq!(max_unavailable(spec), 1);
-        spec.strategy.as_mut().expect("strategy").type_ = Some("Recreate".into());
-        assert_eq!(max_unavailable(spec), 0);
-        assert_eq!(scaled_value(&IntOrString::String("25%".into()), 3, true), 1);
-        assert_eq!(
-            scaled_value(&IntOrString::String("25%".into()), 3, false),
-            0
-        );
-        assert_eq!(scaled_value(&IntOrString::String("50%".into()), 5, true), 3);
     }
 
     fn reason(s: &DeploymentStatus, type_: &str) -> Option<(String, String, String)> {

@@ -17,6 +17,7 @@ mod endpoints;
 mod expectations;
 mod garbage_collector;
 mod replicaset;
+mod strategy;
 
 use std::time::Duration;
 
