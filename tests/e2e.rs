@@ -34,6 +34,20 @@ async fn a_commit_becomes_running_containers() {
         );
     }
 
+    // Once its pods are ready, the commit's history record says it is
+    // healthy, and so does the status.
+    let history = until("the applied commit to be healthy", WAIT, || async {
+        let (_, out, _) = cluster.cli().run(&["history"]).await;
+        out.lines()
+            .any(|l| l.contains(" applied ") && l.contains("Healthy since"))
+            .then_some(out.clone())
+            .ok_or(out)
+    })
+    .await;
+    assert!(!history.contains("Degraded"), "{history}");
+    let (_, status, _) = cluster.cli().run(&["status"]).await;
+    assert!(status.contains("Health:   Healthy for"), "{status}");
+
     // Scale to 3 with a commit.
     cluster
         .repo()

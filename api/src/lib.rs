@@ -18,6 +18,7 @@ pub use store::{Store, StoreError};
 pub mod defaults;
 pub mod diagnostic;
 pub mod field_path;
+pub mod health;
 pub mod manifest;
 pub mod records;
 pub mod schema;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::diagnostic::Diagnostic;
+use crate::health::CommitHealth;
 
 /// Who made a commit and what it says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,4 +80,8 @@ pub struct HistoryRecord {
     /// Free text for events such as drift corrections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// How the commit's objects are doing, kept current by the health
+    /// controller while the commit is the applied one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<CommitHealth>,
 }

@@ -688,6 +688,7 @@ fn history_record(
         errors,
         warnings,
         note: None,
+        health: None,
     }
 }
 
@@ -1134,6 +1135,7 @@ pub async fn correct_drift(
                     "put back what was changed outside Git: {}",
                     names.join(", ")
                 )),
+                health: None,
             };
             (record, None)
         };

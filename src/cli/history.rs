@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use commitd_api::health::{CommitHealth, ObjectHealth};
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::keys;
 use commitd_api::records::{HistoryRecord, Outcome};
@@ -107,6 +108,7 @@ fn render(records: &[HistoryRecord]) -> String {
         "OUTCOME",
         "CHANGES",
         "TIME (UTC)",
+        "HEALTH",
         "SUMMARY",
     ]);
     for r in records {
@@ -122,6 +124,7 @@ fn render(records: &[HistoryRecord]) -> String {
                 c.deleted.len()
             ),
             time_cell(&r.recorded_at),
+            health_cell(r.health.as_ref()),
             r.commit.summary.clone(),
         ]);
     }
@@ -140,14 +143,52 @@ fn render(records: &[HistoryRecord]) -> String {
         if let Some(note) = &r.note {
             out += &format!("    {note}\n");
         }
+        for o in r.health.iter().flat_map(|h| &h.objects) {
+            out += &format!("    {}\n", object_line(o));
+        }
     }
     out
+}
+
+/// `Healthy since 12:03:41`; `-` before the health controller looked.
+fn health_cell(health: Option<&CommitHealth>) -> String {
+    match health {
+        Some(h) => {
+            let at = h
+                .since
+                .parse::<Timestamp>()
+                .map(|t| t.strftime("%H:%M:%S").to_string())
+                .unwrap_or_else(|_| h.since.clone());
+            format!("{} since {at}", h.status)
+        }
+        None => "-".to_string(),
+    }
+}
+
+/// One object that is not healthy, and the commit that last changed it.
+fn object_line(o: &ObjectHealth) -> String {
+    let name = match &o.namespace {
+        Some(ns) => format!("{}/{}", ns, o.name),
+        None => o.name.clone(),
+    };
+    let mut line = format!("{} {name}: {}", o.kind, o.status);
+    if let Some(reason) = &o.reason {
+        line += &format!(" {reason}");
+    }
+    if let Some(message) = &o.message {
+        line += &format!(": {message}");
+    }
+    if let Some(sha) = &o.commit {
+        line += &format!(" (changed by {})", sha.get(..7).unwrap_or(sha));
+    }
+    line
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use commitd_api::diagnostic::Diagnostic;
+    use commitd_api::health::HealthStatus;
     use commitd_api::records::{Changes, CommitInfo};
 
     fn record(seq: u64, outcome: Outcome, summary: &str) -> HistoryRecord {
@@ -167,6 +208,7 @@ mod tests {
             errors: vec![],
             warnings: vec![],
             note: None,
+            health: None,
         }
     }
 
@@ -184,14 +226,27 @@ mod tests {
         let mut drift = record(3, Outcome::DriftCorrected, "Add web");
         drift.changes.updated = vec!["Deployment demo/web".into()];
         drift.note = Some("put back what was changed outside Git: Deployment demo/web".into());
+        applied.health = Some(CommitHealth::of(
+            vec![ObjectHealth {
+                kind: "Deployment".into(),
+                namespace: Some("demo".into()),
+                name: "web".into(),
+                status: HealthStatus::Degraded,
+                reason: Some("ProgressDeadlineExceeded".into()),
+                message: Some("Deployment \"web\" exceeded its progress deadline".into()),
+                commit: Some("abcdef0123456789".into()),
+            }],
+            "2025-01-02T03:14:15Z".into(),
+        ));
         assert_eq!(
             render(&[drift, rejected, applied]),
-            "SEQ   COMMIT    OUTCOME    CHANGES    TIME (UTC)            SUMMARY\n\
-             3     0000000   drift      +0 ~1 -0   2025-01-02 03:04:05   Add web\n\
+            "SEQ   COMMIT    OUTCOME    CHANGES    TIME (UTC)            HEALTH                    SUMMARY\n\
+             3     0000000   drift      +0 ~1 -0   2025-01-02 03:04:05   -                         Add web\n\
              \x20   put back what was changed outside Git: Deployment demo/web\n\
-             2     0000000   rejected   +0 ~0 -0   2025-01-02 03:04:05   Typo\n\
+             2     0000000   rejected   +0 ~0 -0   2025-01-02 03:04:05   -                         Typo\n\
              \x20   web.yaml:9: spec.replica: unknown field \"replica\"\n\
-             1     0000000   applied    +2 ~0 -0   2025-01-02 03:04:05   Add web\n"
+             1     0000000   applied    +2 ~0 -0   2025-01-02 03:04:05   Degraded since 03:14:15   Add web\n\
+             \x20   Deployment demo/web: Degraded ProgressDeadlineExceeded: Deployment \"web\" exceeded its progress deadline (changed by abcdef0)\n"
         );
     }
 

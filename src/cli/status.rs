@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use commitd_api::health::{self, CommitHealth, HealthStatus};
 use commitd_api::k8s_openapi::api::apps::v1::Deployment;
 use commitd_api::k8s_openapi::api::core::v1::{Node, Pod};
 use commitd_api::k8s_openapi::jiff::Timestamp;
@@ -32,6 +33,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         .get_record(keys::REJECTED)
         .await
         .context("reading the last rejected commit")?;
+    let health = match &applied {
+        Some(a) => store
+            .get_record::<HistoryRecord>(&keys::history_key(a.seq))
+            .await
+            .context("reading the applied commit's history record")?
+            .and_then(|r| r.health),
+        None => None,
+    };
     let nodes = super::list_objects::<Node>(&store, None).await?;
     let leases = store
         .list_prefix(keys::NODE_LEASE_PREFIX)
@@ -48,6 +57,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let pods = super::list_objects::<Pod>(&store, None).await?;
 
     let mut text = commit_block(applied.as_ref(), rejected.as_ref(), now);
+    text.push_str(&health_block(health.as_ref(), now));
     text.push('\n');
     text.push_str(&nodes_block(&nodes, &heartbeats, now));
     text.push('\n');
@@ -123,6 +133,40 @@ fn commit_block(
     s
 }
 
+/// How the applied commit's objects are doing, and the ones that are not
+/// healthy; nothing before the health controller first looked.
+fn health_block(health: Option<&CommitHealth>, now: Timestamp) -> String {
+    let Some(h) = health else {
+        return String::new();
+    };
+    let mut s = format!(
+        "{}{} for {}\n",
+        label("Health"),
+        h.status,
+        age_of_rfc3339(&h.since, now)
+    );
+    for o in &h.objects {
+        let name = match &o.namespace {
+            Some(ns) => format!("{ns}/{}", o.name),
+            None => o.name.clone(),
+        };
+        let why = o.message.as_deref().or(o.reason.as_deref()).unwrap_or("");
+        s += &format!("{}{} {name}: {} {why}\n", continuation(), o.kind, o.status);
+        if let Some(sha) = o
+            .commit
+            .as_deref()
+            .filter(|_| o.status == HealthStatus::Degraded)
+        {
+            s += &format!(
+                "{}  changed last by commit {}\n",
+                continuation(),
+                sha.get(..7).unwrap_or(sha)
+            );
+        }
+    }
+    s
+}
+
 fn nodes_block(nodes: &[Node], heartbeats: &BTreeSet<String>, now: Timestamp) -> String {
     if nodes.is_empty() && heartbeats.is_empty() {
         return "Nodes: none registered\n".to_string();
@@ -179,6 +223,7 @@ fn deployments_block(deployments: &[Deployment], now: Timestamp) -> String {
         "READY",
         "UP-TO-DATE",
         "AVAILABLE",
+        "HEALTH",
         "AGE",
     ]);
     for d in deployments {
@@ -196,6 +241,7 @@ fn deployments_block(deployments: &[Deployment], now: Timestamp) -> String {
                 .and_then(|s| s.available_replicas)
                 .unwrap_or(0)
                 .to_string(),
+            health::deployment(d).status.to_string(),
             age(d.metadata.creation_timestamp.as_ref(), now),
         ]);
     }
@@ -306,6 +352,7 @@ mod tests {
             )],
             warnings: vec![],
             note: None,
+            health: None,
         };
         let text = commit_block(Some(&applied), Some(&rejected), now());
         assert_eq!(

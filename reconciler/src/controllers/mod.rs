@@ -16,6 +16,7 @@ mod deployment;
 mod endpoints;
 mod expectations;
 mod garbage_collector;
+mod health;
 mod replicaset;
 mod strategy;
 
@@ -86,13 +87,14 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
         _ = cancel.cancelled() => return Ok(()),
         _ = all_ready => {}
     }
-    info!("controllers started: deployment, replicaset, garbage-collector, endpoints");
+    info!("controllers started: deployment, replicaset, garbage-collector, endpoints, health");
     controller::gated(gate, async {
         tokio::join!(
             deployment::run(store.clone(), caches.clone(), cancel.clone()),
             replicaset::run(store.clone(), caches.clone(), cancel.clone()),
             garbage_collector::run(store.clone(), caches.clone(), cancel.clone()),
             endpoints::run(store.clone(), caches.clone(), cancel.clone()),
+            health::run(store.clone(), caches.clone(), cancel.clone()),
         )
     })
     .await;

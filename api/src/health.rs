@@ -1,0 +1,418 @@
+//! Health in the GitOps sense, as Argo CD assesses it: is what a commit
+//! declares actually working? Each object gets a status with a reason, and
+//! a commit the worst status of its objects, so "applied" can be followed
+//! by "healthy at 12:03:41" or "degraded: web ProgressDeadlineExceeded".
+//!
+//! Kinds without a notion of health (ConfigMaps, Secrets, Services, …) are
+//! healthy once they exist.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+/// How an object (or a commit) is doing, from best to worst: the derived
+/// order makes "the worst of" a `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum HealthStatus {
+    /// Doing what it was asked to.
+    Healthy,
+    /// Paused on purpose (a paused Deployment).
+    Suspended,
+    /// On its way: a rollout in progress, pods starting.
+    Progressing,
+    /// Declared in Git but not in the cluster.
+    Missing,
+    /// Failed or stuck: a rollout past its deadline, a crash-looping pod.
+    Degraded,
+}
+
+impl HealthStatus {
+    /// The word people read ("Healthy", "Degraded", …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "Healthy",
+            HealthStatus::Suspended => "Suspended",
+            HealthStatus::Progressing => "Progressing",
+            HealthStatus::Missing => "Missing",
+            HealthStatus::Degraded => "Degraded",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One object's health and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The status.
+    pub status: HealthStatus,
+    /// A short reason, when not plainly healthy (`ProgressDeadlineExceeded`).
+    pub reason: Option<String>,
+    /// What a person needs to know, in the controllers' words.
+    pub message: Option<String>,
+}
+
+impl Health {
+    fn healthy() -> Health {
+        Health {
+            status: HealthStatus::Healthy,
+            reason: None,
+            message: None,
+        }
+    }
+
+    fn new(status: HealthStatus, reason: &str, message: String) -> Health {
+        Health {
+            status,
+            reason: Some(reason.to_string()),
+            message: Some(message),
+        }
+    }
+}
+
+/// A Deployment's health, as Argo CD judges it from the status the
+/// Deployment controller reports.
+pub fn deployment(d: &Deployment) -> Health {
+    let spec = d.spec.clone().unwrap_or_default();
+    if spec.paused == Some(true) {
+        return Health::new(
+            HealthStatus::Suspended,
+            "DeploymentPaused",
+            "Deployment is paused".into(),
+        );
+    }
+    let status = d.status.clone().unwrap_or_default();
+    let generation = d.metadata.generation.unwrap_or(0);
+    if status.observed_generation.unwrap_or(0) < generation {
+        return Health::new(
+            HealthStatus::Progressing,
+            "ObservedGenerationBehind",
+            "Waiting for rollout to finish: observed deployment generation less than desired generation".into(),
+        );
+    }
+    let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if deadline_exceeded {
+        return Health::new(
+            HealthStatus::Degraded,
+            "ProgressDeadlineExceeded",
+            format!(
+                "Deployment {:?} exceeded its progress deadline",
+                d.metadata.name.as_deref().unwrap_or_default()
+            ),
+        );
+    }
+    let desired = spec.replicas.unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let waiting = |m: String| {
+        Health::new(
+            HealthStatus::Progressing,
+            "RolloutInProgress",
+            format!("Waiting for rollout to finish: {m}"),
+        )
+    };
+    if updated < desired {
+        return waiting(format!(
+            "{updated} out of {desired} new replicas have been updated..."
+        ));
+    }
+    if status.replicas.unwrap_or(0) > updated {
+        return waiting(format!(
+            "{} old replicas are pending termination...",
+            status.replicas.unwrap_or(0) - updated
+        ));
+    }
+    if available < updated {
+        return waiting(format!(
+            "{available} of {updated} updated replicas are available..."
+        ));
+    }
+    Health::healthy()
+}
+
+/// The reasons a container waits with that mean it will not get better on
+/// its own.
+const FAILING_WAIT_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+    "CreateContainerError",
+    "RunContainerError",
+    "PostStartHookError",
+];
+
+/// A Pod's health, as Argo CD judges it: finished successfully or running
+/// ready is healthy, failed or stuck in a failing wait is degraded, the
+/// rest is on its way.
+pub fn pod(p: &Pod) -> Health {
+    let status = p.status.clone().unwrap_or_default();
+    let statuses = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    for s in statuses {
+        let waiting = s.state.as_ref().and_then(|st| st.waiting.as_ref());
+        if let Some(reason) = waiting
+            .and_then(|w| w.reason.as_deref())
+            .filter(|r| FAILING_WAIT_REASONS.contains(r))
+        {
+            let message = waiting.and_then(|w| w.message.clone()).unwrap_or_default();
+            return Health::new(
+                HealthStatus::Degraded,
+                reason,
+                format!("container {}: {reason} {message}", s.name)
+                    .trim_end()
+                    .to_string(),
+            );
+        }
+    }
+    match status.phase.as_deref() {
+        Some("Succeeded") => Health::healthy(),
+        Some("Failed") => Health::new(
+            HealthStatus::Degraded,
+            "PodFailed",
+            status
+                .message
+                .clone()
+                .unwrap_or_else(|| "the pod failed".into()),
+        ),
+        Some("Running") => {
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                Health::healthy()
+            } else {
+                Health::new(
+                    HealthStatus::Progressing,
+                    "NotReady",
+                    "the pod runs but is not ready".into(),
+                )
+            }
+        }
+        _ => Health::new(
+            HealthStatus::Progressing,
+            "Pending",
+            "the pod is starting".into(),
+        ),
+    }
+}
+
+/// One object of a commit that is not healthy, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectHealth {
+    /// `Deployment`, `Pod`, …
+    pub kind: String,
+    /// Its namespace, for namespaced kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Its name.
+    pub name: String,
+    /// Its status.
+    pub status: HealthStatus,
+    /// The short reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The long one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The commit that last changed it: for a degraded rollout, the commit
+    /// that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+impl ObjectHealth {
+    /// `web ProgressDeadlineExceeded`, as a history line names it.
+    pub fn summary(&self) -> String {
+        match &self.reason {
+            Some(r) => format!("{} {r}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// A commit's health: the worst of its objects, since when, and the
+/// objects that are not healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitHealth {
+    /// The worst status of its objects.
+    pub status: HealthStatus,
+    /// When it took this status, RFC 3339.
+    pub since: String,
+    /// The objects not healthy, worst first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ObjectHealth>,
+}
+
+impl CommitHealth {
+    /// The commit's health from its objects' (healthy ones may be left
+    /// out); `since` is when that status was first seen.
+    pub fn of(mut objects: Vec<ObjectHealth>, since: String) -> CommitHealth {
+        objects.retain(|o| o.status != HealthStatus::Healthy);
+        objects.sort_by(|a, b| {
+            b.status
+                .cmp(&a.status)
+                .then_with(|| a.namespace.cmp(&b.namespace))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        CommitHealth {
+            status: objects.first().map_or(HealthStatus::Healthy, |o| o.status),
+            since,
+            objects,
+        }
+    }
+
+    /// `degraded: web ProgressDeadlineExceeded`, or `healthy`.
+    pub fn headline(&self) -> String {
+        let word = self.status.as_str().to_ascii_lowercase();
+        let worst: Vec<String> = self
+            .objects
+            .iter()
+            .filter(|o| o.status == self.status)
+            .map(ObjectHealth::summary)
+            .collect();
+        if worst.is_empty() {
+            word
+        } else {
+            format!("{word}: {}", worst.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn deployment_with(spec: serde_json::Value, status: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "generation": 2},
+            "spec": spec,
+            "status": status,
+        }))
+        .expect("deployment")
+    }
+
+    #[test]
+    fn deployments_read_like_argo_cd() {
+        let spec = json!({"replicas": 3, "selector": {}, "template": {}});
+        let done = json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3,
+                          "availableReplicas": 3});
+        assert_eq!(
+            deployment(&deployment_with(spec.clone(), done)).status,
+            HealthStatus::Healthy
+        );
+        let rolling = json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1,
+                             "availableReplicas": 3});
+        let h = deployment(&deployment_with(spec.clone(), rolling));
+        assert_eq!(h.status, HealthStatus::Progressing);
+        assert_eq!(
+            h.message.as_deref(),
+            Some("Waiting for rollout to finish: 1 out of 3 new replicas have been updated...")
+        );
+        let behind = json!({"observedGeneration": 1});
+        assert_eq!(
+            deployment(&deployment_with(spec.clone(), behind))
+                .reason
+                .as_deref(),
+            Some("ObservedGenerationBehind")
+        );
+        let stuck = json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False",
+                            "reason": "ProgressDeadlineExceeded"}]});
+        let h = deployment(&deployment_with(spec.clone(), stuck));
+        assert_eq!(h.status, HealthStatus::Degraded);
+        assert_eq!(h.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+        let mut paused = spec;
+        paused["paused"] = json!(true);
+        assert_eq!(
+            deployment(&deployment_with(paused, json!({}))).status,
+            HealthStatus::Suspended
+        );
+    }
+
+    fn pod_with(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).expect("pod")
+    }
+
+    #[test]
+    fn pods_read_like_argo_cd() {
+        let ready = json!({"phase": "Running",
+                           "conditions": [{"type": "Ready", "status": "True"}]});
+        assert_eq!(pod(&pod_with(ready)).status, HealthStatus::Healthy);
+        let unready = json!({"phase": "Running",
+                             "conditions": [{"type": "Ready", "status": "False"}]});
+        assert_eq!(pod(&pod_with(unready)).status, HealthStatus::Progressing);
+        assert_eq!(
+            pod(&pod_with(json!({"phase": "Pending"}))).status,
+            HealthStatus::Progressing
+        );
+        let pulling = json!({"phase": "Pending", "containerStatuses": [{
+            "name": "web", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]});
+        let h = pod(&pod_with(pulling));
+        assert_eq!(h.status, HealthStatus::Degraded);
+        assert_eq!(h.reason.as_deref(), Some("ImagePullBackOff"));
+        assert_eq!(
+            h.message.as_deref(),
+            Some("container web: ImagePullBackOff not found")
+        );
+        assert_eq!(
+            pod(&pod_with(json!({"phase": "Succeeded"}))).status,
+            HealthStatus::Healthy
+        );
+        assert_eq!(
+            pod(&pod_with(json!({"phase": "Failed"}))).status,
+            HealthStatus::Degraded
+        );
+    }
+
+    fn object(name: &str, status: HealthStatus, reason: Option<&str>) -> ObjectHealth {
+        ObjectHealth {
+            kind: "Deployment".into(),
+            namespace: Some("demo".into()),
+            name: name.into(),
+            status,
+            reason: reason.map(str::to_string),
+            message: None,
+            commit: None,
+        }
+    }
+
+    #[test]
+    fn a_commit_is_as_healthy_as_its_worst_object() {
+        let h = CommitHealth::of(
+            vec![
+                object("api", HealthStatus::Healthy, None),
+                object("db", HealthStatus::Progressing, Some("RolloutInProgress")),
+                object(
+                    "web",
+                    HealthStatus::Degraded,
+                    Some("ProgressDeadlineExceeded"),
+                ),
+            ],
+            "2026-01-01T12:03:41Z".into(),
+        );
+        assert_eq!(h.status, HealthStatus::Degraded);
+        assert_eq!(h.objects.len(), 2, "healthy objects are left out");
+        assert_eq!(h.headline(), "degraded: web ProgressDeadlineExceeded");
+        let fine = CommitHealth::of(vec![object("api", HealthStatus::Healthy, None)], "t".into());
+        assert_eq!(fine.status, HealthStatus::Healthy);
+        assert_eq!(fine.headline(), "healthy");
+        assert!(HealthStatus::Missing > HealthStatus::Progressing);
+    }
+}
