@@ -508,6 +508,101 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_safety_net_rolls_a_failed_template_back_until_a_commit_changes_it() -> Result<()> {
+    with_etcd(|store| async move {
+        let ctl = Controllers::start(&store);
+        let result = safety_net_scenario(&store).await;
+        let stopped = ctl.stop().await;
+        result?;
+        stopped
+    })
+    .await
+}
+
+/// The Deployment's Progressing condition, once it satisfies `check`.
+async fn wait_for_progressing(
+    store: &Store,
+    what: &str,
+    check: impl Fn(&(String, String, String)) -> bool,
+) -> Result<(String, String, String)> {
+    eventually(what, DEADLINE, || async {
+        let d = store
+            .get::<Deployment>(Some(NS), "web")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("deployment missing")?;
+        let p = condition(&d.status.clone().unwrap_or_default(), "Progressing");
+        p.clone().filter(|c| check(c)).ok_or(format!("{p:?}"))
+    })
+    .await
+}
+
+async fn safety_net_scenario(store: &Store) -> Result<()> {
+    let mut d = deployment("web", 4, "registry.local/web:1")?;
+    let annotations = d.metadata.annotations.get_or_insert_with(Default::default);
+    annotations.insert("commitd.io/rollback-on-failure".into(), "true".into());
+    if let Some(spec) = d.spec.as_mut() {
+        spec.progress_deadline_seconds = Some(2);
+    }
+    let d = store.create(d).await?;
+    let good = wait_for_rollout(store, &d, 1, 4, true).await?;
+    wait_for_complete_status(store, "web", 4, 1, meta::name(&good)).await?;
+
+    // A template whose pods never become ready: the rollout stalls, misses
+    // its deadline, and the good ReplicaSet is brought back in full.
+    let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:broken")).await?;
+    let (status, reason, message) = wait_for_progressing(store, "the rollback", |(_, _, m)| {
+        m.contains("rolled back to")
+    })
+    .await?;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ProgressDeadlineExceeded")
+    );
+    assert!(
+        message.contains(&format!("{:?}", meta::name(&good))),
+        "{message}"
+    );
+    let failed_name = format!(
+        "web-{}",
+        controllers::pod_template_hash(&d.spec.clone().unwrap_or_default().template, None)
+    );
+    eventually(
+        "the good set back at 4, the failed one at 0",
+        DEADLINE,
+        || async {
+            bind_pods(store, &good, usize::MAX)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            mark_ready(store, &good)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let s = snapshot(store).await?;
+            let size = |name: &str| {
+                s.replica_sets
+                    .iter()
+                    .find(|rs| meta::name(*rs) == name)
+                    .map(spec_replicas)
+            };
+            (size(meta::name(&good)) == Some(4) && size(&failed_name) == Some(0))
+                .then_some(())
+                .ok_or_else(|| describe(&s))
+        },
+    )
+    .await?;
+    // Degraded it stays, naming the failed set, while Git says the same.
+    let (_, reason, message) = wait_for_progressing(store, "still failed", |_| true).await?;
+    assert_eq!(reason, "ProgressDeadlineExceeded");
+    assert!(message.contains(&failed_name), "{message}");
+
+    // A new commit changes the Deployment: its template is rolled out.
+    let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:3")).await?;
+    let third = wait_for_rollout(store, &d, 3, 4, true).await?;
+    wait_for_complete_status(store, "web", 4, 3, meta::name(&third)).await?;
+    Ok(())
+}
+
 /// Watches pod keys and keeps, per owning ReplicaSet uid, how many pods
 /// were ever created and the most that were live (not terminating) at
 /// once, event by event (a cache could skip intermediate states).

@@ -20,6 +20,13 @@ pub const SOURCE_ANNOTATION: &str = "commitd.io/source";
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// The revision annotation Kubernetes puts on Deployments and ReplicaSets.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// The commit that rolled a Deployment's ReplicaSet out: the Deployment's
+/// [`COMMIT_ANNOTATION`] when the ReplicaSet was created for its template,
+/// or took the newest revision again (a rollback). commitd's answer to
+/// Kubernetes' `kubernetes.io/change-cause`: `commitd rollout history`
+/// joins it with the commit's history record to say who changed what, and
+/// it is a separate key so derived objects never look Git-owned.
+pub const ROLLOUT_COMMIT_ANNOTATION: &str = "commitd.io/rollout-commit";
 
 /// A Kubernetes type commitd stores in etcd.
 pub trait Object:

@@ -51,6 +51,13 @@ const TIMED_OUT_REASON: &str = "ProgressDeadlineExceeded";
 const PAUSED_REASON: &str = "DeploymentPaused";
 const RESUMED_REASON: &str = "DeploymentResumed";
 
+/// The Deployment annotation that declares the safety net: roll back to
+/// the previous ReplicaSet when a rollout misses its progress deadline.
+pub const ROLLBACK_ON_FAILURE_ANNOTATION: &str = "commitd.io/rollback-on-failure";
+/// Put on a ReplicaSet whose template failed under the safety net: the
+/// Deployment generation it failed at. A newer generation retries it.
+const FAILED_AT_GENERATION_ANNOTATION: &str = "commitd.io/failed-at-generation";
+
 /// The alphabet of Kubernetes' `rand.SafeEncodeString`: no vowels (no
 /// words), no look-alike characters.
 const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -263,6 +270,9 @@ impl DeploymentController {
         let want = rollout.next_revision();
         if let Some(new) = rollout.new.clone().filter(|n| revision_of(n) < want) {
             let value = want.to_string();
+            // The commit rolling it out again (a revert, typically): the
+            // history then names it, not the commit that first made it.
+            let commit = meta::annotation(&d.metadata, meta::COMMIT_ANNOTATION);
             let stored = self
                 .update_replica_set(&new, |rs| {
                     let annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
@@ -270,6 +280,11 @@ impl DeploymentController {
                         return false;
                     }
                     annotations.insert(REVISION_ANNOTATION.to_string(), value.clone());
+                    match commit {
+                        Some(sha) => annotations
+                            .insert(meta::ROLLOUT_COMMIT_ANNOTATION.to_string(), sha.to_string()),
+                        None => annotations.remove(meta::ROLLOUT_COMMIT_ANNOTATION),
+                    };
                     true
                 })
                 .await?;
@@ -282,9 +297,25 @@ impl DeploymentController {
             rollout.replace(stored);
         }
 
-        let targets = match &rollout.new {
-            Some(new) if !paused => scale_targets(spec, new, &rollout.old),
-            _ => Vec::new(),
+        let rolled_back_to = self.safety_net(d, &mut rollout, &mut written).await?;
+        let targets = match (&rollout.new, &rolled_back_to) {
+            (Some(_), _) if paused => Vec::new(),
+            (Some(new), None) => scale_targets(spec, new, &rollout.old),
+            // Rolled back: the previous ReplicaSet is brought back as if
+            // it were the new one, by the same strategy.
+            (Some(new), Some(to)) => {
+                let (back, mut others): (Vec<ReplicaSet>, Vec<ReplicaSet>) = rollout
+                    .old
+                    .iter()
+                    .cloned()
+                    .partition(|rs| meta::name(rs) == to.as_str());
+                others.insert(0, new.clone());
+                match back.first() {
+                    Some(back) => scale_targets(spec, back, &others),
+                    None => Vec::new(),
+                }
+            }
+            (None, _) => Vec::new(),
         };
         for (rs, target) in targets {
             if replicas_of(&rs) == target {
@@ -345,12 +376,101 @@ impl DeploymentController {
         self.expectations.expect(&uid, written);
 
         let now = now_seconds();
-        let (status, requeue) =
-            compute_status(d, rollout.new.as_ref(), &rollout.all(), event.as_ref(), now);
+        let (status, requeue) = compute_status(
+            d,
+            rollout.new.as_ref(),
+            &rollout.all(),
+            event.as_ref(),
+            rolled_back_to.as_deref(),
+            now,
+        );
         if d.status.as_ref() != Some(&status) {
             self.write_status(d, status).await?;
         }
         Ok(requeue)
+    }
+
+    /// The declared safety net (`commitd.io/rollback-on-failure: "true"`):
+    /// once the current template's ReplicaSet misses its progress deadline,
+    /// it is marked failed at the Deployment's generation and the previous
+    /// ReplicaSet (the highest other revision) is brought back; a later
+    /// commit that changes the Deployment clears the mark and the template
+    /// is tried again. Git stays the only writer of desired state: the
+    /// Deployment keeps saying what Git says, and its status says it is
+    /// degraded. Returns the ReplicaSet rolled back to, if any.
+    async fn safety_net(
+        &self,
+        d: &Deployment,
+        rollout: &mut Rollout,
+        written: &mut i64,
+    ) -> Result<Option<String>> {
+        let Some(new) = rollout.new.clone() else {
+            return Ok(None);
+        };
+        let generation = d.metadata.generation.unwrap_or(0);
+        let policy = meta::annotation(&d.metadata, ROLLBACK_ON_FAILURE_ANNOTATION) == Some("true");
+        let previous = rollout
+            .old
+            .iter()
+            .max_by_key(|rs| revision_of(rs))
+            .map(|rs| meta::name(rs).to_string());
+        let failed_at = meta::annotation(&new.metadata, FAILED_AT_GENERATION_ANNOTATION)
+            .and_then(|v| v.parse::<i64>().ok());
+        if let Some(failed_at) = failed_at {
+            if policy && failed_at >= generation {
+                return Ok(previous);
+            }
+            let stored = self
+                .update_replica_set(&new, |rs| {
+                    rs.metadata
+                        .annotations
+                        .as_mut()
+                        .is_some_and(|a| a.remove(FAILED_AT_GENERATION_ANNOTATION).is_some())
+                })
+                .await?;
+            info!(
+                replica_set = meta::name(&new),
+                "the deployment changed since its template failed; trying it again"
+            );
+            *written = (*written).max(resource_version(&stored.metadata).unwrap_or_default());
+            rollout.replace(stored);
+            return Ok(None);
+        }
+        // This template timed out (the condition names its ReplicaSet, so a
+        // stale condition of an earlier template does not count).
+        let timed_out = d
+            .status
+            .as_ref()
+            .and_then(|s| get_condition(s.conditions.as_deref()?, PROGRESSING))
+            .is_some_and(|c| {
+                c.reason.as_deref() == Some(TIMED_OUT_REASON)
+                    && c.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains(&format!("{:?}", meta::name(&new))))
+            });
+        let (true, true, Some(previous)) = (policy, timed_out, previous) else {
+            return Ok(None);
+        };
+        let value = generation.to_string();
+        let stored = self
+            .update_replica_set(&new, |rs| {
+                let annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
+                if annotations.get(FAILED_AT_GENERATION_ANNOTATION) == Some(&value) {
+                    return false;
+                }
+                annotations.insert(FAILED_AT_GENERATION_ANNOTATION.to_string(), value.clone());
+                true
+            })
+            .await?;
+        warn!(
+            replica_set = meta::name(&new),
+            to = %previous,
+            commit = meta::annotation(&d.metadata, meta::COMMIT_ANNOTATION).unwrap_or_default(),
+            "progress deadline exceeded; rolling back as the deployment's rollback-on-failure asks"
+        );
+        *written = (*written).max(resource_version(&stored.metadata).unwrap_or_default());
+        rollout.replace(stored);
+        Ok(Some(previous))
     }
 
     /// Creates the ReplicaSet of the Deployment's current template.
@@ -514,12 +634,23 @@ fn new_replica_set(d: &Deployment, hash: &str, revision: i64, replicas: i32) -> 
         .match_labels
         .get_or_insert_with(Default::default)
         .insert(POD_TEMPLATE_HASH_LABEL.to_string(), hash.to_string());
+    let mut annotations =
+        std::collections::BTreeMap::from([(REVISION_ANNOTATION.to_string(), revision.to_string())]);
+    // The commit that rolls this template out, as Kubernetes copies
+    // `kubernetes.io/change-cause`; under its own key, since the Git
+    // annotation would make the derived ReplicaSet look Git-owned.
+    if let Some(commit) = meta::annotation(&d.metadata, meta::COMMIT_ANNOTATION) {
+        annotations.insert(
+            meta::ROLLOUT_COMMIT_ANNOTATION.to_string(),
+            commit.to_string(),
+        );
+    }
     ReplicaSet {
         metadata: ObjectMeta {
             name: Some(format!("{}-{hash}", meta::name(d))),
             namespace: meta::namespace(d).map(str::to_owned),
             labels,
-            annotations: Some([(REVISION_ANNOTATION.to_string(), revision.to_string())].into()),
+            annotations: Some(annotations),
             owner_references: Some(vec![meta::controller_reference(d)]),
             ..Default::default()
         },
@@ -661,6 +792,7 @@ fn compute_status(
     new: Option<&ReplicaSet>,
     all: &[&ReplicaSet],
     event: Option<&NewRsEvent>,
+    rolled_back_to: Option<&str>,
     now: Timestamp,
 ) -> (DeploymentStatus, Requeue) {
     let default_spec = DeploymentSpec::default();
@@ -776,6 +908,27 @@ fn compute_status(
         None => conditions.retain(|c| c.type_ != PROGRESSING),
         // Paused: Kubernetes only recounts, it estimates no progress.
         Some(_) if paused => {}
+        // Rolled back by policy: the new template failed and stays failed
+        // until a commit changes the Deployment.
+        Some(_) if rolled_back_to.is_some() => {
+            let failed = new.map_or_else(
+                || meta::name(d).to_string(),
+                |rs| meta::name(rs).to_string(),
+            );
+            set_condition(
+                &mut conditions,
+                condition(
+                    PROGRESSING,
+                    "False",
+                    TIMED_OUT_REASON,
+                    format!(
+                        "ReplicaSet {failed:?} has timed out progressing; rolled back to ReplicaSet {:?}",
+                        rolled_back_to.unwrap_or_default()
+                    ),
+                    now,
+                ),
+            );
+        }
         Some(deadline) => {
             let complete_before = replicas == updated
                 && before_progressing
@@ -1050,6 +1203,32 @@ mod tests {
     }
 
     #[test]
+    fn new_replica_set_names_the_commit_that_rolls_it_out() {
+        let mut d = deployment(2, "web:1");
+        let hash = pod_template_hash(&d.spec.as_ref().expect("spec").template, None);
+        let rs = new_replica_set(&d, &hash, 1, 2);
+        assert_eq!(
+            meta::annotation(&rs.metadata, meta::ROLLOUT_COMMIT_ANNOTATION),
+            Some("abc")
+        );
+        // It is a copy under another key: the ReplicaSet stays derived.
+        assert_eq!(
+            meta::annotation(&rs.metadata, meta::COMMIT_ANNOTATION),
+            None
+        );
+        assert!(!meta::is_git_owned(&rs.metadata));
+
+        // A Deployment that did not come from Git names no commit.
+        d.metadata.annotations = None;
+        let rs = new_replica_set(&d, &hash, 1, 2);
+        assert_eq!(
+            meta::annotation(&rs.metadata, meta::ROLLOUT_COMMIT_ANNOTATION),
+            None
+        );
+        assert_eq!(revision_of(&rs), 1);
+    }
+
+    #[test]
     fn templates_compare_without_the_hash_label() {
         let mut plain: PodTemplateSpec = serde_json::from_value(serde_json::json!({
             "spec": {"containers": [{"name": "web", "image": "web:1"}]}
@@ -1155,7 +1334,7 @@ mod tests {
 
         // Just created: nothing ready, Progressing says so.
         let created = NewRsEvent::Created("web-abc".into());
-        let (s1, requeue) = compute_status(&d, Some(&new), &[&new], Some(&created), t(0));
+        let (s1, requeue) = compute_status(&d, Some(&new), &[&new], Some(&created), None, t(0));
         assert_eq!(s1.observed_generation, Some(3));
         assert_eq!(s1.replicas, None);
         assert_eq!(s1.unavailable_replicas, Some(2));
@@ -1179,12 +1358,12 @@ mod tests {
         d.status = Some(s1.clone());
 
         // The same inputs again: the same status, nothing to write.
-        let (again, _) = compute_status(&d, Some(&new), &[&new], None, t(5));
+        let (again, _) = compute_status(&d, Some(&new), &[&new], None, None, t(5));
         assert_eq!(again, s1);
 
         // Pods exist and one is ready: progressing.
         let new = rs("web-abc", 1, 2, counts(2, 1, 1));
-        let (s2, _) = compute_status(&d, Some(&new), &[&new], None, t(10));
+        let (s2, _) = compute_status(&d, Some(&new), &[&new], None, None, t(10));
         assert_eq!(
             (
                 s2.replicas,
@@ -1215,7 +1394,7 @@ mod tests {
 
         // All available: complete.
         let new = rs("web-abc", 1, 2, counts(2, 2, 2));
-        let (s3, requeue) = compute_status(&d, Some(&new), &[&new], None, t(20));
+        let (s3, requeue) = compute_status(&d, Some(&new), &[&new], None, None, t(20));
         assert_eq!(s3.unavailable_replicas, None);
         assert_eq!(
             reason(&s3, AVAILABLE),
@@ -1262,7 +1441,7 @@ mod tests {
         let old = rs("web-old", 1, 0, counts(3, 3, 3));
         let new = rs("web-new", 2, 3, counts(0, 0, 0));
         let created = NewRsEvent::Created("web-new".into());
-        let (s, _) = compute_status(&d, Some(&new), &[&new, &old], Some(&created), t(30));
+        let (s, _) = compute_status(&d, Some(&new), &[&new, &old], Some(&created), None, t(30));
         assert_eq!(
             (s.replicas, s.updated_replicas, s.available_replicas),
             (Some(3), None, Some(3))
@@ -1279,7 +1458,7 @@ mod tests {
 
         // A first new pod exists: progressing, old and new both counted.
         let new = rs("web-new", 2, 3, counts(1, 0, 0));
-        let (s, _) = compute_status(&d, Some(&new), &[&new, &old], None, t(40));
+        let (s, _) = compute_status(&d, Some(&new), &[&new, &old], None, None, t(40));
         assert_eq!(
             (
                 s.replicas,
@@ -1316,13 +1495,13 @@ mod tests {
             )]),
             ..Default::default()
         });
-        let (s, requeue) = compute_status(&d, Some(&new), &[&new], None, t(100));
+        let (s, requeue) = compute_status(&d, Some(&new), &[&new], None, None, t(100));
         assert_eq!(
             reason(&s, PROGRESSING).map(|r| r.1),
             Some(RS_UPDATED_REASON.to_string())
         );
         assert_eq!(requeue, Some(Duration::from_secs(501)));
-        let (s, requeue) = compute_status(&d, Some(&new), &[&new], None, t(601));
+        let (s, requeue) = compute_status(&d, Some(&new), &[&new], None, None, t(601));
         assert_eq!(
             reason(&s, PROGRESSING),
             Some((
@@ -1338,14 +1517,14 @@ mod tests {
     fn paused_deployments_say_so() {
         let mut d = deployment(2, "web:1");
         d.spec.as_mut().expect("spec").paused = Some(true);
-        let (s, _) = compute_status(&d, None, &[], None, t(0));
+        let (s, _) = compute_status(&d, None, &[], None, None, t(0));
         assert_eq!(
             reason(&s, PROGRESSING).map(|r| r.1),
             Some(PAUSED_REASON.to_string())
         );
         d.status = Some(s);
         d.spec.as_mut().expect("spec").paused = Some(false);
-        let (s, _) = compute_status(&d, None, &[], None, t(1));
+        let (s, _) = compute_status(&d, None, &[], None, None, t(1));
         assert_eq!(
             reason(&s, PROGRESSING).map(|r| r.1),
             Some(RESUMED_REASON.to_string())

@@ -88,13 +88,31 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
         _ = all_ready => {}
     }
     info!("controllers started: deployment, replicaset, garbage-collector, endpoints, health");
+    // Each loop's future is boxed: joined inline, their states (large in
+    // debug builds) would all be laid out on the polling thread's stack.
     controller::gated(gate, async {
         tokio::join!(
-            deployment::run(store.clone(), caches.clone(), cancel.clone()),
-            replicaset::run(store.clone(), caches.clone(), cancel.clone()),
-            garbage_collector::run(store.clone(), caches.clone(), cancel.clone()),
-            endpoints::run(store.clone(), caches.clone(), cancel.clone()),
-            health::run(store.clone(), caches.clone(), cancel.clone()),
+            Box::pin(deployment::run(
+                store.clone(),
+                caches.clone(),
+                cancel.clone()
+            )),
+            Box::pin(replicaset::run(
+                store.clone(),
+                caches.clone(),
+                cancel.clone()
+            )),
+            Box::pin(garbage_collector::run(
+                store.clone(),
+                caches.clone(),
+                cancel.clone()
+            )),
+            Box::pin(endpoints::run(
+                store.clone(),
+                caches.clone(),
+                cancel.clone()
+            )),
+            Box::pin(health::run(store.clone(), caches.clone(), cancel.clone())),
         )
     })
     .await;
