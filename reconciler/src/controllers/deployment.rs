@@ -10,6 +10,7 @@
 //! only its `status` is written.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use commitd_api::controller::{self, Requeue};
 use commitd_api::k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
-use commitd_api::k8s_openapi::api::core::v1::PodTemplateSpec;
+use commitd_api::k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
 use commitd_api::meta::{self, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
@@ -106,7 +107,13 @@ fn safe_encode(s: &str) -> String {
 
 /// Runs the Deployment loop until `cancel` fires.
 pub(crate) async fn run(store: Store, caches: Caches, cancel: CancellationToken) {
-    let triggers = vec![caches.deployments.changes(), caches.replica_sets.changes()];
+    // Pods too: Recreate waits for the last old pod to be gone, which no
+    // ReplicaSet status change announces.
+    let triggers = vec![
+        caches.deployments.changes(),
+        caches.replica_sets.changes(),
+        caches.pods.changes(),
+    ];
     let ctl = Arc::new(DeploymentController {
         store,
         caches,
@@ -196,6 +203,7 @@ impl DeploymentController {
         self.expectations.forget_satisfied(rs_revision);
         let mut requeue = None;
         let mut failed = Vec::new();
+        let pods = pod_counts(&self.caches.pods.list());
         for d in self.caches.deployments.list() {
             let key = meta::display_key(&*d);
             if let Some(uid) = d.metadata.uid.as_deref() {
@@ -206,7 +214,7 @@ impl DeploymentController {
                 }
             }
             let span = info_span!("deployment", key = %key);
-            match self.reconcile(&d).instrument(span).await {
+            match self.reconcile(&d, &pods).instrument(span).await {
                 Ok(r) => requeue = earliest(requeue, r),
                 Err(e) => {
                     warn!(deployment = %key, error = format!("{e:#}"), "sync failed");
@@ -219,7 +227,7 @@ impl DeploymentController {
 
     /// One Deployment: make sure the ReplicaSet of its template exists with
     /// the right revision, scale every ReplicaSet, prune history, report.
-    async fn reconcile(&self, d: &Deployment) -> Result<Requeue> {
+    async fn reconcile(&self, d: &Deployment, pods: &PodCounts) -> Result<Requeue> {
         let Some(uid) = d.metadata.uid.clone() else {
             warn!("deployment has no uid; skipping it");
             return Ok(None);
@@ -245,7 +253,7 @@ impl DeploymentController {
         let mut event = None;
 
         if rollout.new.is_none() && !paused {
-            match self.create_new(d, &uid, &rollout).await? {
+            match self.create_new(d, &uid, &rollout, pods).await? {
                 Creation::Created(rs) => {
                     written = written.max(resource_version(&rs.metadata).unwrap_or_default());
                     event = Some(NewRsEvent::Created(meta::name(&rs).to_string()));
@@ -300,7 +308,7 @@ impl DeploymentController {
         let rolled_back_to = self.safety_net(d, &mut rollout, &mut written).await?;
         let targets = match (&rollout.new, &rolled_back_to) {
             (Some(_), _) if paused => Vec::new(),
-            (Some(new), None) => scale_targets(spec, new, &rollout.old),
+            (Some(new), None) => scale_targets(spec, new, &rollout.old, pods),
             // Rolled back: the previous ReplicaSet is brought back as if
             // it were the new one, by the same strategy.
             (Some(new), Some(to)) => {
@@ -311,7 +319,7 @@ impl DeploymentController {
                     .partition(|rs| meta::name(rs) == to.as_str());
                 others.insert(0, new.clone());
                 match back.first() {
-                    Some(back) => scale_targets(spec, back, &others),
+                    Some(back) => scale_targets(spec, back, &others, pods),
                     None => Vec::new(),
                 }
             }
@@ -474,14 +482,20 @@ impl DeploymentController {
     }
 
     /// Creates the ReplicaSet of the Deployment's current template.
-    async fn create_new(&self, d: &Deployment, uid: &str, rollout: &Rollout) -> Result<Creation> {
+    async fn create_new(
+        &self,
+        d: &Deployment,
+        uid: &str,
+        rollout: &Rollout,
+        pods: &PodCounts,
+    ) -> Result<Creation> {
         let Some(spec) = d.spec.as_ref() else {
             bail!("deployment has no spec");
         };
         let collision_count = d.status.as_ref().and_then(|s| s.collision_count);
         let hash = pod_template_hash(&spec.template, collision_count);
         let revision = rollout.next_revision();
-        let replicas = new_replica_set_replicas(spec, &rollout.old);
+        let replicas = new_replica_set_replicas(spec, &rollout.old, pods);
         let rs = new_replica_set(d, &hash, revision, replicas);
         let name = meta::name(&rs).to_string();
         let namespace = meta::namespace(d);
@@ -591,9 +605,10 @@ fn scale_targets(
     spec: &DeploymentSpec,
     new: &ReplicaSet,
     old: &[ReplicaSet],
+    pods: &PodCounts,
 ) -> Vec<(ReplicaSet, i32)> {
-    let counts: Vec<SetCounts> = old.iter().map(set_counts).collect();
-    let step = strategy::next_step(spec, set_counts(new), &counts);
+    let counts: Vec<SetCounts> = old.iter().map(|rs| set_counts(rs, pods)).collect();
+    let step = strategy::next_step(spec, set_counts(new, pods), &counts);
     std::iter::once((new.clone(), step.new))
         .chain(old.iter().cloned().zip(step.old))
         .collect()
@@ -601,18 +616,37 @@ fn scale_targets(
 
 /// The size a ReplicaSet for a new template is created with: the first
 /// step of the strategy from zero.
-fn new_replica_set_replicas(spec: &DeploymentSpec, old: &[ReplicaSet]) -> i32 {
-    let counts: Vec<SetCounts> = old.iter().map(set_counts).collect();
+fn new_replica_set_replicas(spec: &DeploymentSpec, old: &[ReplicaSet], pods: &PodCounts) -> i32 {
+    let counts: Vec<SetCounts> = old.iter().map(|rs| set_counts(rs, pods)).collect();
     strategy::next_step(spec, SetCounts::default(), &counts).new
 }
 
+/// Per ReplicaSet uid, its pods that still run or may: not finished,
+/// terminating ones included (Recreate waits for those too).
+type PodCounts = HashMap<String, i32>;
+
+fn pod_counts(pods: &[Arc<Pod>]) -> PodCounts {
+    let mut counts = PodCounts::new();
+    for p in pods {
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        if let Some(owner) = meta::controller_of(&p.metadata) {
+            *counts.entry(owner.uid.clone()).or_default() += 1;
+        }
+    }
+    counts
+}
+
 /// What the strategy reads of a ReplicaSet.
-fn set_counts(rs: &ReplicaSet) -> SetCounts {
+fn set_counts(rs: &ReplicaSet, pods: &PodCounts) -> SetCounts {
     let status = rs.status.as_ref();
+    let uid = rs.metadata.uid.as_deref().unwrap_or_default();
     SetCounts {
         wanted: replicas_of(rs),
         available: status.and_then(|s| s.available_replicas).unwrap_or(0),
-        pods: status.map_or(0, |s| s.replicas),
+        pods: pods.get(uid).copied().unwrap_or(0),
     }
 }
 
