@@ -621,9 +621,10 @@ fn new_replica_set_replicas(spec: &DeploymentSpec, old: &[ReplicaSet], pods: &Po
     strategy::next_step(spec, SetCounts::default(), &counts).new
 }
 
-/// Per ReplicaSet uid, its pods that still run or may: not finished,
-/// terminating ones included (Recreate waits for those too).
-type PodCounts = HashMap<String, i32>;
+/// Per ReplicaSet uid, its pods that still run or may (not finished):
+/// all of them, terminating ones included (Recreate waits for those), and
+/// those not being deleted.
+type PodCounts = HashMap<String, (i32, i32)>;
 
 fn pod_counts(pods: &[Arc<Pod>]) -> PodCounts {
     let mut counts = PodCounts::new();
@@ -633,7 +634,11 @@ fn pod_counts(pods: &[Arc<Pod>]) -> PodCounts {
             continue;
         }
         if let Some(owner) = meta::controller_of(&p.metadata) {
-            *counts.entry(owner.uid.clone()).or_default() += 1;
+            let (all, active) = counts.entry(owner.uid.clone()).or_default();
+            *all += 1;
+            if !meta::is_terminating(&p.metadata) {
+                *active += 1;
+            }
         }
     }
     counts
@@ -643,10 +648,12 @@ fn pod_counts(pods: &[Arc<Pod>]) -> PodCounts {
 fn set_counts(rs: &ReplicaSet, pods: &PodCounts) -> SetCounts {
     let status = rs.status.as_ref();
     let uid = rs.metadata.uid.as_deref().unwrap_or_default();
+    let (all, active) = pods.get(uid).copied().unwrap_or_default();
     SetCounts {
         wanted: replicas_of(rs),
         available: status.and_then(|s| s.available_replicas).unwrap_or(0),
-        pods: pods.get(uid).copied().unwrap_or(0),
+        active,
+        pods: all,
     }
 }
 

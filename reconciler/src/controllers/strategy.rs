@@ -27,8 +27,25 @@ pub(super) struct SetCounts {
     pub wanted: i32,
     /// `status.availableReplicas`.
     pub available: i32,
-    /// `status.replicas`: its pods that still exist.
+    /// Its pods not being deleted (a scale-down not carried out yet
+    /// leaves more than `wanted`).
+    pub active: i32,
+    /// Its pods that still exist, terminating ones included.
     pub pods: i32,
+}
+
+impl SetCounts {
+    /// Pods it has or is about to have: its size as far as the surge goes.
+    fn size(self) -> i32 {
+        self.wanted.max(self.active)
+    }
+
+    /// Available pods it keeps: a status written before a scale-down
+    /// still counts the pods that are going away, so never more than
+    /// `wanted`.
+    fn keeps_available(self) -> i32 {
+        self.available.min(self.wanted)
+    }
 }
 
 /// The next size of the new ReplicaSet and of each old one (in the order
@@ -71,7 +88,7 @@ fn grow_new(spec: &DeploymentSpec, desired: i32, new: SetCounts, old: &[SetCount
     if new.wanted >= desired {
         return desired;
     }
-    let all: i32 = new.wanted + old.iter().map(|c| c.wanted).sum::<i32>();
+    let all: i32 = new.size() + old.iter().map(|c| c.size()).sum::<i32>();
     let max_total = desired.saturating_add(max_surge(spec));
     if all >= max_total {
         return new.wanted;
@@ -108,13 +125,14 @@ fn shrink_old(
         if cleaned >= budget {
             break;
         }
-        let unavailable = (*target - counts.available).max(0);
+        let unavailable = (*target - counts.keeps_available()).max(0);
         let n = unavailable.min(budget - cleaned);
         *target -= n;
         cleaned += n;
     }
     // Then available ones, as long as enough stay available.
-    let available: i32 = new_available + old.iter().map(|c| c.available).sum::<i32>();
+    let available: i32 =
+        new_available.min(new_wanted) + old.iter().map(|c| c.keeps_available()).sum::<i32>();
     let mut surplus = available - min_available;
     for target in targets.iter_mut() {
         if surplus <= 0 {
@@ -225,6 +243,7 @@ mod tests {
         SetCounts {
             wanted,
             available,
+            active: wanted,
             pods: wanted,
         }
     }
@@ -354,6 +373,26 @@ mod tests {
     }
 
     #[test]
+    fn a_status_behind_a_scale_down_is_not_trusted() {
+        let spec = rolling(4, IntOrString::Int(1), IntOrString::Int(1));
+        // The old set was just scaled 3 → 2; its status still says 3
+        // available, and its third pod is not deleted yet.
+        let old = SetCounts {
+            wanted: 2,
+            available: 3,
+            active: 3,
+            pods: 3,
+        };
+        let new = set(3, 2);
+        let step = next_step(&spec, new, &[old]);
+        // 2 new + 2 old available: one old pod may go, not both.
+        assert_eq!(step.old, vec![1]);
+        // And the new set does not grow past the surge while the old pod
+        // that is going away still runs: 3 + 3 = 6 > 4 + 1.
+        assert_eq!(step.new, 3);
+    }
+
+    #[test]
     fn scaling_alone_resizes_the_current_set() {
         let spec = rolling(5, pct("25%"), pct("25%"));
         assert_eq!(
@@ -390,9 +429,8 @@ mod tests {
         );
         // Scaled to zero, but pods still terminating: wait.
         let terminating = SetCounts {
-            wanted: 0,
-            available: 0,
             pods: 2,
+            ..SetCounts::default()
         };
         assert_eq!(next_step(&spec, set(0, 0), &[terminating]).new, 0);
         let gone = SetCounts::default();
