@@ -38,6 +38,8 @@ enum Command {
     Status(cli::ClusterArgs),
     /// Show every commit seen, newest first.
     History(cli::history::HistoryArgs),
+    /// Follow a Deployment's rollout, or list its revisions with their commits.
+    Rollout(cli::rollout::RolloutArgs),
     /// Validate a directory of manifests without a cluster (exit 1 on errors).
     Validate(ValidateArgs),
     /// Measure how fast a commit becomes running pods (prints figures).
@@ -51,10 +53,20 @@ struct ValidateArgs {
     path: PathBuf,
 }
 
+/// The stack of each async worker thread.
+const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
+
 fn main() -> ExitCode {
     cli::init_tracing();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Roomy worker stacks: deeply nested controller and agent futures with
+    // Kubernetes objects decoded inside them need more than the 2 MiB
+    // default in unoptimised builds.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK_BYTES)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -72,6 +84,7 @@ fn main() -> ExitCode {
             Command::Logs(a) => cli::logs::run(a).await,
             Command::Status(a) => cli::status::run(a).await,
             Command::History(a) => cli::history::run(a).await,
+            Command::Rollout(a) => cli::rollout::run(a).await,
             Command::Validate(a) => cli::validate::run(&a.path),
             Command::Bench(a) => cli::bench::run(a).await,
         }

@@ -17,6 +17,7 @@ pub mod get;
 pub mod history;
 pub mod logs;
 pub mod output;
+pub mod rollout;
 pub mod status;
 pub mod up;
 pub mod validate;

@@ -199,6 +199,28 @@ impl TestRepoView<'_> {
         let view = TestRepo::open(self.path);
         view.commit_all(message)
     }
+
+    /// `git revert SHA` as a user runs it: a new commit undoing that one,
+    /// and the work tree updated to match. Returns the new commit id.
+    pub fn revert(&self, sha: &str) -> String {
+        TestRepo::open(self.path).revert(sha)
+    }
+}
+
+impl Cluster {
+    /// A store on this cluster's etcd (the endpoint `up` wrote in its
+    /// state dir), for tests that sample state faster than the commands.
+    pub async fn store(&self) -> commitd_api::Store {
+        let file = self.state_dir().join("etcd.endpoint");
+        let text = super::wait::until("etcd endpoint file", WAIT, || async {
+            std::fs::read_to_string(&file).map_err(|e| e.to_string())
+        })
+        .await;
+        let endpoints: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+        commitd_api::Store::connect(&endpoints)
+            .await
+            .expect("the cluster's etcd answers")
+    }
 }
 
 impl Drop for Cluster {

@@ -85,4 +85,34 @@ impl OpenRepo {
             .expect("commit")
             .to_string()
     }
+
+    /// `git revert SHA`: commits the inverse of that commit on top of
+    /// HEAD, with git's message, and checks the result out into the work
+    /// tree. Panics on a conflict (tests revert only what reverts cleanly).
+    pub fn revert(&self, sha: &str) -> String {
+        let repo = git2::Repository::open(&self.path).expect("open");
+        let target = repo
+            .find_commit(git2::Oid::from_str(sha).expect("a commit id"))
+            .expect("the commit to revert");
+        let head = repo
+            .head()
+            .and_then(|h| h.peel_to_commit())
+            .expect("HEAD commit");
+        let mut index = repo.revert_commit(&target, &head, 0, None).expect("revert");
+        assert!(!index.has_conflicts(), "reverting {sha} conflicts");
+        let tree = repo
+            .find_tree(index.write_tree_to(&repo).expect("tree"))
+            .expect("find tree");
+        let message = format!(
+            "Revert \"{}\"\n\nThis reverts commit {sha}.\n",
+            target.summary().unwrap_or_default()
+        );
+        let sig = git2::Signature::now("Test Author", "author@example.com").expect("sig");
+        let id = repo
+            .commit(Some("HEAD"), &sig, &sig, &message, &tree, &[&head])
+            .expect("commit");
+        repo.checkout_head(Some(git2::build::CheckoutBuilder::new().force()))
+            .expect("checkout");
+        id.to_string()
+    }
 }
