@@ -684,6 +684,31 @@ async fn rollouts_keep_serving_stop_on_failure_and_roll_back_by_revert() {
         ],
         "{out}"
     );
+    // `get -o wide` shows each ReplicaSet's revision and rolling commit.
+    let (code, wide, err) = cli
+        .run(&["get", "replicasets", "-n", NS, "-o", "wide"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        wide.lines()
+            .next()
+            .unwrap_or_default()
+            .ends_with("REVISION   COMMIT"),
+        "{wide}"
+    );
+    let rs_rows: Vec<Vec<&str>> = wide
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for (revision, sha) in &rows {
+        assert!(
+            rs_rows
+                .iter()
+                .any(|r| r.ends_with(&[revision.as_str(), sha.as_str()])),
+            "revision {revision} of {sha} missing:\n{wide}"
+        );
+    }
     for summary in [
         "Roll web v1",
         "Roll web to a missing image",

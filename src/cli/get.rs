@@ -13,7 +13,7 @@ use commitd_api::k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret, Service,
     ServiceAccount, ServicePort,
 };
-use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::{meta, Kind, Object, Store};
 use serde_json::{json, Value};
@@ -503,11 +503,18 @@ fn selector_string(selector: &LabelSelector) -> String {
     none_if_empty(&s.join(","))
 }
 
+/// The short form of the commit an annotation names, `<none>` without.
+fn commit_cell(m: &ObjectMeta, annotation: &str) -> String {
+    meta::annotation(m, annotation)
+        .map(|sha| sha.get(..7).unwrap_or(sha).to_string())
+        .unwrap_or_else(|| "<none>".into())
+}
+
 impl Columns for Deployment {
     fn headers(wide: bool) -> Vec<&'static str> {
         let mut h = vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"];
         if wide {
-            h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]);
+            h.extend(["CONTAINERS", "IMAGES", "SELECTOR", "COMMIT"]);
         }
         h
     }
@@ -529,6 +536,8 @@ impl Columns for Deployment {
         if wide {
             c.extend(containers_and_images(spec.map(|s| &s.template)));
             c.push(spec.map_or_else(|| "<none>".into(), |s| selector_string(&s.selector)));
+            // The commit that last changed it.
+            c.push(commit_cell(&self.metadata, meta::COMMIT_ANNOTATION));
         }
         c
     }
@@ -538,7 +547,7 @@ impl Columns for ReplicaSet {
     fn headers(wide: bool) -> Vec<&'static str> {
         let mut h = vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"];
         if wide {
-            h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]);
+            h.extend(["CONTAINERS", "IMAGES", "SELECTOR", "REVISION", "COMMIT"]);
         }
         h
     }
@@ -561,6 +570,13 @@ impl Columns for ReplicaSet {
                 spec.and_then(|s| s.template.as_ref()),
             ));
             c.push(spec.map_or_else(|| "<none>".into(), |s| selector_string(&s.selector)));
+            // Its revision, and the commit that rolled it out.
+            c.push(
+                meta::annotation(&self.metadata, meta::REVISION_ANNOTATION)
+                    .unwrap_or("<none>")
+                    .to_string(),
+            );
+            c.push(commit_cell(&self.metadata, meta::ROLLOUT_COMMIT_ANNOTATION));
         }
         c
     }
