@@ -74,42 +74,79 @@ impl Health {
     }
 }
 
+/// Where a Deployment's rollout stands, read from its status the way
+/// kubectl's `DeploymentStatusViewer` and Argo CD read it: one reading
+/// that `commitd rollout status` and the health assessment both word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutProgress {
+    /// The controller has not seen the newest spec yet.
+    SpecNotObserved,
+    /// No progress within `progressDeadlineSeconds`.
+    DeadlineExceeded,
+    /// Fewer pods run the new template than asked for.
+    Updating {
+        /// Pods of the new template.
+        updated: i32,
+        /// `spec.replicas`.
+        wanted: i32,
+    },
+    /// Old pods are still there.
+    OldPending {
+        /// How many.
+        old: i32,
+    },
+    /// New pods are not all available yet.
+    BecomingAvailable {
+        /// Available pods.
+        available: i32,
+        /// Pods of the new template.
+        updated: i32,
+    },
+    /// Every pod runs the new template and is available.
+    Complete,
+}
+
+/// The progress of `d`'s rollout.
+pub fn rollout_progress(d: &Deployment) -> RolloutProgress {
+    let status = d.status.clone().unwrap_or_default();
+    if d.metadata.generation.unwrap_or(0) > status.observed_generation.unwrap_or(0) {
+        return RolloutProgress::SpecNotObserved;
+    }
+    let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    if deadline_exceeded {
+        return RolloutProgress::DeadlineExceeded;
+    }
+    let updated = status.updated_replicas.unwrap_or(0);
+    let replicas = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if let Some(wanted) = d.spec.as_ref().and_then(|s| s.replicas) {
+        if updated < wanted {
+            return RolloutProgress::Updating { updated, wanted };
+        }
+    }
+    if replicas > updated {
+        return RolloutProgress::OldPending {
+            old: replicas - updated,
+        };
+    }
+    if available < updated {
+        return RolloutProgress::BecomingAvailable { available, updated };
+    }
+    RolloutProgress::Complete
+}
+
 /// A Deployment's health, as Argo CD judges it from the status the
 /// Deployment controller reports.
 pub fn deployment(d: &Deployment) -> Health {
-    let spec = d.spec.clone().unwrap_or_default();
-    if spec.paused == Some(true) {
+    if d.spec.as_ref().and_then(|s| s.paused) == Some(true) {
         return Health::new(
             HealthStatus::Suspended,
             "DeploymentPaused",
             "Deployment is paused".into(),
         );
     }
-    let status = d.status.clone().unwrap_or_default();
-    let generation = d.metadata.generation.unwrap_or(0);
-    if status.observed_generation.unwrap_or(0) < generation {
-        return Health::new(
-            HealthStatus::Progressing,
-            "ObservedGenerationBehind",
-            "Waiting for rollout to finish: observed deployment generation less than desired generation".into(),
-        );
-    }
-    let deadline_exceeded = status.conditions.iter().flatten().any(|c| {
-        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
-    if deadline_exceeded {
-        return Health::new(
-            HealthStatus::Degraded,
-            "ProgressDeadlineExceeded",
-            format!(
-                "Deployment {:?} exceeded its progress deadline",
-                d.metadata.name.as_deref().unwrap_or_default()
-            ),
-        );
-    }
-    let desired = spec.replicas.unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let available = status.available_replicas.unwrap_or(0);
     let waiting = |m: String| {
         Health::new(
             HealthStatus::Progressing,
@@ -117,23 +154,31 @@ pub fn deployment(d: &Deployment) -> Health {
             format!("Waiting for rollout to finish: {m}"),
         )
     };
-    if updated < desired {
-        return waiting(format!(
-            "{updated} out of {desired} new replicas have been updated..."
-        ));
-    }
-    if status.replicas.unwrap_or(0) > updated {
-        return waiting(format!(
-            "{} old replicas are pending termination...",
-            status.replicas.unwrap_or(0) - updated
-        ));
-    }
-    if available < updated {
-        return waiting(format!(
+    match rollout_progress(d) {
+        RolloutProgress::SpecNotObserved => Health::new(
+            HealthStatus::Progressing,
+            "ObservedGenerationBehind",
+            "Waiting for rollout to finish: observed deployment generation less than desired generation".into(),
+        ),
+        RolloutProgress::DeadlineExceeded => Health::new(
+            HealthStatus::Degraded,
+            "ProgressDeadlineExceeded",
+            format!(
+                "Deployment {:?} exceeded its progress deadline",
+                d.metadata.name.as_deref().unwrap_or_default()
+            ),
+        ),
+        RolloutProgress::Updating { updated, wanted } => waiting(format!(
+            "{updated} out of {wanted} new replicas have been updated..."
+        )),
+        RolloutProgress::OldPending { old } => {
+            waiting(format!("{old} old replicas are pending termination..."))
+        }
+        RolloutProgress::BecomingAvailable { available, updated } => waiting(format!(
             "{available} of {updated} updated replicas are available..."
-        ));
+        )),
+        RolloutProgress::Complete => Health::healthy(),
     }
-    Health::healthy()
 }
 
 /// The reasons a container waits with that mean it will not get better on

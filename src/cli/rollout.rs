@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{ArgAction, Args, Subcommand};
+use commitd_api::health::{rollout_progress, RolloutProgress};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta::{self, REVISION_ANNOTATION, ROLLOUT_COMMIT_ANNOTATION};
@@ -26,9 +27,6 @@ use tokio_util::sync::CancellationToken;
 use super::get::qualified_resource;
 use super::output::{self, format_labels, tabbed, Table};
 use super::ClusterArgs;
-
-/// kubectl's progress deadline reason, which ends `rollout status`.
-const TIMED_OUT_REASON: &str = "ProgressDeadlineExceeded";
 
 /// Arguments of `commitd rollout`.
 #[derive(Args, Debug)]
@@ -202,46 +200,31 @@ pub enum RolloutState {
 /// trailing newline), so output and scripts match `kubectl rollout status`.
 pub fn rollout_state(d: &Deployment) -> RolloutState {
     let name = meta::name(d);
-    let status = d.status.clone().unwrap_or_default();
-    let generation = d.metadata.generation.unwrap_or(0);
-    if generation > status.observed_generation.unwrap_or(0) {
-        return RolloutState::Waiting(
-            "Waiting for deployment spec update to be observed...".into(),
-        );
-    }
-    let timed_out = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Progressing")
-        .is_some_and(|c| c.reason.as_deref() == Some(TIMED_OUT_REASON));
-    if timed_out {
-        return RolloutState::Failed(format!(
+    let waiting = |m: String| {
+        RolloutState::Waiting(format!(
+            "Waiting for deployment {name:?} rollout to finish: {m}"
+        ))
+    };
+    match rollout_progress(d) {
+        RolloutProgress::SpecNotObserved => {
+            RolloutState::Waiting("Waiting for deployment spec update to be observed...".into())
+        }
+        RolloutProgress::DeadlineExceeded => RolloutState::Failed(format!(
             "deployment {name:?} exceeded its progress deadline"
-        ));
-    }
-    let updated = status.updated_replicas.unwrap_or(0);
-    let replicas = status.replicas.unwrap_or(0);
-    let available = status.available_replicas.unwrap_or(0);
-    if let Some(wanted) = d.spec.as_ref().and_then(|s| s.replicas) {
-        if updated < wanted {
-            return RolloutState::Waiting(format!(
-                "Waiting for deployment {name:?} rollout to finish: {updated} out of {wanted} new replicas have been updated..."
-            ));
+        )),
+        RolloutProgress::Updating { updated, wanted } => waiting(format!(
+            "{updated} out of {wanted} new replicas have been updated..."
+        )),
+        RolloutProgress::OldPending { old } => {
+            waiting(format!("{old} old replicas are pending termination..."))
+        }
+        RolloutProgress::BecomingAvailable { available, updated } => waiting(format!(
+            "{available} of {updated} updated replicas are available..."
+        )),
+        RolloutProgress::Complete => {
+            RolloutState::Done(format!("deployment {name:?} successfully rolled out"))
         }
     }
-    if replicas > updated {
-        return RolloutState::Waiting(format!(
-            "Waiting for deployment {name:?} rollout to finish: {} old replicas are pending termination...",
-            replicas - updated
-        ));
-    }
-    if available < updated {
-        return RolloutState::Waiting(format!(
-            "Waiting for deployment {name:?} rollout to finish: {available} of {updated} updated replicas are available..."
-        ));
-    }
-    RolloutState::Done(format!("deployment {name:?} successfully rolled out"))
 }
 
 /// Prints a progress line now (the reader is often a terminal or a CI log
@@ -630,7 +613,7 @@ mod tests {
         status.conditions = Some(vec![DeploymentCondition {
             type_: "Progressing".into(),
             status: "False".into(),
-            reason: Some(TIMED_OUT_REASON.into()),
+            reason: Some("ProgressDeadlineExceeded".into()),
             message: Some("ReplicaSet \"web-x\" has timed out progressing.".into()),
             ..Default::default()
         }]);
