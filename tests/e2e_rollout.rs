@@ -17,6 +17,7 @@ use std::time::Duration;
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use commitd_api::k8s_openapi::api::core::v1::Pod;
 use commitd_api::meta::{self, COMMIT_ANNOTATION, REVISION_ANNOTATION, ROLLOUT_COMMIT_ANNOTATION};
+use commitd_api::records::AppliedCommit;
 use commitd_api::{keys, store, Kind, Store};
 use etcd_client::{EventType, WatchOptions};
 use tokio::task::JoinHandle;
@@ -34,6 +35,53 @@ const NETWORK: Network = Network {
     dns_port: 10223,
     proxy_table: "cdrol",
 };
+
+/// Two Deployments in sync waves: `frontend` (wave 1) is written only once
+/// `backend` (wave 0), which takes a few seconds to become ready, is
+/// healthy.
+const WAVES: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: backend
+  namespace: roll
+  annotations: {commitd.io/sync-wave: "0"}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: backend}
+  template:
+    metadata:
+      labels: {app: backend}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: backend
+          image: REGISTRY/commitd/web:1
+          command: [sh, -c, 'sleep 5; touch /tmp/ready; trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
+          readinessProbe:
+            exec: {command: [test, -f, /tmp/ready]}
+            periodSeconds: 1
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: frontend
+  namespace: roll
+  annotations: {argocd.argoproj.io/sync-wave: "1"}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: frontend}
+  template:
+    metadata:
+      labels: {app: frontend}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: frontend
+          image: REGISTRY/commitd/web:1
+          command: [sh, -c, 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
+"#;
 
 const NS: &str = "roll";
 const REPLICAS: usize = 4;
@@ -775,4 +823,40 @@ async fn rollouts_keep_serving_stop_on_failure_and_roll_back_by_revert() {
         switch.overlaps.join("\n"),
         controller_log(&cluster)
     );
+
+    // Sync waves: the wave-1 Deployment is written only once the wave-0
+    // one is healthy, which its readiness probe delays by five seconds.
+    let waves = cluster.commit_manifest("waves.yaml", WAVES, "Backend before frontend");
+    let backend = until("the wave-0 backend", WAIT, || async {
+        cli.get_json("deployment", "backend", NS).await
+    })
+    .await;
+    let frontend_early = cli.get_json("deployment", "frontend", NS).await;
+    assert!(
+        backend["status"]["availableReplicas"].as_i64().unwrap_or(0) == 0
+            && frontend_early.is_err(),
+        "the frontend came with an unready backend: {backend} {frontend_early:?}"
+    );
+    let (_, status, _) = cli.run(&["status"]).await;
+    assert!(status.contains("through sync wave 0"), "{status}");
+    until("the wave-1 frontend", WAIT, || async {
+        cli.get_json("deployment", "frontend", NS).await
+    })
+    .await;
+    let backend = cli
+        .get_json("deployment", "backend", NS)
+        .await
+        .expect("backend");
+    assert_eq!(backend["status"]["availableReplicas"], 1, "{backend}");
+    until("the waves commit applied whole", WAIT, || async {
+        let applied: Option<AppliedCommit> = store
+            .get_record(keys::APPLIED)
+            .await
+            .map_err(|e| e.to_string())?;
+        applied
+            .filter(|a| a.commit.sha == waves && a.through_wave.is_none())
+            .map(|_| ())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
 }

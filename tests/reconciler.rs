@@ -571,3 +571,147 @@ async fn a_pod_bound_by_the_scheduler_is_not_drift() {
     assert_eq!(leaving.metadata.deletion_grace_period_seconds, Some(30));
     h.stop().await;
 }
+
+/// A Deployment in sync wave 0 and a ConfigMap in wave 1: the ConfigMap is
+/// written only once the Deployment is healthy. No controllers run here,
+/// so the test reports the Deployment's rollout itself, as its controller
+/// would.
+const WAVE_DB: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: db
+  namespace: demo
+  annotations: {commitd.io/sync-wave: "0"}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers:
+      - name: db
+        image: 127.0.0.1:5000/commitd/web:1
+"#;
+const WAVE_CONFIG: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: demo\n  annotations: {argocd.argoproj.io/sync-wave: \"1\"}\ndata:\n  color: COLOR\n";
+
+async fn applied(store: &Store) -> AppliedCommit {
+    store
+        .get_record(keys::APPLIED)
+        .await
+        .expect("read applied")
+        .expect("a commit is applied")
+}
+
+async fn color(store: &Store) -> Option<String> {
+    let cm: Option<ConfigMap> = store.get(Some("demo"), "settings").await.expect("get");
+    cm.and_then(|c| c.data?.get("color").cloned())
+}
+
+/// Reports `db` rolled out and available, as the Deployment controller
+/// would.
+async fn report_db_available(store: &Store) {
+    store
+        .modify::<Deployment, _>(Some("demo"), "db", |d| {
+            let generation = d.metadata.generation;
+            let status = d.status.get_or_insert_with(Default::default);
+            status.observed_generation = generation;
+            status.replicas = Some(1);
+            status.updated_replicas = Some(1);
+            status.ready_replicas = Some(1);
+            status.available_replicas = Some(1);
+            true
+        })
+        .await
+        .expect("report db");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_waves_apply_one_after_another_once_healthy() {
+    let h = Harness::start().await;
+    let blue = WAVE_CONFIG.replace("COLOR", "blue");
+    let c1 = h.repo.commit(
+        "Database first, then its settings",
+        &[
+            ("manifests/namespace.yaml", Some(NAMESPACE)),
+            ("manifests/db.yaml", Some(WAVE_DB)),
+            ("manifests/settings.yaml", Some(&blue)),
+        ],
+    );
+    let _task = h.follow();
+
+    // Wave 0 (the Namespace has no annotation: wave 0 too) is written; the
+    // wave-1 ConfigMap waits for the Deployment to be healthy.
+    until("wave 0 of the first commit", WAIT, || async {
+        let a: Option<AppliedCommit> = h.store.get_record(keys::APPLIED).await.ok().flatten();
+        a.filter(|a| a.commit.sha == c1 && a.through_wave == Some(0))
+            .map(|_| ())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let db: Option<Deployment> = h.store.get(Some("demo"), "db").await.expect("get");
+    assert!(db.is_some(), "wave 0 is written");
+    assert_eq!(color(&h.store).await, None, "wave 1 waits");
+
+    // Healthy: wave 1 follows, and the commit is applied whole.
+    report_db_available(&h.store).await;
+    until("wave 1 after wave 0 is healthy", WAIT, || async {
+        (color(&h.store).await.as_deref() == Some("blue"))
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    until("the commit applied whole", WAIT, || async {
+        let a = applied(&h.store).await;
+        (a.commit.sha == c1 && a.through_wave.is_none())
+            .then_some(())
+            .ok_or(format!("{a:?}"))
+    })
+    .await;
+    let notes: Vec<Option<String>> = h.history().await.into_iter().map(|r| r.note).collect();
+    assert!(
+        notes
+            .iter()
+            .flatten()
+            .any(|n| n.contains("through sync wave 0")),
+        "{notes:?}"
+    );
+
+    // The next commit changes both: the ConfigMap keeps its old value
+    // (and drift correction leaves it so) until wave 0 is healthy again.
+    let green = WAVE_CONFIG.replace("COLOR", "green");
+    let db_v2 = WAVE_DB.replace("commitd/web:1", "commitd/web:2");
+    let c2 = h.repo.commit(
+        "New database and settings",
+        &[
+            ("manifests/db.yaml", Some(&db_v2)),
+            ("manifests/settings.yaml", Some(&green)),
+        ],
+    );
+    until("wave 0 of the second commit", WAIT, || async {
+        let a = applied(&h.store).await;
+        (a.commit.sha == c2 && a.through_wave == Some(0))
+            .then_some(())
+            .ok_or(format!("{a:?}"))
+    })
+    .await;
+    assert_eq!(color(&h.store).await.as_deref(), Some("blue"));
+    let (_, status, _) = support::cli::Cli {
+        connection: vec![
+            "--etcd".into(),
+            h.etcd.as_ref().expect("etcd").endpoint.clone().into(),
+        ],
+    }
+    .run(&["status"])
+    .await;
+    assert!(status.contains("through sync wave 0"), "{status}");
+    report_db_available(&h.store).await;
+    until("wave 1 of the second commit", WAIT, || async {
+        (color(&h.store).await.as_deref() == Some("green"))
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    h.stop().await;
+}

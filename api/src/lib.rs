@@ -27,4 +27,5 @@ pub mod service_checks;
 pub mod service_network;
 pub mod unsupported;
 pub mod validation;
+pub mod waves;
 pub mod yaml_position;

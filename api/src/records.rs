@@ -40,6 +40,10 @@ pub struct AppliedCommit {
     pub applied_at: String,
     /// How many objects it declares.
     pub objects: usize,
+    /// Set while its sync waves are applied one at a time: the last wave
+    /// written. Objects of later waves still hold what they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through_wave: Option<i64>,
 }
 
 /// What happened to a commit.

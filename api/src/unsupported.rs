@@ -55,9 +55,7 @@ const DEPLOYMENT_SPEC: &[&str] = &[
     "revisionHistoryLimit",
 ];
 const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "template", "minReadySeconds"];
-/// The annotations that put an object in a sync wave (commitd's, and Argo
-/// CD's accepted as a synonym).
-const SYNC_WAVE_ANNOTATIONS: &[&str] = &["commitd.io/sync-wave", "argocd.argoproj.io/sync-wave"];
+
 /// Pod `securityContext` fields commitd acts on; `supplementalGroupsPolicy`
 /// only as `Merge`, what it does anyway. `fsGroupChangePolicy` changes
 /// nothing: volumes are given to the group only when they are made, which
@@ -189,15 +187,6 @@ fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) 
 /// The fields of `obj` that are set but not acted on, with the reason.
 pub fn fields(kind: Kind, obj: &Value) -> Vec<(FieldPath, String)> {
     let mut out = Vec::new();
-    let annotations = obj.pointer("/metadata/annotations");
-    for key in SYNC_WAVE_ANNOTATIONS {
-        if annotations.and_then(|a| a.get(*key)).is_some() {
-            out.push((
-                FieldPath::root().key("metadata").key("annotations").key(key),
-                "sync waves are not applied in stages by commitd yet: the whole commit is applied at once".into(),
-            ));
-        }
-    }
     let spec = FieldPath::root().key("spec");
     match kind {
         Kind::Pod => {
@@ -241,13 +230,7 @@ mod tests {
             .into_iter()
             .map(|(p, _)| p.to_string())
             .collect();
-        assert_eq!(
-            got,
-            vec![
-                "metadata.annotations[argocd.argoproj.io/sync-wave]",
-                "spec.template.spec.containers[0].resizePolicy",
-            ]
-        );
+        assert_eq!(got, vec!["spec.template.spec.containers[0].resizePolicy",]);
     }
 
     #[test]

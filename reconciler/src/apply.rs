@@ -430,8 +430,15 @@ fn commit_of(v: &Value) -> Option<&str> {
 }
 
 /// Diffs `manifests` against etcd and returns the writes that make etcd
-/// match, each guarded by the revision it was computed from.
-async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Result<Plan> {
+/// match, each guarded by the revision it was computed from. With `prune`,
+/// Git-owned objects not among them are deleted; without (a commit applied
+/// a sync wave at a time), they are left as they are.
+async fn plan(
+    store: &Store,
+    manifests: &[Manifest],
+    sha: &str,
+    prune: bool,
+) -> anyhow::Result<Plan> {
     let mut current = git_owned(store).await?;
     let mut plan = Plan::default();
     for m in manifests {
@@ -481,7 +488,7 @@ async fn plan(store: &Store, manifests: &[Manifest], sha: &str) -> anyhow::Resul
             }
         }
     }
-    for (key, (kind, cur)) in current {
+    for (key, (kind, cur)) in current.into_iter().filter(|_| prune) {
         let meta = cur.value.get("metadata");
         let field = |f: &str| meta.and_then(|m| m.get(f)).and_then(Value::as_str);
         let name = display(kind, field("namespace"), field("name").unwrap_or_default());
@@ -555,6 +562,17 @@ fn now_rfc3339() -> String {
 pub enum ApplyOutcome {
     /// A history record was written (applied or rejected).
     Recorded(Box<HistoryRecord>),
+    /// The commit's objects through one sync wave were written; the next
+    /// waves follow once it is healthy (apply the same commit again).
+    WaveApplied(Box<HistoryRecord>),
+    /// The commit is applied through a sync wave that is not healthy yet:
+    /// nothing was written. Try again when its objects change.
+    WaitingForWave {
+        /// The wave waited for.
+        wave: i64,
+        /// Why it is not healthy, in the health assessment's words.
+        why: String,
+    },
     /// The commit was already applied or rejected; nothing was written.
     AlreadyKnown,
     /// Another apply holds the apply lock; nothing was written. Try again
@@ -593,14 +611,31 @@ pub async fn apply_commit(
 ) -> anyhow::Result<ApplyOutcome> {
     options.check()?;
     let loaded = manifest::load_files(files);
+    let waves = commitd_api::waves::waves(&loaded.manifests);
     for attempt in 0..MAX_ATTEMPTS {
         let applied: Guarded<AppliedCommit> = read_guarded(store, keys::APPLIED).await?;
         let rejected: Guarded<HistoryRecord> = read_guarded(store, keys::REJECTED).await?;
-        if applied.value.as_ref().map(|a| a.commit.sha.as_str()) == Some(&commit.sha)
+        // `Some(done)`: this commit is the applied one, through wave
+        // `done` (`None`: all of it).
+        let applied_through = applied
+            .value
+            .as_ref()
+            .filter(|a| a.commit.sha == commit.sha)
+            .map(|a| a.through_wave);
+        if applied_through == Some(None)
             || rejected.value.as_ref().map(|r| r.commit.sha.as_str()) == Some(&commit.sha)
         {
             return Ok(ApplyOutcome::AlreadyKnown);
         }
+        let done = applied_through.flatten();
+        if let Some(wave) = done {
+            if let Some(why) = crate::waves::unhealthy(store, &loaded.manifests, wave).await? {
+                return Ok(ApplyOutcome::WaitingForWave { wave, why });
+            }
+        }
+        let Some(through_wave) = commitd_api::waves::next_stage(&waves, done) else {
+            return Ok(ApplyOutcome::AlreadyKnown);
+        };
         if applied.mod_revision != live_revision {
             return Ok(ApplyOutcome::Superseded);
         }
@@ -618,7 +653,29 @@ pub async fn apply_commit(
             with_addresses.diagnostics.extend(errors);
         }
         let result = if loaded.is_valid() {
-            try_apply(store, options, commit, &loaded, &applied, &seq, next).await?
+            let staged = match through_wave {
+                None => loaded,
+                Some(wave) => Cow::Owned(Loaded {
+                    manifests: loaded
+                        .manifests
+                        .iter()
+                        .filter(|m| commitd_api::waves::wave_of(&m.object) <= wave)
+                        .cloned()
+                        .collect(),
+                    diagnostics: loaded.diagnostics.clone(),
+                }),
+            };
+            try_apply(
+                store,
+                options,
+                commit,
+                &staged,
+                through_wave,
+                &applied,
+                &seq,
+                next,
+            )
+            .await?
         } else {
             try_reject(store, commit, &loaded, &applied, &rejected, &seq, next).await?
         };
@@ -632,8 +689,12 @@ pub async fn apply_commit(
                     updated = record.changes.updated.len(),
                     deleted = record.changes.deleted.len(),
                     errors = record.errors.len(),
+                    through_wave = ?through_wave,
                     "commit recorded"
                 );
+                if through_wave.is_some() && record.outcome == Outcome::Applied {
+                    return Ok(ApplyOutcome::WaveApplied(Box::new(record)));
+                }
                 return Ok(ApplyOutcome::Recorded(Box::new(record)));
             }
             None => debug!(attempt, "lost a race with another writer; planning again"),
@@ -730,16 +791,19 @@ fn record_bytes(record: &HistoryRecord, applied: Option<&AppliedCommit>) -> usiz
     len(serde_json::to_vec(record)) + applied.map_or(0, |a| len(serde_json::to_vec(a)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn try_apply(
     store: &Store,
     options: &ApplyOptions,
     commit: &CommitInfo,
     loaded: &Loaded,
+    through_wave: Option<i64>,
     applied: &Guarded<AppliedCommit>,
     seq: &Guarded<u64>,
     next: u64,
 ) -> anyhow::Result<Option<HistoryRecord>> {
-    let plan = plan(store, &loaded.manifests, &commit.sha).await?;
+    let prune = through_wave.is_none();
+    let plan = plan(store, &loaded.manifests, &commit.sha, prune).await?;
     let resumed = plan.resumed;
     let make_record = move |seq: u64, changes: &Changes| {
         let mut record = history_record(seq, commit, Outcome::Applied, changes.clone(), loaded);
@@ -748,11 +812,17 @@ async fn try_apply(
                 "completed an interrupted apply of this commit: {resumed} object(s) were already written"
             ));
         }
+        if let Some(wave) = through_wave {
+            record.note = Some(format!(
+                "applied through sync wave {wave}; later waves follow once it is healthy"
+            ));
+        }
         let new_applied = AppliedCommit {
             commit: commit.clone(),
             seq,
             applied_at: record.recorded_at.clone(),
             objects: loaded.manifests.len(),
+            through_wave,
         };
         (record, Some(new_applied))
     };
@@ -766,6 +836,7 @@ async fn try_apply(
             commit,
             purpose: Outcome::Applied,
             manifests: &loaded.manifests,
+            prune,
             applied,
             record: &make_record,
         };
@@ -830,6 +901,8 @@ struct Target<'a> {
     purpose: Outcome,
     /// Re-planned from when an object changes under the write.
     manifests: &'a [Manifest],
+    /// Whether the plan deletes what `manifests` do not declare.
+    prune: bool,
     /// The applied record as read before planning; the lock is taken only
     /// if it is still so.
     applied: &'a Guarded<AppliedCommit>,
@@ -933,7 +1006,7 @@ async fn write_under_lock(
         let batch = match pending.take() {
             Some(batch) => batch,
             None => {
-                let again = plan(store, target.manifests, &target.commit.sha).await?;
+                let again = plan(store, target.manifests, &target.commit.sha, target.prune).await?;
                 merge_changes(&mut changes, &again.changes);
                 chunks(again.writes, options)
             }
@@ -1093,10 +1166,13 @@ async fn release(mut client: Client, lease: i64) {
 /// anyone but the reconciler, and records the correction in history.
 /// Returns the record if something was corrected. Does nothing while any
 /// apply holds the apply lock: its holder decides what etcd should hold.
+/// While a commit is applied a sync wave at a time (`through_wave`),
+/// `manifests` are those of the waves written, and nothing else is pruned.
 pub async fn correct_drift(
     store: &Store,
     options: &ApplyOptions,
     applied_sha: &str,
+    through_wave: Option<i64>,
     manifests: &[Manifest],
 ) -> anyhow::Result<Option<HistoryRecord>> {
     options.check()?;
@@ -1105,8 +1181,9 @@ pub async fn correct_drift(
         let Some(current) = applied.value.as_ref() else {
             return Ok(None);
         };
-        if current.commit.sha != applied_sha {
-            // A newer commit was applied meanwhile; its reconciler owns it.
+        if current.commit.sha != applied_sha || current.through_wave != through_wave {
+            // A newer commit (or wave) was applied meanwhile; its
+            // reconciler owns it.
             return Ok(None);
         }
         let lock: Guarded<ApplyLock> = read_guarded(store, keys::APPLYING).await?;
@@ -1114,7 +1191,8 @@ pub async fn correct_drift(
             debug!("an apply is in progress; drift correction waits for it");
             return Ok(None);
         }
-        let plan = plan(store, manifests, applied_sha).await?;
+        let prune = through_wave.is_none();
+        let plan = plan(store, manifests, applied_sha, prune).await?;
         if plan.is_empty() {
             return Ok(None);
         }
@@ -1155,6 +1233,7 @@ pub async fn correct_drift(
                 commit: &commit,
                 purpose: Outcome::DriftCorrected,
                 manifests,
+                prune,
                 applied: &applied,
                 record: &make_record,
             };

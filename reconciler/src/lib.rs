@@ -6,6 +6,7 @@ pub mod apply;
 pub mod controllers;
 pub mod drift;
 pub mod git_source;
+pub mod waves;
 
 use std::time::Duration;
 
@@ -27,11 +28,18 @@ use crate::apply::{
 use crate::drift::GitKindCaches;
 use crate::git_source::{warn_once, GitSource, GitSourceConfig};
 
-/// The applied commit's manifests, kept to notice and correct drift.
+/// The applied commit's manifests, kept to notice and correct drift: all
+/// of them, or while it is applied a sync wave at a time, those of the
+/// waves written.
 struct Desired {
     sha: String,
+    through_wave: Option<i64>,
     manifests: Vec<Manifest>,
 }
+
+/// How often a commit waiting for a sync wave to become healthy is looked
+/// at again, besides the changes to its objects that wake the loop.
+const WAVE_RECHECK: Duration = Duration::from_secs(2);
 
 /// Runs the Git source loop (apply new commits, correct drift) and the
 /// controllers until `cancel` fires, with the default [`ApplyOptions`]
@@ -108,6 +116,7 @@ pub async fn follow_with(
     let mut last_error = None;
     let mut handled_head: Option<String> = None;
     let mut waiting_for: Option<String> = None;
+    let mut waiting_for_wave: Option<(String, i64)> = None;
     info!(repo = %source.repo.display(), path = %source.path, "following the repository");
     loop {
         // Marked seen before the pass, so what changes during it wakes the
@@ -116,6 +125,7 @@ pub async fn follow_with(
             t.borrow_and_update();
         }
         let mut read_head_again = false;
+        let mut recheck = None;
         let step = async {
             // Before the head: an apply by another reconciler after this
             // read makes ours stand back and read the head again, so a
@@ -130,6 +140,28 @@ pub async fn follow_with(
                         .instrument(span)
                         .await?;
                 match &outcome {
+                    ApplyOutcome::WaveApplied(r) => {
+                        for w in &r.warnings {
+                            warn!(commit = r.commit.short_sha(), "{w}");
+                        }
+                        // The next wave is decided on the next pass.
+                        waiting_for = None;
+                        read_head_again = true;
+                        return anyhow::Ok(());
+                    }
+                    ApplyOutcome::WaitingForWave { wave, why } => {
+                        let key = (head.clone(), *wave);
+                        if waiting_for_wave.as_ref() != Some(&key) {
+                            info!(
+                                commit = %&head[..head.len().min(7)],
+                                wave,
+                                why = %why,
+                                "waiting for the sync wave to be healthy"
+                            );
+                            waiting_for_wave = Some(key);
+                        }
+                        recheck = Some(WAVE_RECHECK);
+                    }
                     ApplyOutcome::Recorded(r) => {
                         for w in &r.warnings {
                             warn!(commit = r.commit.short_sha(), "{w}");
@@ -159,12 +191,14 @@ pub async fn follow_with(
                     }
                 }
                 waiting_for = None;
-                handled_head = Some(head);
+                if !matches!(outcome, ApplyOutcome::WaitingForWave { .. }) {
+                    handled_head = Some(head);
+                }
             }
             refresh_desired(&store, &options, &git, &mut desired).await?;
             if let Some(d) = &desired {
                 if gate.is_open() && caches.differs(&d.manifests, &d.sha) {
-                    correct_drift(&store, &options, &d.sha, &d.manifests).await?;
+                    correct_drift(&store, &options, &d.sha, d.through_wave, &d.manifests).await?;
                 }
             }
             anyhow::Ok(())
@@ -174,7 +208,7 @@ pub async fn follow_with(
             Ok(()) => {
                 backoff.reset();
                 last_error = None;
-                None
+                recheck
             }
             Err(e) => {
                 warn_once(&mut last_error, &e);
@@ -206,7 +240,10 @@ async fn refresh_desired(
         *desired = None;
         return Ok(());
     };
-    if desired.as_ref().map(|d| d.sha.as_str()) == Some(applied.commit.sha.as_str()) {
+    if desired
+        .as_ref()
+        .is_some_and(|d| d.sha == applied.commit.sha && d.through_wave == applied.through_wave)
+    {
         return Ok(());
     }
     let snapshot = git
@@ -214,10 +251,16 @@ async fn refresh_desired(
         .await
         .with_context(|| format!("reading applied commit {}", applied.commit.short_sha()))?;
     let mut loaded = manifest::load_files(snapshot.files);
+    if let Some(wave) = applied.through_wave {
+        loaded
+            .manifests
+            .retain(|m| commitd_api::waves::wave_of(&m.object) <= wave);
+    }
     // The addresses and ports the applied Services were given.
     allocate_services(store, &mut loaded.manifests, options).await?;
     *desired = Some(Desired {
         sha: applied.commit.sha,
+        through_wave: applied.through_wave,
         manifests: loaded.manifests,
     });
     Ok(())

@@ -108,6 +108,12 @@ fn commit_block(
                 plural(a.objects, "object", "objects"),
                 a.seq
             );
+            if let Some(wave) = a.through_wave {
+                s += &format!(
+                    "{}through sync wave {wave}; later waves wait for it to be healthy\n",
+                    continuation()
+                );
+            }
         }
         None => s += &format!("{}none yet: no commit has been applied\n", label("Applied")),
     }
@@ -337,6 +343,7 @@ mod tests {
             seq: 3,
             applied_at: "2025-01-01T00:05:00Z".into(),
             objects: 4,
+            through_wave: None,
         };
         let rejected = HistoryRecord {
             seq: 4,

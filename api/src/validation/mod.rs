@@ -213,6 +213,20 @@ pub(crate) fn object_meta(
         }
     }
     labels(m.labels.as_ref(), &p.key("labels"), errs);
+    for key in [
+        crate::waves::SYNC_WAVE_ANNOTATION,
+        crate::waves::ARGO_SYNC_WAVE_ANNOTATION,
+    ] {
+        if let Some(v) = m.annotations.as_ref().and_then(|a| a.get(key)) {
+            if crate::waves::parse_wave(v).is_err() {
+                errs.invalid(
+                    p.key("annotations").key(key),
+                    format!("\"{v}\""),
+                    "a sync wave must be an integer",
+                );
+            }
+        }
+    }
     for k in m.annotations.iter().flatten().map(|(k, _)| k) {
         if !is_qualified_name(k) {
             errs.invalid(p.key("annotations"), format!("\"{k}\""), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character");
@@ -662,6 +676,16 @@ mod tests {
         ));
         assert!(got.contains(&"spec.template.spec.containers[1].image: Required value".to_string()));
         assert!(got.contains(&"spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"".to_string()));
+    }
+
+    #[test]
+    fn sync_waves_are_integers() {
+        let cm = |wave: &str| json!({"metadata": {"name": "c", "annotations": {"commitd.io/sync-wave": wave}}});
+        assert!(errors::<ConfigMap>(cm("-2")).is_empty());
+        assert_eq!(
+            errors::<ConfigMap>(cm("first")),
+            vec!["metadata.annotations[commitd.io/sync-wave]: Invalid value: \"first\": a sync wave must be an integer"]
+        );
     }
 
     #[test]
