@@ -859,4 +859,76 @@ async fn rollouts_keep_serving_stop_on_failure_and_roll_back_by_revert() {
             .ok_or_else(|| "not yet".to_string())
     })
     .await;
+
+    // A template whose pods never become ready, under the safety net: the
+    // rollout stops after the surge while the old pods keep serving; past
+    // the deadline the old ReplicaSet is brought back in full without a
+    // new commit, and the Deployment stays Degraded, naming the commit.
+    let serving = v1_rs.clone();
+    let hammer = Hammer::start(vip.clone());
+    hammer.wait_for_run(20, 1).await;
+    let never_ready = app("web:2", ROLLING)
+        .replace("path: /\n", "path: /never-ready\n")
+        .replace(
+            "  namespace: roll\nspec:\n  replicas: 4",
+            "  namespace: roll\n  annotations: {commitd.io/rollback-on-failure: \"true\"}\nspec:\n  replicas: 4",
+        );
+    assert!(never_ready.contains("never-ready") && never_ready.contains("rollback-on-failure"));
+    let failing = cluster.commit_manifest(
+        "roll.yaml",
+        &never_ready,
+        "Roll web to pods that never become ready",
+    );
+    wait_applied(&store, &failing).await;
+    let (code, out, _) = rollout_status(&cluster).await.expect("status task");
+    assert_ne!(code, 0, "rollout status of a never-ready rollout: {out}");
+    let rolled_back = until("the old replica set back in full", WAIT, || async {
+        let sets = replica_sets(&store).await;
+        let d = store
+            .get::<Deployment>(Some(NS), "web")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no deployment")?;
+        let message = d
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Progressing")
+            .and_then(|c| c.message)
+            .unwrap_or_default();
+        let back = sets.get(&serving).map(replicas_of) == Some(REPLICAS as i32);
+        let others_zero = sets
+            .iter()
+            .filter(|(name, _)| name.starts_with("web-") && **name != serving)
+            .all(|(_, rs)| replicas_of(rs) == 0);
+        (back && others_zero && message.contains("rolled back to"))
+            .then_some(message.clone())
+            .ok_or(format!("{message}; {:?}", sets.keys()))
+    })
+    .await;
+    assert!(
+        rolled_back.contains(&format!("{serving:?}")),
+        "{rolled_back}"
+    );
+    hammer.wait_for_run(20, 1).await;
+    let outcomes = hammer.finish().await;
+    let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed while the safety net worked, first: {:?}",
+        failed.len(),
+        outcomes.len(),
+        failed.first()
+    );
+    assert!(
+        outcomes.iter().all(|o| o == &Ok(1)),
+        "the never-ready pods served"
+    );
+    let (_, status, _) = cli.run(&["status"]).await;
+    assert!(
+        status.contains("Deployment roll/web: Degraded")
+            && status.contains(&format!("changed last by commit {}", &failing[..7])),
+        "{status}"
+    );
 }
