@@ -371,24 +371,33 @@ mod tests {
         assert_eq!(status_code(b""), None);
     }
 
+    /// Reads one request head from `stream`, answers it with `status`
+    /// and hands back what it read: the server side of both schemes.
+    async fn answer_one<S>(stream: &mut S, status: &str) -> String
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+        stream.write_all(reply.as_bytes()).await.expect("write");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
     /// Answers one request with `status` and hands back what it received.
     async fn http_server(status: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let task = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.expect("accept");
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !got.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.expect("read");
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-            stream.write_all(reply.as_bytes()).await.expect("write");
-            String::from_utf8_lossy(&got).into_owned()
+            answer_one(&mut stream, status).await
         });
         (addr, task)
     }
@@ -498,22 +507,9 @@ mod tests {
             let (tcp, _) = listener.accept().await.expect("accept");
             let mut stream = acceptor.accept(tcp).await.expect("handshake");
             let sni = stream.get_ref().1.server_name().map(str::to_string);
-            let mut got = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !got.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.expect("read");
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-            let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
-            stream.write_all(reply.as_bytes()).await.expect("write");
+            let request = answer_one(&mut stream, status).await;
             stream.shutdown().await.expect("close");
-            Seen {
-                request: String::from_utf8_lossy(&got).into_owned(),
-                sni,
-            }
+            Seen { request, sni }
         });
         (addr, task)
     }

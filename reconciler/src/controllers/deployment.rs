@@ -283,11 +283,10 @@ impl DeploymentController {
             let commit = meta::annotation(&d.metadata, meta::COMMIT_ANNOTATION);
             let stored = self
                 .update_replica_set(&new, |rs| {
-                    let annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
-                    if annotations.get(REVISION_ANNOTATION) == Some(&value) {
+                    if !set_annotation(rs, REVISION_ANNOTATION, &value) {
                         return false;
                     }
-                    annotations.insert(REVISION_ANNOTATION.to_string(), value.clone());
+                    let annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
                     match commit {
                         Some(sha) => annotations
                             .insert(meta::ROLLOUT_COMMIT_ANNOTATION.to_string(), sha.to_string()),
@@ -462,12 +461,7 @@ impl DeploymentController {
         let value = generation.to_string();
         let stored = self
             .update_replica_set(&new, |rs| {
-                let annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
-                if annotations.get(FAILED_AT_GENERATION_ANNOTATION) == Some(&value) {
-                    return false;
-                }
-                annotations.insert(FAILED_AT_GENERATION_ANNOTATION.to_string(), value.clone());
-                true
+                set_annotation(rs, FAILED_AT_GENERATION_ANNOTATION, &value)
             })
             .await?;
         warn!(
@@ -590,6 +584,16 @@ impl DeploymentController {
             _ => bail!("replica set {name} was deleted or replaced"),
         }
     }
+}
+
+/// Sets an annotation of `rs`; whether it changed (an update to write).
+fn set_annotation(rs: &mut ReplicaSet, key: &str, value: &str) -> bool {
+    let annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
+    if annotations.get(key).map(String::as_str) == Some(value) {
+        return false;
+    }
+    annotations.insert(key.to_string(), value.to_string());
+    true
 }
 
 /// Seconds precision, as stored: a status computed twice from the same
