@@ -262,9 +262,10 @@ async fn wait_for_complete_status(
     n: i32,
     generation: i64,
     rs: &str,
+    revision: &str,
 ) -> Result<()> {
     eventually(
-        &format!("deployment status: {n} available on {rs}"),
+        &format!("deployment status: {n} available on {rs}, revision {revision}"),
         DEADLINE,
         || async {
             let d = store
@@ -294,14 +295,17 @@ async fn wait_for_complete_status(
                 "NewReplicaSetAvailable".to_string(),
                 format!("ReplicaSet {rs:?} has successfully progressed."),
             ));
+            // The Deployment names its current revision, as in Kubernetes.
+            let at = meta::annotation(&d.metadata, REVISION_ANNOTATION);
             if counts == want_counts
                 && available == want_available
                 && progressing == want_progressing
+                && at == Some(revision)
             {
                 Ok(())
             } else {
                 Err(format!(
-                    "counts {counts:?}, available {available:?}, progressing {progressing:?}"
+                    "counts {counts:?}, available {available:?}, progressing {progressing:?}, revision {at:?}"
                 ))
             }
         },
@@ -387,7 +391,7 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     // Deployment's status follows.
     bind_pods(store, &first, usize::MAX).await?;
     mark_ready(store, &first).await?;
-    wait_for_complete_status(store, "web", 2, 1, meta::name(&first)).await?;
+    wait_for_complete_status(store, "web", 2, 1, meta::name(&first), "1").await?;
     eprintln!("rolled out {} with 2 ready pods", meta::name(&first));
 
     // Scale to 3: same ReplicaSet, one more pod.
@@ -401,7 +405,7 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     assert_eq!(uid(&scaled), uid(&first), "scaling keeps the replica set");
     bind_pods(store, &scaled, usize::MAX).await?;
     mark_ready(store, &scaled).await?;
-    wait_for_complete_status(store, "web", 3, 2, meta::name(&first)).await?;
+    wait_for_complete_status(store, "web", 3, 2, meta::name(&first), "1").await?;
     eprintln!("scaled {} to 3", meta::name(&first));
 
     // A new image: a second ReplicaSet takes over as its pods become
@@ -427,7 +431,7 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     }
     bind_pods(store, &second, usize::MAX).await?;
     mark_ready(store, &second).await?;
-    wait_for_complete_status(store, "web", 3, 3, meta::name(&second)).await?;
+    wait_for_complete_status(store, "web", 3, 3, meta::name(&second), "2").await?;
     assert_eq!(finish_terminating(store).await?, old_pods.len());
     eprintln!(
         "rolled out {}; {} old pods terminated",
@@ -452,6 +456,9 @@ async fn rollout_scenario(store: &Store) -> Result<()> {
     assert_eq!(spec_replicas(&second_now), 0);
     assert_eq!(revision(&second_now), "2");
     finish_terminating(store).await?;
+    bind_pods(store, &reused, usize::MAX).await?;
+    mark_ready(store, &reused).await?;
+    wait_for_complete_status(store, "web", 3, 4, meta::name(&reused), "3").await?;
     eprintln!("rolled back to {} (revision 3)", meta::name(&reused));
     // One more pod, which gets no node: the three bound ones stay.
     let pods = store.list::<Pod>(Some(NS)).await?.items;
@@ -547,7 +554,7 @@ async fn safety_net_scenario(store: &Store) -> Result<()> {
     }
     let d = store.create(d).await?;
     let good = wait_for_rollout(store, &d, 1, 4, true).await?;
-    wait_for_complete_status(store, "web", 4, 1, meta::name(&good)).await?;
+    wait_for_complete_status(store, "web", 4, 1, meta::name(&good), "1").await?;
 
     // A template whose pods never become ready: the rollout stalls, misses
     // its deadline, and the good ReplicaSet is brought back in full.
@@ -599,7 +606,7 @@ async fn safety_net_scenario(store: &Store) -> Result<()> {
     // A new commit changes the Deployment: its template is rolled out.
     let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:3")).await?;
     let third = wait_for_rollout(store, &d, 3, 4, true).await?;
-    wait_for_complete_status(store, "web", 4, 3, meta::name(&third)).await?;
+    wait_for_complete_status(store, "web", 4, 3, meta::name(&third), "3").await?;
     Ok(())
 }
 

@@ -757,6 +757,26 @@ async fn rollouts_keep_serving_stop_on_failure_and_roll_back_by_revert() {
             "revision {revision} of {sha} missing:\n{wide}"
         );
     }
+    // And the Deployment its current revision (the revert's, 4) and the
+    // commit that last changed it.
+    let (code, wide, err) = cli
+        .run(&["get", "deployments", "web", "-n", NS, "-o", "wide"])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(header.ends_with(&["REVISION", "COMMIT"]), "{wide}");
+    let row: Vec<&str> = wide
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(row.ends_with(&["4", short(&revert).as_str()]), "{wide}");
     for summary in [
         "Roll web v1",
         "Roll web to a missing image",
@@ -839,6 +859,22 @@ async fn rollouts_keep_serving_stop_on_failure_and_roll_back_by_revert() {
     );
     let (_, status, _) = cli.run(&["status"]).await;
     assert!(status.contains("through sync wave 0"), "{status}");
+    // Meanwhile the frontend, declared but not written, is Missing, and
+    // so is the commit as a whole.
+    let missing = until("the wave-1 frontend reported Missing", WAIT, || async {
+        let (_, status, _) = cli.run(&["status"]).await;
+        status
+            .contains("Deployment roll/frontend: Missing sync wave 1")
+            .then_some(status.clone())
+            .ok_or(status)
+    })
+    .await;
+    assert!(
+        missing
+            .lines()
+            .any(|l| l.starts_with("Health:") && l.contains("Missing for")),
+        "{missing}"
+    );
     until("the wave-1 frontend", WAIT, || async {
         cli.get_json("deployment", "frontend", NS).await
     })

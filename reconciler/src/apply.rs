@@ -36,7 +36,7 @@ use commitd_api::diagnostic::Diagnostic;
 use commitd_api::k8s_openapi::api::core::v1::Service;
 use commitd_api::keys;
 use commitd_api::manifest::{self, Loaded, Manifest};
-use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
+use commitd_api::meta::{self, COMMIT_ANNOTATION, REVISION_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::records::{AppliedCommit, Changes, CommitInfo, HistoryRecord, Outcome};
 use commitd_api::service_network::{self, ServiceNetwork};
 use commitd_api::{Kind, Store};
@@ -255,6 +255,8 @@ pub fn desired_view(obj: &Value) -> Value {
             }
             if let Some(a) = m.get_mut("annotations").and_then(Value::as_object_mut) {
                 a.remove(COMMIT_ANNOTATION);
+                // Kept on a Deployment by its controller, as in Kubernetes.
+                a.remove(REVISION_ANNOTATION);
                 if a.is_empty() {
                     m.remove("annotations");
                 }
@@ -321,6 +323,19 @@ fn merge_server_fields(desired: &mut Value, current: &Value) {
         for k in ["uid", "creationTimestamp", "ownerReferences"] {
             if let Some(v) = cur_meta.and_then(|m| m.get(k)) {
                 meta.insert(k.into(), v.clone());
+            }
+        }
+        // The revision a Deployment's controller keeps on it.
+        let revision = cur_meta
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(REVISION_ANNOTATION));
+        if let Some(revision) = revision {
+            if let Some(a) = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()))
+                .as_object_mut()
+            {
+                a.insert(REVISION_ANNOTATION.into(), revision.clone());
             }
         }
         let next = if spec_changed {
@@ -1274,9 +1289,10 @@ mod tests {
     }
 
     #[test]
-    fn view_ignores_status_identity_and_commit() {
+    fn view_ignores_status_identity_commit_and_revision() {
         let a = json!({"kind": "Deployment", "metadata": {"name": "w", "uid": "1", "generation": 3,
-            "annotations": {"commitd.io/commit": "abc", "commitd.io/source": "a.yaml:1"}},
+            "annotations": {"commitd.io/commit": "abc", "commitd.io/source": "a.yaml:1",
+                            "deployment.kubernetes.io/revision": "4"}},
             "spec": {"replicas": 2}, "status": {"replicas": 1}});
         let b = json!({"kind": "Deployment", "metadata": {"name": "w",
             "annotations": {"commitd.io/commit": "def", "commitd.io/source": "a.yaml:1"}},
@@ -1370,12 +1386,18 @@ mod tests {
     }
 
     #[test]
-    fn merge_keeps_identity_and_bumps_generation_on_spec_change() {
+    fn merge_keeps_identity_and_revision_and_bumps_generation_on_spec_change() {
         let current = json!({"metadata": {"name": "w", "uid": "u1", "generation": 2,
-            "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"replicas": 2}, "status": {"replicas": 2}});
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "annotations": {"deployment.kubernetes.io/revision": "3"}},
+            "spec": {"replicas": 2}, "status": {"replicas": 2}});
         let mut desired = json!({"metadata": {"name": "w"}, "spec": {"replicas": 3}});
         merge_server_fields(&mut desired, &current);
         assert_eq!(desired["metadata"]["uid"], "u1");
+        assert_eq!(
+            desired["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "3",
+            "a commit keeps the revision the controller set"
+        );
         assert_eq!(desired["metadata"]["generation"], 3);
         assert_eq!(desired["status"]["replicas"], 2);
         let mut same =

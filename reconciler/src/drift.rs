@@ -89,6 +89,26 @@ impl GitKindCaches {
         }
     }
 
+    /// Whether etcd holds the object, or `None` while the caches are not
+    /// filled yet.
+    pub fn has(&self, kind: Kind, ns: Option<&str>, name: &str) -> Option<bool> {
+        if !self.ready() {
+            return None;
+        }
+        let present = match kind {
+            Kind::Namespace => self.namespaces.get(ns, name).is_some(),
+            Kind::ConfigMap => self.config_maps.get(ns, name).is_some(),
+            Kind::Secret => self.secrets.get(ns, name).is_some(),
+            Kind::ServiceAccount => self.service_accounts.get(ns, name).is_some(),
+            Kind::Service => self.services.get(ns, name).is_some(),
+            Kind::Pod => self.pods.get(ns, name).is_some(),
+            Kind::ReplicaSet => self.replica_sets.get(ns, name).is_some(),
+            Kind::Deployment => self.deployments.get(ns, name).is_some(),
+            Kind::Node | Kind::Endpoints => false,
+        };
+        Some(present)
+    }
+
     /// Whether some declared object is missing or differs from Git (as far
     /// as the caches know; the correction re-reads etcd).
     pub fn differs(&self, manifests: &[Manifest], sha: &str) -> bool {

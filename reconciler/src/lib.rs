@@ -8,23 +8,27 @@ pub mod drift;
 pub mod git_source;
 pub mod waves;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use commitd_api::backoff::Backoff;
 use commitd_api::controller::ApplyGate;
+use commitd_api::health::{HealthStatus, ObjectHealth};
 use commitd_api::keys;
 use commitd_api::manifest::{self, Manifest};
 use commitd_api::records::AppliedCommit;
 use commitd_api::reflector::sleep_or_cancel;
 use commitd_api::Store;
 use futures::future::select_all;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::apply::{
     allocate_services, apply_commit, correct_drift, live_revision, ApplyOptions, ApplyOutcome,
 };
+use crate::controllers::MissingObjects;
 use crate::drift::GitKindCaches;
 use crate::git_source::{warn_once, GitSource, GitSourceConfig};
 
@@ -35,6 +39,9 @@ struct Desired {
     sha: String,
     through_wave: Option<i64>,
     manifests: Vec<Manifest>,
+    /// The objects of the waves still to come, with their wave: those not
+    /// in etcd yet are reported `Missing`.
+    pending: Vec<(Manifest, i64)>,
 }
 
 /// How often a commit waiting for a sync wave to become healthy is looked
@@ -59,8 +66,13 @@ pub async fn run_with(
     options: ApplyOptions,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let controllers = tokio::spawn(controllers::run(store.clone(), cancel.clone()));
-    let result = follow_with(store, source, options, cancel.clone()).await;
+    let (missing_tx, missing) = MissingObjects::channel();
+    let controllers = tokio::spawn(controllers::run_with(
+        store.clone(),
+        missing,
+        cancel.clone(),
+    ));
+    let result = follow_reporting(store, source, options, Some(missing_tx), cancel.clone()).await;
     cancel.cancel();
     match controllers.await {
         Ok(Err(e)) => warn!(error = %format!("{e:#}"), "controllers stopped with an error"),
@@ -92,6 +104,18 @@ pub async fn follow_with(
     store: Store,
     source: GitSourceConfig,
     options: ApplyOptions,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    follow_reporting(store, source, options, None, cancel).await
+}
+
+/// [`follow_with`], publishing to `missing` the declared objects that are
+/// not in etcd (for the health controller).
+async fn follow_reporting(
+    store: Store,
+    source: GitSourceConfig,
+    options: ApplyOptions,
+    missing: Option<watch::Sender<Arc<Vec<ObjectHealth>>>>,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let git = GitSource::new(source.clone());
@@ -201,6 +225,9 @@ pub async fn follow_with(
                     correct_drift(&store, &options, &d.sha, d.through_wave, &d.manifests).await?;
                 }
             }
+            if let Some(tx) = &missing {
+                publish_missing(tx, &caches, desired.as_ref());
+            }
             anyhow::Ok(())
         };
         let wait = match step.await {
@@ -251,10 +278,20 @@ async fn refresh_desired(
         .await
         .with_context(|| format!("reading applied commit {}", applied.commit.short_sha()))?;
     let mut loaded = manifest::load_files(snapshot.files);
-    if let Some(wave) = applied.through_wave {
-        loaded
+    let mut pending = Vec::new();
+    if let Some(through) = applied.through_wave {
+        let (written, later) = loaded
             .manifests
-            .retain(|m| commitd_api::waves::wave_of(&m.object) <= wave);
+            .into_iter()
+            .partition(|m| commitd_api::waves::wave_of(&m.object) <= through);
+        loaded.manifests = written;
+        pending = later
+            .into_iter()
+            .map(|m: Manifest| {
+                let wave = commitd_api::waves::wave_of(&m.object);
+                (m, wave)
+            })
+            .collect();
     }
     // The addresses and ports the applied Services were given.
     allocate_services(store, &mut loaded.manifests, options).await?;
@@ -262,6 +299,44 @@ async fn refresh_desired(
         sha: applied.commit.sha,
         through_wave: applied.through_wave,
         manifests: loaded.manifests,
+        pending,
     });
     Ok(())
+}
+
+/// Tells the health controller which objects of the applied commit's waves
+/// still to come are not in etcd yet. Objects of the waves written that
+/// someone deleted are not reported: drift correction puts them back at
+/// once.
+fn publish_missing(
+    tx: &watch::Sender<Arc<Vec<ObjectHealth>>>,
+    caches: &GitKindCaches,
+    desired: Option<&Desired>,
+) {
+    let mut missing = Vec::new();
+    for (m, wave) in desired.map_or(&[][..], |d| &d.pending[..]) {
+        match caches.has(m.kind, m.namespace.as_deref(), &m.name) {
+            // Not known yet: keep what was published.
+            None => return,
+            Some(true) => {}
+            Some(false) => missing.push(ObjectHealth {
+                kind: m.kind.to_string(),
+                namespace: m.namespace.clone(),
+                name: m.name.clone(),
+                status: HealthStatus::Missing,
+                reason: Some("WaitingForSyncWave".into()),
+                message: Some(format!(
+                    "sync wave {wave} is applied once the waves before it are healthy"
+                )),
+                commit: desired.map(|d| d.sha.clone()),
+            }),
+        }
+    }
+    tx.send_if_modified(|current| {
+        if **current == missing {
+            return false;
+        }
+        *current = Arc::new(missing);
+        true
+    });
 }

@@ -503,6 +503,13 @@ fn selector_string(selector: &LabelSelector) -> String {
     none_if_empty(&s.join(","))
 }
 
+/// The revision a Deployment or ReplicaSet is at, `<none>` without.
+fn revision_cell(m: &ObjectMeta) -> String {
+    meta::annotation(m, meta::REVISION_ANNOTATION)
+        .unwrap_or("<none>")
+        .to_string()
+}
+
 /// The short form of the commit an annotation names, `<none>` without.
 fn commit_cell(m: &ObjectMeta, annotation: &str) -> String {
     meta::annotation(m, annotation)
@@ -514,7 +521,7 @@ impl Columns for Deployment {
     fn headers(wide: bool) -> Vec<&'static str> {
         let mut h = vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"];
         if wide {
-            h.extend(["CONTAINERS", "IMAGES", "SELECTOR", "COMMIT"]);
+            h.extend(["CONTAINERS", "IMAGES", "SELECTOR", "REVISION", "COMMIT"]);
         }
         h
     }
@@ -536,7 +543,8 @@ impl Columns for Deployment {
         if wide {
             c.extend(containers_and_images(spec.map(|s| &s.template)));
             c.push(spec.map_or_else(|| "<none>".into(), |s| selector_string(&s.selector)));
-            // The commit that last changed it.
+            // Its current revision, and the commit that last changed it.
+            c.push(revision_cell(&self.metadata));
             c.push(commit_cell(&self.metadata, meta::COMMIT_ANNOTATION));
         }
         c
@@ -571,11 +579,7 @@ impl Columns for ReplicaSet {
             ));
             c.push(spec.map_or_else(|| "<none>".into(), |s| selector_string(&s.selector)));
             // Its revision, and the commit that rolled it out.
-            c.push(
-                meta::annotation(&self.metadata, meta::REVISION_ANNOTATION)
-                    .unwrap_or("<none>")
-                    .to_string(),
-            );
+            c.push(revision_cell(&self.metadata));
             c.push(commit_cell(&self.metadata, meta::ROLLOUT_COMMIT_ANNOTATION));
         }
         c

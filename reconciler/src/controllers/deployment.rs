@@ -391,8 +391,17 @@ impl DeploymentController {
             rolled_back_to.as_deref(),
             now,
         );
-        if d.status.as_ref() != Some(&status) {
-            self.write_status(d, status).await?;
+        // The Deployment names its current revision, as in Kubernetes.
+        let revision = rollout
+            .new
+            .as_ref()
+            .map(revision_of)
+            .filter(|r| *r > 0)
+            .map(|r| r.to_string());
+        let revision_moved = revision.is_some()
+            && revision.as_deref() != meta::annotation(&d.metadata, REVISION_ANNOTATION);
+        if d.status.as_ref() != Some(&status) || revision_moved {
+            self.write_status(d, status, revision).await?;
         }
         Ok(requeue)
     }
@@ -545,8 +554,14 @@ impl DeploymentController {
         Ok(())
     }
 
-    /// Writes a Deployment's status (and nothing else: the rest is Git's).
-    async fn write_status(&self, d: &Deployment, status: DeploymentStatus) -> Result<()> {
+    /// Writes a Deployment's status and revision annotation (and nothing
+    /// else: the rest is Git's).
+    async fn write_status(
+        &self,
+        d: &Deployment,
+        status: DeploymentStatus,
+        revision: Option<String>,
+    ) -> Result<()> {
         // Guarded by the revision the status was computed from, as
         // Kubernetes' UpdateStatus is: the status depends on the previous
         // conditions, so one computed from a stale copy must not be
@@ -554,6 +569,12 @@ impl DeploymentController {
         // update triggers the next pass, which recomputes.
         let mut next = d.clone();
         next.status = Some(status);
+        if let Some(revision) = revision {
+            next.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(REVISION_ANNOTATION.to_string(), revision);
+        }
         match self.store.update(next).await {
             Ok(_) => debug!("wrote deployment status"),
             Err(e) if e.is_conflict() => {

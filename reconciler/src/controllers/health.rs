@@ -5,9 +5,13 @@
 //!
 //! Only Deployments and Pods have a health beyond "it exists"; the
 //! Git-owned ones are assessed (the pods a Deployment makes count through
-//! the Deployment). The record is rewritten only when the assessment
+//! the Deployment). Objects the commit declares that are not in etcd yet
+//! (those of a sync wave still to come) are `Missing`: the Git source loop,
+//! which knows the declared objects, reports them here through
+//! [`MissingObjects`]. The record is rewritten only when the assessment
 //! changes, guarded by its revision so a concurrent write is never lost.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -17,6 +21,7 @@ use commitd_api::meta::{self, COMMIT_ANNOTATION};
 use commitd_api::records::{AppliedCommit, HistoryRecord};
 use commitd_api::{keys, Object, Store};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -27,17 +32,72 @@ use super::Caches;
 /// health this soon.
 const RESYNC: Duration = Duration::from_secs(3);
 
-pub(crate) async fn run(store: Store, caches: Caches, cancel: CancellationToken) {
-    let triggers = vec![caches.deployments.changes(), caches.pods.changes()];
+/// The objects the applied commit declares that etcd does not hold, as
+/// the Git source loop last found them: it publishes, the health
+/// controller reads.
+#[derive(Debug, Clone)]
+pub struct MissingObjects {
+    objects: watch::Receiver<Arc<Vec<ObjectHealth>>>,
+}
+
+impl MissingObjects {
+    /// A publisher and the reader to hand to the controllers.
+    pub fn channel() -> (watch::Sender<Arc<Vec<ObjectHealth>>>, MissingObjects) {
+        let (tx, objects) = watch::channel(Arc::new(Vec::new()));
+        (tx, MissingObjects { objects })
+    }
+
+    /// For controllers run without a Git source: nothing is ever missing.
+    pub fn none() -> MissingObjects {
+        Self::channel().1
+    }
+
+    fn current(&self) -> Arc<Vec<ObjectHealth>> {
+        self.objects.borrow().clone()
+    }
+
+    /// A trigger that ticks whenever the published list changes, until the
+    /// publisher goes away or `cancel` fires.
+    fn changes(&self, cancel: CancellationToken) -> watch::Receiver<u64> {
+        let (tick, ticks) = watch::channel(0u64);
+        let mut objects = self.objects.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = objects.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        tick.send_modify(|n| *n += 1);
+                    }
+                }
+            }
+        });
+        ticks
+    }
+}
+
+pub(crate) async fn run(
+    store: Store,
+    caches: Caches,
+    missing: MissingObjects,
+    cancel: CancellationToken,
+) {
+    let triggers = vec![
+        caches.deployments.changes(),
+        caches.pods.changes(),
+        missing.changes(cancel.clone()),
+    ];
     controller::run("health", triggers, RESYNC, cancel, move || {
-        let (store, caches) = (store.clone(), caches.clone());
-        async move { pass(&store, &caches).await }
+        let (store, caches, missing) = (store.clone(), caches.clone(), missing.current());
+        async move { pass(&store, &caches, &missing).await }
     })
     .await;
 }
 
 /// One assessment of the applied commit, written if it changed.
-async fn pass(store: &Store, caches: &Caches) -> Result<Requeue> {
+async fn pass(store: &Store, caches: &Caches, missing: &[ObjectHealth]) -> Result<Requeue> {
     let Some(applied) = store
         .get_record::<AppliedCommit>(keys::APPLIED)
         .await
@@ -57,7 +117,7 @@ async fn pass(store: &Store, caches: &Caches) -> Result<Requeue> {
     let mut record: HistoryRecord =
         serde_json::from_slice(kv.value()).with_context(|| format!("decoding {key}"))?;
     let now = commitd_api::k8s_openapi::jiff::Timestamp::now().to_string();
-    let assessed = assess(caches, now);
+    let assessed = assess(caches, missing, now);
     // The time a status was first seen is kept while it lasts.
     let health = match &record.health {
         Some(old) if old.status == assessed.status => CommitHealth {
@@ -103,8 +163,9 @@ async fn pass(store: &Store, caches: &Caches) -> Result<Requeue> {
     Ok(None)
 }
 
-/// The health of every Git-owned Deployment and Pod.
-fn assess(caches: &Caches, now: String) -> CommitHealth {
+/// The health of every Git-owned Deployment and Pod, and the declared
+/// objects that are missing.
+fn assess(caches: &Caches, missing: &[ObjectHealth], now: String) -> CommitHealth {
     let deployments = caches
         .deployments
         .list()
@@ -117,7 +178,13 @@ fn assess(caches: &Caches, now: String) -> CommitHealth {
         .into_iter()
         .filter(|p| meta::is_git_owned(&p.metadata))
         .map(|p| object_health(&*p, health::pod(&p)));
-    CommitHealth::of(deployments.chain(pods).collect(), now)
+    CommitHealth::of(
+        deployments
+            .chain(pods)
+            .chain(missing.iter().cloned())
+            .collect(),
+        now,
+    )
 }
 
 fn object_health<T: Object>(obj: &T, h: Health) -> ObjectHealth {

@@ -38,6 +38,7 @@ pub use endpoints::{
     desired_subsets, is_managed, ComputedEndpoints, HEADLESS_LABEL, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, MAX_ENDPOINT_ADDRESSES, OVER_CAPACITY_ANNOTATION,
 };
+pub use health::MissingObjects;
 
 /// The grace period Kubernetes gives a pod whose spec does not say.
 const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
@@ -67,6 +68,16 @@ impl Caches {
 /// `cancel` fires. The reconciler calls this once; the loops need nothing
 /// else, so the same call works in the all-in-one process and on its own.
 pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> {
+    run_with(store, MissingObjects::none(), cancel).await
+}
+
+/// [`run`], with the health controller told which declared objects the
+/// Git source found missing.
+pub async fn run_with(
+    store: Store,
+    missing: MissingObjects,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
     // The reflectors stop with `cancel`, and also when this function
     // returns for any other reason.
     let caches_cancel = cancel.child_token();
@@ -112,7 +123,12 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
                 caches.clone(),
                 cancel.clone()
             )),
-            Box::pin(health::run(store.clone(), caches.clone(), cancel.clone())),
+            Box::pin(health::run(
+                store.clone(),
+                caches.clone(),
+                missing,
+                cancel.clone()
+            )),
         )
     })
     .await;
