@@ -23,7 +23,7 @@ enum Command {
     /// Run an all-in-one cluster on this machine (etcd, containerd, reconciler, scheduler, node agent).
     Up(Box<cli::up::UpArgs>),
     /// Run the reconciler alone against an existing etcd.
-    Reconciler(cli::components::ReconcilerArgs),
+    Reconciler(Box<cli::components::ReconcilerArgs>),
     /// Run the scheduler alone against an existing etcd.
     Scheduler(cli::components::SchedulerArgs),
     /// Run a node agent for this machine against an existing etcd and containerd.
@@ -40,8 +40,12 @@ enum Command {
     History(cli::history::HistoryArgs),
     /// Follow a Deployment's rollout, or list its revisions with their commits.
     Rollout(cli::rollout::RolloutArgs),
+    /// Preview what merging a revision would change (exit 0: none, 1: changes, 2: errors).
+    Plan(cli::plan::PlanArgs),
     /// Validate a directory of manifests without a cluster (exit 1 on errors).
     Validate(ValidateArgs),
+    /// Encrypt Secret values to age recipients before committing them (ENC[age,…]).
+    Secret(cli::secret::SecretArgs),
     /// Measure how fast a commit becomes running pods (prints figures).
     Bench(cli::bench::BenchArgs),
 }
@@ -76,7 +80,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(a) => cli::up::run(*a).await,
-            Command::Reconciler(a) => cli::components::reconciler(a).await,
+            Command::Reconciler(a) => cli::components::reconciler(*a).await,
             Command::Scheduler(a) => cli::components::scheduler(a).await,
             Command::Nodeagent(a) => cli::components::nodeagent(a).await,
             Command::Get(a) => cli::get::run(a).await,
@@ -85,7 +89,9 @@ fn main() -> ExitCode {
             Command::Status(a) => cli::status::run(a).await,
             Command::History(a) => cli::history::run(a).await,
             Command::Rollout(a) => cli::rollout::run(a).await,
+            Command::Plan(a) => cli::plan::run(a).await,
             Command::Validate(a) => cli::validate::run(&a.path),
+            Command::Secret(a) => cli::secret::run(a),
             Command::Bench(a) => cli::bench::run(a).await,
         }
     });

@@ -84,6 +84,7 @@ impl Harness {
             branch: None,
             path: "manifests".into(),
             poll_interval: Duration::from_secs(30),
+            ..GitSourceConfig::default()
         };
         tokio::spawn(commitd_reconciler::follow_with(
             self.store.clone(),

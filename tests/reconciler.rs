@@ -76,6 +76,7 @@ impl Harness {
             branch: None,
             path: "manifests".into(),
             poll_interval: Duration::from_secs(30),
+            ..GitSourceConfig::default()
         }
     }
 

@@ -39,7 +39,7 @@ impl ApplyGate {
     /// Starts watching the apply lock; the watch stops when `cancel` fires.
     pub fn watch(store: Store, cancel: CancellationToken) -> ApplyGate {
         ApplyGate {
-            lock: reflect_prefix(store, keys::APPLYING.to_string(), |_| Ok(()), cancel),
+            lock: reflect_prefix(store, keys::APPLYING.to_string(), |_, _| Ok(()), cancel),
         }
     }
 

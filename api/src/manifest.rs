@@ -222,7 +222,10 @@ fn load_document(
     let object = match kind {
         Kind::Namespace => typed::<k8s_openapi::api::core::v1::Namespace>(&json, |_| {}),
         Kind::ConfigMap => typed::<k8s_openapi::api::core::v1::ConfigMap>(&json, |_| {}),
-        Kind::Secret => typed::<k8s_openapi::api::core::v1::Secret>(&json, defaults::secret),
+        // ENC[age,…] values are kept for decryption, not decoded as base64.
+        Kind::Secret => crate::encrypted_secrets::decode_secret(&json, |j| {
+            typed::<k8s_openapi::api::core::v1::Secret>(j, defaults::secret)
+        }),
         Kind::ServiceAccount => typed::<k8s_openapi::api::core::v1::ServiceAccount>(&json, |_| {}),
         Kind::Pod => typed::<k8s_openapi::api::core::v1::Pod>(&json, |p| {
             if let Some(s) = p.spec.as_mut() {

@@ -88,4 +88,43 @@ pub struct HistoryRecord {
     /// controller while the commit is the applied one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<CommitHealth>,
+    /// Who signed the commit and whether it rewrote history.
+    #[serde(default, skip_serializing_if = "Provenance::is_empty")]
+    pub provenance: Provenance,
+}
+
+/// What the Git source learned about a commit before its manifests were
+/// looked at: whose signature it carries, whether it rewrites the history
+/// of the applied commit (a force-push), and whether that refuses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    /// The verified signer (`alice@example.com (SHA256:…)`), when signatures
+    /// are verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The applied commit this one does not descend from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_of: Option<String>,
+    /// Why the commit may not be applied, whatever its manifests say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
+}
+
+impl Provenance {
+    /// Nothing known: signatures not verified, no rewrite.
+    pub fn is_empty(&self) -> bool {
+        self == &Provenance::default()
+    }
+}
+
+/// Why a commit was refused before its manifests were read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// A stable word for tables and scripts: `Unsigned`, `UnknownKey`,
+    /// `BadSignature`, `HistoryRewrite`, …
+    pub reason: String,
+    /// The sentence a person reads.
+    pub message: String,
 }

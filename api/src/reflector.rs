@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use crate::backoff::Backoff;
 use crate::keys;
 use crate::meta::Object;
-use crate::store::{decode, Store};
+use crate::store::Store;
 
 struct State<V> {
     items: BTreeMap<String, Arc<V>>,
@@ -113,8 +113,9 @@ impl<T: Object> Cache<T> {
     }
 }
 
-/// Turns a key-value into a cached value, or says why it cannot.
-pub type Decoder<V> = fn(&KeyValue) -> Result<V, String>;
+/// Turns a key-value into a cached value, or says why it cannot; the store
+/// decrypts what it encrypted.
+pub type Decoder<V> = fn(&Store, &KeyValue) -> Result<V, String>;
 
 /// Starts a reflector for kind `T` and returns its cache. The task stops
 /// when `cancel` fires.
@@ -122,7 +123,7 @@ pub fn reflect<T: Object>(store: Store, cancel: CancellationToken) -> Cache<T> {
     reflect_prefix(
         store,
         keys::kind_prefix(T::STORE_KIND),
-        |kv| decode::<T>(kv).map_err(|e| e.to_string()),
+        |store, kv| store.decode::<T>(kv).map_err(|e| e.to_string()),
         cancel,
     )
 }
@@ -177,7 +178,7 @@ async fn run<V>(
         };
         let mut items = BTreeMap::new();
         for kv in &list.items {
-            match decoder(kv) {
+            match decoder(&store, kv) {
                 Ok(v) => {
                     items.insert(String::from_utf8_lossy(kv.key()).into_owned(), Arc::new(v));
                 }
@@ -244,7 +245,7 @@ async fn run<V>(
                         from = from.max(kv.mod_revision() + 1);
                         s.revision = s.revision.max(kv.mod_revision());
                         match ev.event_type() {
-                            EventType::Put => match decoder(kv) {
+                            EventType::Put => match decoder(&store, kv) {
                                 Ok(v) => {
                                     s.items.insert(key, Arc::new(v));
                                 }

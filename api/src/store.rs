@@ -4,12 +4,15 @@
 //! other silently. `metadata.resourceVersion` carries the etcd mod revision
 //! out of the store and back in, as in Kubernetes.
 
+use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, Txn, TxnOp};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::encryption::{Encryption, EncryptionError};
 use crate::keys;
 use crate::kinds::Kind;
 use crate::meta::{self, Object};
@@ -46,6 +49,9 @@ pub enum StoreError {
     /// etcd itself failed or could not be reached.
     #[error("etcd: {0}")]
     Etcd(etcd_client::Error),
+    /// A value could not be encrypted, or a stored one decrypted.
+    #[error(transparent)]
+    Encryption(#[from] EncryptionError),
 }
 
 // By hand rather than `#[from]`: the message already carries the cause, and
@@ -78,6 +84,8 @@ pub struct List<T> {
 #[derive(Clone)]
 pub struct Store {
     client: Client,
+    /// How the values of encrypted kinds are sealed and opened.
+    encryption: Option<Arc<Encryption>>,
 }
 
 impl Store {
@@ -89,7 +97,90 @@ impl Store {
             .with_timeout(Duration::from_secs(15))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let client = Client::connect(endpoints, Some(options)).await?;
-        Ok(Store { client })
+        Ok(Store {
+            client,
+            encryption: None,
+        })
+    }
+
+    /// This store, encrypting and decrypting the values `encryption`
+    /// configures (Secrets, as `--encryption-provider-config` says).
+    pub fn with_encryption(mut self, encryption: Encryption) -> Store {
+        self.encryption = Some(Arc::new(encryption));
+        self
+    }
+
+    /// The bytes to store under `key` for its plain JSON `value`.
+    pub fn seal(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match &self.encryption {
+            Some(e) => Ok(e.seal(key, value)?),
+            None => Ok(value),
+        }
+    }
+
+    /// The plain JSON of a stored key-value.
+    pub fn open<'a>(&self, kv: &'a KeyValue) -> Result<Cow<'a, [u8]>, StoreError> {
+        let stored = kv.value();
+        match &self.encryption {
+            Some(e) => Ok(e.open(&String::from_utf8_lossy(kv.key()), stored)?),
+            None if stored.starts_with(b"k8s:enc:") => {
+                Err(StoreError::Encryption(EncryptionError::Value {
+                    key: String::from_utf8_lossy(kv.key()).into_owned(),
+                    message:
+                        "stored encrypted; pass the --encryption-provider-config that wrote it"
+                            .into(),
+                }))
+            }
+            None => Ok(Cow::Borrowed(stored)),
+        }
+    }
+
+    /// Writes again every value of an encrypted kind that is not stored
+    /// the way a write would store it now: plain ones once encryption is
+    /// configured, and those under an older key after a rotation (or
+    /// encrypted ones once `identity` comes first, to decrypt them all).
+    /// Returns how many were rewritten; a value changed meanwhile was
+    /// written anew by its writer and is left alone.
+    pub async fn reseal_stale(&self) -> Result<usize, StoreError> {
+        let Some(encryption) = self.encryption.clone() else {
+            return Ok(0);
+        };
+        let mut rewritten = 0;
+        for prefix in encryption.prefixes() {
+            for kv in self.list_prefix(prefix).await?.items {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                if !encryption.is_stale(&key, kv.value()) {
+                    continue;
+                }
+                let sealed = self.seal(&key, self.open(&kv)?.into_owned())?;
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(
+                        key.as_str(),
+                        CompareOp::Equal,
+                        kv.mod_revision(),
+                    )])
+                    .and_then([TxnOp::put(key.as_str(), sealed, None)]);
+                if self.client.clone().txn(txn).await?.succeeded() {
+                    rewritten += 1;
+                }
+            }
+        }
+        Ok(rewritten)
+    }
+
+    /// Decodes a stored object of any kind, decrypting it if need be, with
+    /// `resourceVersion` set from the mod revision.
+    pub fn decode<T: Object>(&self, kv: &KeyValue) -> Result<T, StoreError> {
+        decode_bytes(kv, &self.open(kv)?)
+    }
+
+    /// A stored object as JSON, decrypted if need be, for callers that
+    /// diff JSON (the reconciler).
+    pub fn decode_value(&self, kv: &KeyValue) -> Result<serde_json::Value, StoreError> {
+        serde_json::from_slice(&self.open(kv)?).map_err(|source| StoreError::Decode {
+            key: String::from_utf8_lossy(kv.key()).into_owned(),
+            source,
+        })
     }
 
     /// The raw etcd client, for leases and transactions spanning kinds.
@@ -106,7 +197,7 @@ impl Store {
         let key = keys::object_key(T::STORE_KIND, namespace, name);
         let mut resp = self.client.clone().get(key.as_str(), None).await?;
         match resp.take_kvs().into_iter().next() {
-            Some(kv) => decode(&kv).map(Some),
+            Some(kv) => self.decode(&kv).map(Some),
             None => Ok(None),
         }
     }
@@ -117,7 +208,7 @@ impl Store {
         let items = raw
             .items
             .iter()
-            .map(|kv| decode(kv))
+            .map(|kv| self.decode(kv))
             .collect::<Result<Vec<T>, _>>()?;
         Ok(List {
             items,
@@ -155,7 +246,7 @@ impl Store {
     pub async fn create<T: Object>(&self, mut obj: T) -> Result<T, StoreError> {
         prepare_create(&mut obj);
         let key = object_key_of(&obj);
-        let value = encode(&key, &obj)?;
+        let value = self.seal(&key, encode(&key, &obj)?)?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, None)]);
@@ -174,7 +265,7 @@ impl Store {
         let key = object_key_of(&obj);
         let rev = resource_version(&obj.metadata().resource_version)
             .ok_or_else(|| StoreError::MissingResourceVersion { key: key.clone() })?;
-        let value = encode(&key, &obj)?;
+        let value = self.seal(&key, encode(&key, &obj)?)?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key.as_str(), value, None)]);
@@ -313,10 +404,15 @@ pub fn encode<T: Serialize>(key: &str, obj: &T) -> Result<Vec<u8>, StoreError> {
     })
 }
 
-/// Decodes a stored object, setting `resourceVersion` from the key-value's
-/// mod revision.
+/// Decodes a stored object of a kind that is never encrypted (not a Secret
+/// or ConfigMap: those go through [`Store::decode`]), setting
+/// `resourceVersion` from the key-value's mod revision.
 pub fn decode<T: Object>(kv: &KeyValue) -> Result<T, StoreError> {
-    let mut obj: T = serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
+    decode_bytes(kv, kv.value())
+}
+
+fn decode_bytes<T: Object>(kv: &KeyValue, plain: &[u8]) -> Result<T, StoreError> {
+    let mut obj: T = serde_json::from_slice(plain).map_err(|source| StoreError::Decode {
         key: String::from_utf8_lossy(kv.key()).into_owned(),
         source,
     })?;

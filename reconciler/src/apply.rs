@@ -29,15 +29,19 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use commitd_api::diagnostic::Diagnostic;
+use commitd_api::encrypted_secrets::{self, Identities};
 use commitd_api::k8s_openapi::api::core::v1::Service;
 use commitd_api::keys;
 use commitd_api::manifest::{self, Loaded, Manifest};
 use commitd_api::meta::{self, COMMIT_ANNOTATION, REVISION_ANNOTATION, SOURCE_ANNOTATION};
-use commitd_api::records::{AppliedCommit, Changes, CommitInfo, HistoryRecord, Outcome};
+use commitd_api::records::{
+    AppliedCommit, Changes, CommitInfo, HistoryRecord, Outcome, Provenance,
+};
 use commitd_api::service_network::{self, ServiceNetwork};
 use commitd_api::{Kind, Store};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
@@ -83,6 +87,10 @@ pub struct ApplyOptions {
     pub lock_ttl: Duration,
     /// Where Services get their ClusterIPs and node ports.
     pub service_network: ServiceNetwork,
+    /// The age identities that decrypt the Secret values committed
+    /// encrypted (`--age-identity`); without them such a commit is
+    /// rejected.
+    pub age_identities: Option<Arc<Identities>>,
     /// Test hook: after this many chunks the apply stops making progress
     /// while holding the lock, as a hung or dying reconciler would.
     #[doc(hidden)]
@@ -96,6 +104,7 @@ impl Default for ApplyOptions {
             max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
             lock_ttl: DEFAULT_LOCK_TTL,
             service_network: ServiceNetwork::default(),
+            age_identities: None,
             pause_after_chunks: None,
         }
     }
@@ -110,6 +119,18 @@ impl ApplyOptions {
             );
         }
         Ok(())
+    }
+
+    /// A commit's manifests as the cluster gets them: loaded, validated,
+    /// and their encrypted Secret values decrypted (in memory only).
+    pub fn load(&self, files: Vec<(String, Vec<u8>)>) -> Loaded {
+        let mut loaded = manifest::load_files(files);
+        let found = encrypted_secrets::decrypt_manifests(
+            &mut loaded.manifests,
+            self.age_identities.as_deref(),
+        );
+        loaded.diagnostics.extend(found);
+        loaded
     }
 
     fn lock_ttl_seconds(&self) -> i64 {
@@ -163,13 +184,18 @@ struct Write {
 }
 
 impl Write {
-    fn put(key: &str, mod_revision: i64, value: &Value) -> anyhow::Result<Write> {
-        let bytes = serde_json::to_vec(value).with_context(|| format!("encoding {key}"))?;
-        Ok(Write {
+    /// Writes `value` as stored: JSON, sealed if its kind is encrypted.
+    fn put(store: &Store, key: &str, mod_revision: i64, value: &Value) -> anyhow::Result<Write> {
+        let json = serde_json::to_vec(value).with_context(|| format!("encoding {key}"))?;
+        Ok(Write::put_bytes(key, mod_revision, store.seal(key, json)?))
+    }
+
+    fn put_bytes(key: &str, mod_revision: i64, bytes: Vec<u8>) -> Write {
+        Write {
             guard: guard(key, mod_revision),
             bytes: 2 * key.len() + bytes.len(),
             op: TxnOp::put(key, bytes, None),
-        })
+        }
     }
 
     fn delete(key: &str, mod_revision: i64) -> Write {
@@ -377,9 +403,12 @@ async fn git_owned(store: &Store) -> anyhow::Result<BTreeMap<String, (Kind, Curr
             .await
             .with_context(|| format!("listing {kind} objects"))?;
         for kv in list.items {
-            let Ok(value) = serde_json::from_slice::<Value>(kv.value()) else {
-                warn!(key = %String::from_utf8_lossy(kv.key()), "skipping an object that is not JSON");
-                continue;
+            let value = match store.decode_value(&kv) {
+                Ok(value) => value,
+                Err(e) => {
+                    warn!(error = %e, "skipping an object that cannot be read");
+                    continue;
+                }
             };
             let owned = value
                 .pointer("/metadata/annotations")
@@ -470,14 +499,16 @@ async fn plan(
                     .get(key.as_str(), None)
                     .await
                     .with_context(|| format!("reading {key}"))?;
-                resp.take_kvs().into_iter().next().and_then(|kv| {
-                    serde_json::from_slice(kv.value())
-                        .ok()
-                        .map(|value| Current {
+                resp.take_kvs()
+                    .into_iter()
+                    .next()
+                    .map(|kv| {
+                        store.decode_value(&kv).map(|value| Current {
                             value,
                             mod_revision: kv.mod_revision(),
                         })
-                })
+                    })
+                    .transpose()?
             }
         };
         if let Some(cur) = &existing {
@@ -486,7 +517,7 @@ async fn plan(
         match existing {
             None => {
                 fill_create_fields(&mut desired);
-                plan.writes.push(Write::put(&key, 0, &desired)?);
+                plan.writes.push(Write::put(store, &key, 0, &desired)?);
                 plan.changes.created.push(name);
             }
             Some(cur) if desired_view(&cur.value) == desired_view(&desired) => {
@@ -498,7 +529,7 @@ async fn plan(
             Some(cur) => {
                 merge_server_fields(&mut desired, &cur.value);
                 plan.writes
-                    .push(Write::put(&key, cur.mod_revision, &desired)?);
+                    .push(Write::put(store, &key, cur.mod_revision, &desired)?);
                 plan.changes.updated.push(name);
             }
         }
@@ -510,9 +541,10 @@ async fn plan(
         match graceful_pod_deletion(kind, &cur.value) {
             // Already being deleted by its node: nothing to write.
             Some(None) => continue,
-            Some(Some(marked)) => plan
-                .writes
-                .push(Write::put(&key, cur.mod_revision, &marked)?),
+            Some(Some(marked)) => {
+                plan.writes
+                    .push(Write::put(store, &key, cur.mod_revision, &marked)?)
+            }
             None => plan.writes.push(Write::delete(&key, cur.mod_revision)),
         }
         plan.changes.deleted.push(name);
@@ -616,16 +648,19 @@ pub async fn live_revision(store: &Store) -> anyhow::Result<i64> {
 
 /// Applies the manifests of a commit, or records why it cannot be.
 /// `live_revision` is [`live_revision`] as read before the commit was
-/// chosen.
+/// chosen; `provenance` what the Git source learned of the commit (its
+/// signer, a rewrite), recorded with it, and a refusal in it rejects the
+/// commit whatever its manifests say.
 pub async fn apply_commit(
     store: &Store,
     options: &ApplyOptions,
     commit: &CommitInfo,
     files: Vec<(String, Vec<u8>)>,
+    provenance: &Provenance,
     live_revision: i64,
 ) -> anyhow::Result<ApplyOutcome> {
     options.check()?;
-    let loaded = manifest::load_files(files);
+    let loaded = options.load(files);
     let waves = commitd_api::waves::waves(&loaded.manifests);
     for attempt in 0..MAX_ATTEMPTS {
         let applied: Guarded<AppliedCommit> = read_guarded(store, keys::APPLIED).await?;
@@ -637,9 +672,7 @@ pub async fn apply_commit(
             .as_ref()
             .filter(|a| a.commit.sha == commit.sha)
             .map(|a| a.through_wave);
-        if applied_through == Some(None)
-            || rejected.value.as_ref().map(|r| r.commit.sha.as_str()) == Some(&commit.sha)
-        {
+        if applied_through == Some(None) {
             return Ok(ApplyOutcome::AlreadyKnown);
         }
         let done = applied_through.flatten();
@@ -667,7 +700,7 @@ pub async fn apply_commit(
             let errors = allocate_services(store, &mut with_addresses.manifests, options).await?;
             with_addresses.diagnostics.extend(errors);
         }
-        let result = if loaded.is_valid() {
+        let result = if provenance.refusal.is_none() && loaded.is_valid() {
             let staged = match through_wave {
                 None => loaded,
                 Some(wave) => Cow::Owned(Loaded {
@@ -680,19 +713,32 @@ pub async fn apply_commit(
                     diagnostics: loaded.diagnostics.clone(),
                 }),
             };
-            try_apply(
-                store,
-                options,
+            let target = Proposal {
                 commit,
-                &staged,
-                through_wave,
-                &applied,
-                &seq,
-                next,
-            )
-            .await?
+                provenance,
+                loaded: &staged,
+            };
+            try_apply(store, options, &target, through_wave, &applied, &seq, next).await?
         } else {
-            try_reject(store, commit, &loaded, &applied, &rejected, &seq, next).await?
+            let target = Proposal {
+                commit,
+                provenance,
+                loaded: &loaded,
+            };
+            // A rejected head is looked at again when a reconciler starts,
+            // as its configuration may have changed (a key allowed, an
+            // identity given): it is recorded again only if it is now
+            // rejected for other reasons.
+            let record = history_record(next, &target, Outcome::Rejected, Changes::default());
+            let same = rejected.value.as_ref().is_some_and(|r| {
+                r.commit.sha == commit.sha
+                    && r.errors == record.errors
+                    && r.provenance.refusal == record.provenance.refusal
+            });
+            if same {
+                return Ok(ApplyOutcome::AlreadyKnown);
+            }
+            try_reject(store, record, &applied, &rejected, &seq).await?
         };
         match result {
             Some(record) => {
@@ -743,21 +789,30 @@ pub async fn allocate_services(
     ))
 }
 
+/// A commit as the apply sees it: what Git holds and what the Git source
+/// learned of it.
+struct Proposal<'a> {
+    commit: &'a CommitInfo,
+    provenance: &'a Provenance,
+    loaded: &'a Loaded,
+}
+
 fn history_record(
     seq: u64,
-    commit: &CommitInfo,
+    proposal: &Proposal<'_>,
     outcome: Outcome,
     changes: Changes,
-    loaded: &Loaded,
 ) -> HistoryRecord {
-    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) = loaded
-        .diagnostics
-        .iter()
-        .cloned()
-        .partition(Diagnostic::is_error);
+    // A refused commit's manifests were not what refused it.
+    let diagnostics = match proposal.provenance.refusal {
+        Some(_) => &[][..],
+        None => &proposal.loaded.diagnostics[..],
+    };
+    let (errors, warnings): (Vec<Diagnostic>, Vec<Diagnostic>) =
+        diagnostics.iter().cloned().partition(Diagnostic::is_error);
     HistoryRecord {
         seq,
-        commit: commit.clone(),
+        commit: proposal.commit.clone(),
         outcome,
         recorded_at: now_rfc3339(),
         changes,
@@ -765,6 +820,7 @@ fn history_record(
         warnings,
         note: None,
         health: None,
+        provenance: proposal.provenance.clone(),
     }
 }
 
@@ -806,22 +862,21 @@ fn record_bytes(record: &HistoryRecord, applied: Option<&AppliedCommit>) -> usiz
     len(serde_json::to_vec(record)) + applied.map_or(0, |a| len(serde_json::to_vec(a)))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn try_apply(
     store: &Store,
     options: &ApplyOptions,
-    commit: &CommitInfo,
-    loaded: &Loaded,
+    proposal: &Proposal<'_>,
     through_wave: Option<i64>,
     applied: &Guarded<AppliedCommit>,
     seq: &Guarded<u64>,
     next: u64,
 ) -> anyhow::Result<Option<HistoryRecord>> {
+    let (commit, loaded) = (proposal.commit, proposal.loaded);
     let prune = through_wave.is_none();
     let plan = plan(store, &loaded.manifests, &commit.sha, prune).await?;
     let resumed = plan.resumed;
     let make_record = move |seq: u64, changes: &Changes| {
-        let mut record = history_record(seq, commit, Outcome::Applied, changes.clone(), loaded);
+        let mut record = history_record(seq, proposal, Outcome::Applied, changes.clone());
         if resumed > 0 {
             record.note = Some(format!(
                 "completed an interrupted apply of this commit: {resumed} object(s) were already written"
@@ -870,14 +925,12 @@ async fn try_apply(
 
 async fn try_reject(
     store: &Store,
-    commit: &CommitInfo,
-    loaded: &Loaded,
+    record: HistoryRecord,
     applied: &Guarded<AppliedCommit>,
     rejected: &Guarded<HistoryRecord>,
     seq: &Guarded<u64>,
-    next: u64,
 ) -> anyhow::Result<Option<HistoryRecord>> {
-    let record = history_record(next, commit, Outcome::Rejected, Changes::default(), loaded);
+    let next = record.seq;
     let compares = vec![
         guard(keys::APPLIED, applied.mod_revision),
         guard(keys::REJECTED, rejected.mod_revision),
@@ -1229,6 +1282,7 @@ pub async fn correct_drift(
                     names.join(", ")
                 )),
                 health: None,
+                provenance: Default::default(),
             };
             (record, None)
         };
@@ -1306,9 +1360,8 @@ mod tests {
 
     fn writes(n: usize, value_len: usize) -> Vec<Write> {
         (0..n)
-            .map(|i| Write::put(&format!("k{i}"), 0, &Value::from("x".repeat(value_len))))
-            .collect::<anyhow::Result<_>>()
-            .expect("encodes")
+            .map(|i| Write::put_bytes(&format!("k{i}"), 0, vec![b'x'; value_len + 2]))
+            .collect()
     }
 
     #[test]

@@ -6,7 +6,10 @@ pub mod apply;
 pub mod controllers;
 pub mod drift;
 pub mod git_source;
+pub mod signatures;
+pub mod trust;
 pub mod waves;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +19,8 @@ use commitd_api::backoff::Backoff;
 use commitd_api::controller::ApplyGate;
 use commitd_api::health::{HealthStatus, ObjectHealth};
 use commitd_api::keys;
-use commitd_api::manifest::{self, Manifest};
-use commitd_api::records::AppliedCommit;
+use commitd_api::manifest::Manifest;
+use commitd_api::records::{AppliedCommit, Provenance};
 use commitd_api::reflector::sleep_or_cancel;
 use commitd_api::Store;
 use futures::future::select_all;
@@ -66,6 +69,16 @@ pub async fn run_with(
     options: ApplyOptions,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
+    // After a key rotation, values still sealed with the old key are
+    // sealed again with the new one.
+    match store.reseal_stale().await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            values = n,
+            "rewrote values not stored with the current encryption key"
+        ),
+        Err(e) => warn!(error = %e, "cannot rewrite values stored with an older encryption key"),
+    }
     let (missing_tx, missing) = MissingObjects::channel();
     let controllers = tokio::spawn(controllers::run_with(
         store.clone(),
@@ -124,7 +137,7 @@ async fn follow_reporting(
         match git.watch(cancel.clone()).await {
             Ok(rx) => break rx,
             Err(e) => {
-                warn!(repo = %source.repo.display(), error = %format!("{e:#}"), "cannot watch the repository yet");
+                warn!(repo = %source.repo_display(), error = %format!("{e:#}"), "cannot watch the repository yet");
                 if sleep_or_cancel(backoff.next_delay(), &cancel).await {
                     return Ok(());
                 }
@@ -141,7 +154,7 @@ async fn follow_reporting(
     let mut handled_head: Option<String> = None;
     let mut waiting_for: Option<String> = None;
     let mut waiting_for_wave: Option<(String, i64)> = None;
-    info!(repo = %source.repo.display(), path = %source.path, "following the repository");
+    info!(repo = %source.repo_display(), path = %source.path, "following the repository");
     loop {
         // Marked seen before the pass, so what changes during it wakes the
         // next one.
@@ -159,10 +172,19 @@ async fn follow_reporting(
             if handled_head.as_deref() != Some(head.as_str()) {
                 let span = info_span!("commit", commit = %&head[..head.len().min(7)]);
                 let snapshot = git.snapshot(&head).instrument(span.clone()).await?;
-                let outcome =
-                    apply_commit(&store, &options, &snapshot.commit, snapshot.files, live)
-                        .instrument(span)
-                        .await?;
+                let provenance = provenance_of(&store, &git, &source, &head)
+                    .instrument(span.clone())
+                    .await?;
+                let outcome = apply_commit(
+                    &store,
+                    &options,
+                    &snapshot.commit,
+                    snapshot.files,
+                    &provenance,
+                    live,
+                )
+                .instrument(span)
+                .await?;
                 match &outcome {
                     ApplyOutcome::WaveApplied(r) => {
                         for w in &r.warnings {
@@ -192,6 +214,15 @@ async fn follow_reporting(
                         }
                         for e in &r.errors {
                             warn!(commit = r.commit.short_sha(), "{e}");
+                        }
+                        if let Some(refusal) = &r.provenance.refusal {
+                            warn!(commit = r.commit.short_sha(), reason = %refusal.reason, "refused: {}", refusal.message);
+                        } else if let Some(from) = &r.provenance.rewrite_of {
+                            warn!(
+                                commit = r.commit.short_sha(),
+                                applied = &from[..from.len().min(7)],
+                                "applied a head that does not descend from the applied commit (history was rewritten)"
+                            );
                         }
                     }
                     ApplyOutcome::AlreadyKnown => {}
@@ -255,6 +286,26 @@ async fn follow_reporting(
     }
 }
 
+/// What the Git source's trust policy makes of `head`, against the commit
+/// the cluster runs.
+async fn provenance_of(
+    store: &Store,
+    git: &GitSource,
+    source: &GitSourceConfig,
+    head: &str,
+) -> anyhow::Result<Provenance> {
+    let applied: Option<AppliedCommit> = store.get_record(keys::APPLIED).await?;
+    let oid = git2::Oid::from_str(head).with_context(|| format!("bad head id {head}"))?;
+    trust::assess(
+        git,
+        head,
+        trust::Signed::Commit(oid),
+        applied.as_ref().map(|a| a.commit.sha.as_str()),
+        &source.trust,
+    )
+    .await
+}
+
 /// Loads the applied commit's manifests when the applied commit changed.
 async fn refresh_desired(
     store: &Store,
@@ -277,7 +328,7 @@ async fn refresh_desired(
         .snapshot(&applied.commit.sha)
         .await
         .with_context(|| format!("reading applied commit {}", applied.commit.short_sha()))?;
-    let mut loaded = manifest::load_files(snapshot.files);
+    let mut loaded = options.load(snapshot.files);
     let mut pending = Vec::new();
     if let Some(through) = applied.through_wave {
         let (written, later) = loaded

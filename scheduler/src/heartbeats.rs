@@ -21,7 +21,7 @@ impl Heartbeats {
     /// Starts watching the heartbeat prefix; the task stops when `cancel`
     /// fires.
     pub fn watch(store: Store, cancel: CancellationToken) -> Heartbeats {
-        let cache = reflect_prefix(store, NODE_LEASE_PREFIX.to_string(), |_| Ok(()), cancel);
+        let cache = reflect_prefix(store, NODE_LEASE_PREFIX.to_string(), |_, _| Ok(()), cancel);
         Heartbeats { cache }
     }
 

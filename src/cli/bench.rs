@@ -302,6 +302,7 @@ impl Lab {
             // Ref changes are seen at once through `notify`; the poll is the
             // safety net, as with `up`'s default.
             poll_interval: Duration::from_secs(30),
+            ..GitSourceConfig::default()
         };
         let agent = NodeAgentConfig {
             node_name: args.node_name.clone(),

@@ -2,47 +2,158 @@
 //! etcd: for installs of several processes or several machines.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
+use commitd_api::encrypted_secrets::{self, Identities};
 use commitd_api::service_network::{parse_port_range, ServiceNetwork};
 use commitd_nodeagent::pod::service_links::ClusterDns;
 use commitd_nodeagent::proxy::{DnsRedirect, ProxyConfig};
 use commitd_nodeagent::NodeAgentConfig;
 use commitd_reconciler::apply::{ApplyOptions, DEFAULT_MAX_TXN_OPS};
-use commitd_reconciler::git_source::GitSourceConfig;
+use commitd_reconciler::git_source::{
+    GitSourceConfig, RemoteOptions, RepoLocation, DEFAULT_POLL_INTERVAL,
+    DEFAULT_REMOTE_POLL_INTERVAL,
+};
+use commitd_reconciler::signatures::AllowedSigners;
+use commitd_reconciler::trust::TrustPolicy;
+use commitd_reconciler::webhook::WebhookConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::ClusterArgs;
 
-/// Where the desired state lives.
+/// Where the desired state lives, and what a commit must be to be applied.
 #[derive(Args, Debug, Clone)]
 pub struct SourceArgs {
-    /// The Git repository to follow (a work tree or a bare repository).
+    /// The Git repository to follow: a local path (a work tree or a bare
+    /// repository) or a remote URL (`https://…`, `ssh://…`,
+    /// `git@host:org/repo.git`, `git://…`), fetched into a private mirror
+    /// in the state directory.
     #[arg(long)]
     pub repo: PathBuf,
-    /// Branch to follow (default: the branch HEAD names).
+    /// Branch to follow (default: the branch HEAD names; for a remote, its
+    /// default branch).
     #[arg(long)]
     pub branch: Option<String>,
     /// Folder inside the repository that holds the manifests.
     #[arg(long, default_value = "")]
     pub path: String,
-    /// Seconds between polls for new commits (ref changes are seen at once).
-    #[arg(long, default_value_t = 30)]
-    pub poll_interval: u64,
+    /// Seconds between polls for new commits (default 30 for a local
+    /// repository, whose ref changes are seen at once anyway, 60 for a
+    /// remote one).
+    #[arg(long, visible_alias = "interval")]
+    pub poll_interval: Option<u64>,
+    /// User name for a remote (HTTPS with a token or password, SSH).
+    #[arg(long)]
+    pub git_username: Option<String>,
+    /// File holding an HTTPS access token for a remote.
+    #[arg(long)]
+    pub git_token_file: Option<PathBuf>,
+    /// File holding an HTTPS password for a remote.
+    #[arg(long)]
+    pub git_password_file: Option<PathBuf>,
+    /// SSH private key for a remote.
+    #[arg(long)]
+    pub ssh_key: Option<PathBuf>,
+    /// File holding the SSH private key's passphrase.
+    #[arg(long)]
+    pub ssh_passphrase_file: Option<PathBuf>,
+    /// known_hosts file the remote's SSH host key must be in (default
+    /// ~/.ssh/known_hosts).
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Address to receive push webhooks on (GitHub, GitLab, Gitea or a
+    /// generic sender), at path /hooks/git; needs --webhook-secret-file.
+    #[arg(long, requires = "webhook_secret_file")]
+    pub webhook_addr: Option<SocketAddr>,
+    /// File holding the webhook's shared secret (HMAC key or token).
+    #[arg(long, requires = "webhook_addr")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Apply only commits whose SSH signature verifies against a key in
+    /// this file (git's gpg.ssh.allowedSignersFile format); others are
+    /// rejected and recorded, and the cluster stays as it is.
+    #[arg(long, value_name = "ALLOWED_SIGNERS")]
+    pub verify_commits: Option<PathBuf>,
+    /// Refuse a head that does not descend from the applied commit (a
+    /// force-push) instead of applying it with a warning.
+    #[arg(long)]
+    pub forbid_rewrites: bool,
+    /// age identity file whose keys decrypt the Secret values committed
+    /// encrypted (see `commitd secret encrypt`).
+    #[arg(long)]
+    pub age_identity: Option<PathBuf>,
 }
 
 impl SourceArgs {
-    /// The Git source configuration these flags describe.
-    pub fn config(&self) -> GitSourceConfig {
-        GitSourceConfig {
+    /// The Git source configuration these flags describe; a remote's
+    /// mirror is kept under `state_dir`.
+    pub fn config(&self, state_dir: &Path) -> anyhow::Result<GitSourceConfig> {
+        let mut config = GitSourceConfig {
             repo: self.repo.clone(),
             branch: self.branch.clone(),
             path: self.path.clone(),
-            poll_interval: Duration::from_secs(self.poll_interval.max(1)),
-        }
+            ..GitSourceConfig::default()
+        };
+        let remote = matches!(config.location()?, RepoLocation::Remote(_));
+        let default_interval = if remote {
+            DEFAULT_REMOTE_POLL_INTERVAL
+        } else {
+            DEFAULT_POLL_INTERVAL
+        };
+        config.poll_interval = self
+            .poll_interval
+            .map_or(default_interval, |s| Duration::from_secs(s.max(1)));
+        config.remote = RemoteOptions {
+            mirror_dir: Some(state_dir.join("git-mirror")),
+            username: self.git_username.clone(),
+            token_file: self.git_token_file.clone(),
+            password_file: self.git_password_file.clone(),
+            ssh_key_file: self.ssh_key.clone(),
+            ssh_passphrase_file: self.ssh_passphrase_file.clone(),
+            known_hosts_file: self.known_hosts.clone(),
+            fetch_timeout: None,
+        };
+        config.webhook = match (self.webhook_addr, &self.webhook_secret_file) {
+            (Some(addr), Some(secret_file)) => Some(WebhookConfig {
+                addr,
+                secret_file: secret_file.clone(),
+            }),
+            _ => None,
+        };
+        let allowed_signers = self
+            .verify_commits
+            .as_deref()
+            .map(AllowedSigners::load)
+            .transpose()?
+            .map(Arc::new);
+        config.trust = TrustPolicy {
+            allowed_signers,
+            forbid_rewrites: self.forbid_rewrites,
+        };
+        Ok(config)
+    }
+
+    /// The age identities of `--age-identity`, if given.
+    pub fn age_identities(&self) -> anyhow::Result<Option<Arc<Identities>>> {
+        let Some(path) = &self.age_identity else {
+            return Ok(None);
+        };
+        let identities = encrypted_secrets::load_identities(path)
+            .with_context(|| format!("loading the age identities in {}", path.display()))?;
+        Ok(Some(Arc::new(identities)))
+    }
+
+    /// Whether the repository is a local path (which `commitd up` may
+    /// create).
+    pub fn is_local(&self) -> bool {
+        matches!(
+            RepoLocation::parse(&self.repo.to_string_lossy()),
+            Ok(RepoLocation::Local(_))
+        )
     }
 }
 
@@ -91,10 +202,15 @@ pub fn max_txn_ops_parser() -> clap::builder::RangedU64ValueParser<usize> {
 
 /// How the reconciler writes to an etcd with this `--max-txn-ops`, and
 /// allocates from this service network.
-pub fn apply_options(max_txn_ops: usize, service_network: ServiceNetwork) -> ApplyOptions {
+pub fn apply_options(
+    max_txn_ops: usize,
+    service_network: ServiceNetwork,
+    age_identities: Option<Arc<Identities>>,
+) -> ApplyOptions {
     ApplyOptions {
         max_txn_ops,
         service_network,
+        age_identities,
         ..ApplyOptions::default()
     }
 }
@@ -236,8 +352,12 @@ pub async fn reconciler(args: ReconcilerArgs) -> anyhow::Result<ExitCode> {
     let cancel = shutdown_token()?;
     commitd_reconciler::run_with(
         store,
-        args.source.config(),
-        apply_options(args.max_txn_ops, args.services.network()),
+        args.source.config(&args.cluster.state_dir)?,
+        apply_options(
+            args.max_txn_ops,
+            args.services.network(),
+            args.source.age_identities()?,
+        ),
         cancel,
     )
     .await?;

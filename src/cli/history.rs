@@ -137,6 +137,7 @@ fn render(records: &[HistoryRecord]) -> String {
     for (r, line) in records.iter().zip(lines) {
         out += &line;
         out.push('\n');
+        out += &provenance_lines(r);
         for e in &r.errors {
             out += &format!("    {}\n", diagnostic_line(e));
         }
@@ -146,6 +147,25 @@ fn render(records: &[HistoryRecord]) -> String {
         for o in r.health.iter().flat_map(|h| &h.objects) {
             out += &format!("    {}\n", object_line(o));
         }
+    }
+    out
+}
+
+/// Why a commit was refused before its manifests were read, or that it
+/// rewrote history, and who signed it.
+fn provenance_lines(r: &HistoryRecord) -> String {
+    let p = &r.provenance;
+    let mut out = String::new();
+    if let Some(refusal) = &p.refusal {
+        out += &format!("    refused ({}): {}\n", refusal.reason, refusal.message);
+    } else if let Some(from) = &p.rewrite_of {
+        out += &format!(
+            "    history rewritten: does not descend from the applied commit {}\n",
+            from.get(..7).unwrap_or(from)
+        );
+    }
+    if let Some(signer) = &p.signer {
+        out += &format!("    signed by {signer}\n");
     }
     out
 }
@@ -209,6 +229,7 @@ mod tests {
             warnings: vec![],
             note: None,
             health: None,
+            provenance: Default::default(),
         }
     }
 
@@ -248,6 +269,36 @@ mod tests {
              1     0000000   applied    +2 ~0 -0   2025-01-02 03:04:05   Degraded since 03:14:15   Add web\n\
              \x20   Deployment demo/web: Degraded ProgressDeadlineExceeded: Deployment \"web\" exceeded its progress deadline (changed by abcdef0)\n"
         );
+    }
+
+    #[test]
+    fn refusals_rewrites_and_signers_are_shown() {
+        use commitd_api::records::{Provenance, Refusal};
+        let mut refused = record(2, Outcome::Rejected, "Unsigned change");
+        refused.provenance = Provenance {
+            refusal: Some(Refusal {
+                reason: "Unsigned".into(),
+                message: "commit 0000002 is not signed".into(),
+            }),
+            ..Provenance::default()
+        };
+        let mut rewrite = record(1, Outcome::Applied, "Force-pushed");
+        rewrite.provenance = Provenance {
+            signer: Some("ada@example.com (SHA256:abc)".into()),
+            rewrite_of: Some("f00dfeed00000000000000000000000000000000".into()),
+            refusal: None,
+        };
+        let text = render(&[refused, rewrite]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            "    refused (Unsigned): commit 0000002 is not signed"
+        );
+        assert_eq!(
+            lines[4],
+            "    history rewritten: does not descend from the applied commit f00dfee"
+        );
+        assert_eq!(lines[5], "    signed by ada@example.com (SHA256:abc)");
     }
 
     #[test]

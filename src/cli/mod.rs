@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use commitd_api::{store, Object, Store};
+use commitd_api::{Object, Store};
 
 pub mod bench;
 pub mod bench_services;
@@ -17,7 +17,9 @@ pub mod get;
 pub mod history;
 pub mod logs;
 pub mod output;
+pub mod plan;
 pub mod rollout;
+pub mod secret;
 pub mod status;
 pub mod up;
 pub mod validate;
@@ -33,9 +35,15 @@ pub struct ClusterArgs {
     /// etcd endpoints (comma separated), e.g. http://127.0.0.1:2379.
     #[arg(long, env = "COMMITD_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
-    /// State directory of `commitd up`, read for its etcd endpoint.
+    /// State directory of `commitd up`, read for its etcd endpoint (and
+    /// the encryption configuration it runs with).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
+    /// The `EncryptionConfiguration` Secrets are stored with (Kubernetes'
+    /// `--encryption-provider-config`); by default the one `commitd up`
+    /// runs with.
+    #[arg(long, env = "COMMITD_ENCRYPTION_PROVIDER_CONFIG")]
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -57,9 +65,32 @@ impl ClusterArgs {
     /// Connects to the cluster's etcd.
     pub async fn connect(&self) -> anyhow::Result<Store> {
         let endpoints = self.endpoints()?;
-        Store::connect(&endpoints)
+        let store = Store::connect(&endpoints)
             .await
-            .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))
+            .with_context(|| format!("cannot reach etcd at {}", endpoints.join(",")))?;
+        let config = match &self.encryption_provider_config {
+            Some(path) => Some(path.clone()),
+            None => std::fs::read_to_string(self.state_dir.join(ENCRYPTION_FILE))
+                .ok()
+                .map(|p| PathBuf::from(p.trim())),
+        };
+        with_encryption(store, config.as_deref())
+    }
+}
+
+/// The file in the state directory that names the encryption
+/// configuration `commitd up` runs with.
+pub const ENCRYPTION_FILE: &str = "encryption-provider-config.path";
+
+/// `store`, sealing and opening values as the configuration at `config`
+/// says (if any).
+pub fn with_encryption(store: Store, config: Option<&Path>) -> anyhow::Result<Store> {
+    match config {
+        Some(path) => Ok(store.with_encryption(
+            commitd_api::encryption::Encryption::load(path)
+                .with_context(|| format!("loading {}", path.display()))?,
+        )),
+        None => Ok(store),
     }
 }
 
@@ -93,7 +124,7 @@ pub(crate) async fn list_objects<T: Object>(
         .with_context(|| format!("listing {}", T::STORE_KIND.plural()))?;
     let mut out = Vec::with_capacity(raw.items.len());
     for kv in &raw.items {
-        match store::decode::<T>(kv) {
+        match store.decode::<T>(kv) {
             Ok(obj) => out.push(obj),
             Err(e) => eprintln!("warning: skipping an object that cannot be read: {e}"),
         }

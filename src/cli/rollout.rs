@@ -20,7 +20,7 @@ use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta::{self, REVISION_ANNOTATION, ROLLOUT_COMMIT_ANNOTATION};
 use commitd_api::records::{CommitInfo, HistoryRecord};
-use commitd_api::{keys, reflector, store, Kind, Store};
+use commitd_api::{keys, reflector, Kind, Store};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -254,7 +254,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let cache = reflector::reflect_prefix::<Deployment>(
         store,
         keys::namespace_prefix(Kind::Deployment, Some(namespace)),
-        |kv| store::decode::<Deployment>(kv).map_err(|e| e.to_string()),
+        |store, kv| store.decode::<Deployment>(kv).map_err(|e| e.to_string()),
         cancel.clone(),
     );
     let deadline = (!args.timeout.is_zero()).then(|| Instant::now() + args.timeout);

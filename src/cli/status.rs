@@ -125,13 +125,19 @@ fn commit_block(
             r.commit.short_sha(),
             r.commit.summary
         );
+        let why = match &r.provenance.refusal {
+            Some(refusal) => format!("refused, {}", refusal.reason),
+            None => plural(r.errors.len(), "error", "errors"),
+        };
         s += &format!(
-            "{}by {}, {} ago; nothing from it was applied ({}):\n",
+            "{}by {}, {} ago; nothing from it was applied ({why}):\n",
             continuation(),
             author(&r.commit),
             age_of_rfc3339(&r.recorded_at, now),
-            plural(r.errors.len(), "error", "errors")
         );
+        if let Some(refusal) = &r.provenance.refusal {
+            s += &format!("{}  {}\n", continuation(), refusal.message);
+        }
         for e in &r.errors {
             s += &format!("{}  {}\n", continuation(), diagnostic_line(e));
         }
@@ -360,6 +366,7 @@ mod tests {
             warnings: vec![],
             note: None,
             health: None,
+            provenance: Default::default(),
         };
         let text = commit_block(Some(&applied), Some(&rejected), now());
         assert_eq!(

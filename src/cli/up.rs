@@ -19,6 +19,7 @@ use super::{write_endpoint_file, DEFAULT_STATE_DIR};
 use crate::cluster::containerd::{Containerd, ContainerdOptions};
 use crate::cluster::etcd::{Etcd, EtcdOptions};
 use crate::cluster::image::{ensure_pause_image, PAUSE_IMAGE};
+use commitd_reconciler::git_source::{GitSourceConfig, RepoLocation};
 
 /// How long a container may take to stop when `up` shuts down.
 const DRAIN_GRACE_SECONDS: i64 = 10;
@@ -66,6 +67,10 @@ pub struct UpArgs {
     pub max_txn_ops: Option<usize>,
     #[command(flatten)]
     pub services: ServiceNetworkArgs,
+    /// An `EncryptionConfiguration` (Kubernetes' format) to encrypt Secrets
+    /// with in etcd; the other commands find it through the state dir.
+    #[arg(long)]
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 /// The `--max-txn-ops` the etcd that `up` starts runs with: large enough
@@ -78,8 +83,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let state_dir = std::path::absolute(&args.state_dir)?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
-    let repo = std::path::absolute(&args.source.repo)?;
-    prepare_repository(&repo, args.init_from.as_deref()).await?;
+    let mut source_args = args.source.clone();
+    if source_args.is_local() {
+        source_args.repo = std::path::absolute(&source_args.repo)?;
+        prepare_repository(&source_args.repo, args.init_from.as_deref()).await?;
+    } else if args.init_from.is_some() {
+        bail!(
+            "--init-from creates a local repository; {} is remote",
+            source_args.repo.display()
+        );
+    }
+    // Read before anything starts: a bad file is reported at once.
+    let source = source_args.config(&state_dir)?;
+    let age_identities = source_args.age_identities()?;
 
     let mut etcd = None;
     let max_txn_ops = args.max_txn_ops.unwrap_or(if args.etcd.is_empty() {
@@ -133,12 +149,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .context("making the pause image available")?;
     }
 
+    let encryption = args
+        .encryption_provider_config
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()?;
     let store = Store::connect(&endpoints)
         .await
         .context("connecting to etcd")?;
+    let store = super::with_encryption(store, encryption.as_deref())?;
+    // The other commands read Secrets with the same configuration.
+    let encryption_file = state_dir.join(super::ENCRYPTION_FILE);
+    match &encryption {
+        Some(path) => std::fs::write(&encryption_file, format!("{}\n", path.display()))
+            .with_context(|| format!("writing {}", encryption_file.display()))?,
+        None => {
+            let _ = std::fs::remove_file(&encryption_file);
+        }
+    }
     let node_name = args.node.name();
-    let mut source = args.source.config();
-    source.repo = repo.clone();
     let service_network = args.services.network();
     let mut node = args.node.clone();
     // One node: its pod subnet is the cluster's pod network.
@@ -150,14 +179,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let tasks = vec![
         tokio::spawn(commitd_reconciler::run_with(
             store.clone(),
-            source,
-            apply_options(max_txn_ops, service_network),
+            source.clone(),
+            apply_options(max_txn_ops, service_network, age_identities),
             cancel.clone(),
         )),
         tokio::spawn(commitd_scheduler::run(store.clone(), cancel.clone())),
         tokio::spawn(commitd_nodeagent::run(store, agent, cancel.clone())),
     ];
-    print_welcome(&repo, &state_dir, &endpoints, &node_name);
+    print_welcome(&source, &state_dir, &endpoints, &node_name);
 
     let mut failed = false;
     for (name, t) in ["reconciler", "scheduler", "node agent"]
@@ -214,15 +243,25 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn print_welcome(repo: &Path, state_dir: &Path, endpoints: &[String], node: &str) {
+fn print_welcome(source: &GitSourceConfig, state_dir: &Path, endpoints: &[String], node: &str) {
     let state = state_dir.display();
+    let repo = source.repo_display();
+    let change = if matches!(source.location(), Ok(RepoLocation::Local(_))) {
+        format!(
+            "Change what runs by committing there, for example:\n\n  \
+               cd {repo}\n  \
+               sed -i 's/replicas: 2/replicas: 3/' web.yaml\n  \
+               git commit -am 'Scale web to 3'\n"
+        )
+    } else {
+        "Change what runs by pushing there: it is fetched every poll interval, and at once\n\
+         when a push webhook arrives.\n"
+            .to_string()
+    };
     println!(
         "\ncommitd is up: node {node}, etcd {}\n\n\
          The desired state lives in the Git repository {repo}.\n\
-         Change what runs by committing there, for example:\n\n  \
-           cd {repo}\n  \
-           sed -i 's/replicas: 2/replicas: 3/' web.yaml\n  \
-           git commit -am 'Scale web to 3'\n\n\
+         {change}\n\
          Then look:\n\n  \
            commitd get pods -A -o wide --state-dir {state}\n  \
            commitd get services,endpoints -A --state-dir {state}\n  \
@@ -230,7 +269,6 @@ fn print_welcome(repo: &Path, state_dir: &Path, endpoints: &[String], node: &str
            commitd history --state-dir {state}\n\n\
          Press Ctrl-C to stop everything.\n",
         endpoints.join(","),
-        repo = repo.display(),
     );
 }
 

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod cluster;
 pub mod etcd;
 pub mod git;
+pub mod git_daemon;
 pub mod history;
 pub mod node;
 pub mod wait;
