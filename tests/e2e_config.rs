@@ -2,10 +2,17 @@
 //! pod whose environment comes from a ConfigMap and a Secret that are not
 //! in Git yet waits in `CreateContainerConfigError` with the kubelet's
 //! message, and starts, with the values, as soon as a later commit adds
-//! them.
+//! them. The Secret is committed encrypted with age and etcd encrypts it
+//! at rest: its value reaches the container's environment and files, and
+//! is nowhere in etcd's data directory; a Secret encrypted for someone
+//! else is rejected.
 
 mod support;
 
+use std::ffi::OsString;
+use std::path::Path;
+
+use commitd_api::encrypted_secrets;
 use serde_json::Value;
 use support::cli::exec_ok;
 use support::cluster::{Cluster, Network, WAIT};
@@ -82,13 +89,77 @@ spec:
       command: [sh, -c, 'echo starting >&2; echo "panic: no config" >&2; exit 2']
 "#;
 
+/// A pod that reads the Secret as files.
+const MOUNTED: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: mounted
+  namespace: demo
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: app
+      image: REGISTRY/commitd/web:1
+      command: [sh, -c, 'trap "exit 0" TERM; while :; do sleep 1 & wait $!; done']
+      volumeMounts:
+        - {name: db, mountPath: /etc/db, readOnly: true}
+  volumes:
+    - name: db
+      secret: {secretName: db}
+"#;
+
+const FOREIGN: &str = r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: foreign
+  namespace: demo
+stringData:
+  token: not-for-this-cluster
+"#;
+
+/// An etcd encryption configuration with one fresh AES-256 key.
+const ENCRYPTION: &str = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    providers:\n      - aesgcm:\n          keys:\n            - name: key1\n              secret: KEY\n      - identity: {}\n";
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap_or_default()
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+        {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn env_from_config_maps_and_secrets_waits_for_them() {
     if !support::is_root() {
         eprintln!("skipping: needs root for containerd and nftables");
         return;
     }
-    let mut cluster = Cluster::up(NETWORK).await;
+    // The cluster's age identity, and the key etcd encrypts Secrets with.
+    let keys = tempfile::tempdir().expect("tempdir");
+    let identity = encrypted_secrets::generate_identity();
+    let identity_file = keys.path().join("age.key");
+    std::fs::write(&identity_file, &identity.file_text).expect("write identity");
+    let encryption_file = keys.path().join("encryption.yaml");
+    let key: [u8; 32] = rand::random();
+    std::fs::write(&encryption_file, ENCRYPTION.replace("KEY", &base64(&key)))
+        .expect("write encryption configuration");
+    let args: Vec<OsString> = vec![
+        "--age-identity".into(),
+        identity_file.into(),
+        "--encryption-provider-config".into(),
+        encryption_file.into(),
+    ];
+    let mut cluster = Cluster::up_with(NETWORK, args).await;
     cluster.wait_running(2, "hello from").await;
 
     cluster.commit_manifest("configured.yaml", POD, "A pod that needs configuration");
@@ -102,7 +173,12 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
     .await;
     assert_eq!(waiting, "configmap \"app-config\" not found");
 
-    cluster.repo().write("config.yaml", CONFIG);
+    // The Secret is committed encrypted for the cluster's identity.
+    let recipient = encrypted_secrets::parse_recipient(&identity.recipient).expect("recipient");
+    let encrypted =
+        encrypted_secrets::encrypt_text(CONFIG, "config.yaml", &[recipient]).expect("encrypt");
+    assert!(!encrypted.contains("s3cret"), "{encrypted}");
+    cluster.repo().write("config.yaml", &encrypted);
     cluster.repo().commit("Add the configuration");
     let cri = cluster.cri().await;
     let env = until("the container to run with its configuration", WAIT, || {
@@ -127,6 +203,61 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
         .await
         .expect("pod");
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+
+    // The same value as files, read back through the CLI as well (which
+    // finds the encryption configuration through the state dir).
+    cluster.commit_manifest(
+        "mounted.yaml",
+        MOUNTED,
+        "A pod that reads the Secret as files",
+    );
+    let password = until("the Secret mounted as files", WAIT, || {
+        exec_ok(&cri, "mounted", &["cat", "/etc/db/password"])
+    })
+    .await;
+    assert_eq!(password, "s3cret");
+    let secret = cluster
+        .cli()
+        .get_json("secret", "db", "demo")
+        .await
+        .expect("the Secret reads");
+    assert_eq!(secret["data"]["password"], "czNjcmV0", "{secret}");
+    // Neither the value nor its base64 is anywhere in etcd's files.
+    let etcd_dir = cluster.state_dir().join("etcd");
+    for needle in ["s3cret", "czNjcmV0"] {
+        let found = files_containing(&etcd_dir, needle);
+        assert!(found.is_empty(), "{needle} in {found:?}");
+    }
+    // etcd does hold the Secret, as ciphertext.
+    assert!(
+        !files_containing(&etcd_dir, "k8s:enc:aesgcm:v1:key1:").is_empty(),
+        "no encrypted value in {}",
+        etcd_dir.display()
+    );
+
+    // A Secret encrypted for another cluster: the commit is rejected, and
+    // everything keeps running.
+    let stranger = encrypted_secrets::generate_identity();
+    let recipient = encrypted_secrets::parse_recipient(&stranger.recipient).expect("recipient");
+    let foreign =
+        encrypted_secrets::encrypt_text(FOREIGN, "foreign.yaml", &[recipient]).expect("encrypt");
+    cluster.repo().write("foreign.yaml", &foreign);
+    cluster.repo().commit("A Secret for another cluster");
+    let (_, history, _) = until("the foreign Secret rejected", WAIT, || async {
+        let out = cluster.cli().run(&["history", "-n", "1"]).await;
+        (out.1.contains("rejected") && out.1.contains("foreign.yaml"))
+            .then_some(out.clone())
+            .ok_or(out.1)
+    })
+    .await;
+    assert!(history.contains("no identity matches"), "{history}");
+    assert!(cluster
+        .cli()
+        .get_json("secret", "foreign", "demo")
+        .await
+        .is_err());
+    cluster.repo().remove("foreign.yaml");
+    cluster.repo().commit("Remove the foreign Secret");
 
     // What a container writes to its termination log is its message.
     cluster.commit_manifest("farewell.yaml", FAREWELL, "A pod that says why it stopped");
@@ -164,4 +295,9 @@ async fn env_from_config_maps_and_secrets_waits_for_them() {
     assert_eq!(terminated[1]["exitCode"], 2);
 
     cluster.stop().await;
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

@@ -511,3 +511,39 @@ async fn plan_previews_a_remote_branch_against_the_cluster() {
     );
     stopped.expect("etcd stops");
 }
+
+/// Following release tags of a remote: only the tags matching the glob
+/// are fetched, and the newest version among them is the head.
+#[tokio::test]
+async fn a_remote_is_followed_by_its_newest_release_tag() {
+    use support::git_daemon::git;
+    let daemon = GitDaemon::start(&["state.git"]);
+    let url = daemon.url("state.git");
+    let work = TestRepo::new();
+    let first = work.commit("first", &[("manifests/settings.yaml", Some(CONFIGMAP))]);
+    let second = work.commit("second", &[("README.md", Some("state\n"))]);
+    git(&work.path(), &["tag", "v1.9.0", &first]);
+    git(&work.path(), &["tag", "nightly-9.9.9", &second]);
+    push(&work.path(), &url, false);
+    git(&work.path(), &["push", "--quiet", &url, "--tags"]);
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let source = GitSource::new(GitSourceConfig {
+        tags: Some("v*".into()),
+        ..remote_config(&url, state.path(), Duration::from_secs(3600))
+    });
+    assert_eq!(source.head().await.expect("head"), first);
+
+    git(&work.path(), &["tag", "v1.10.0", &second]);
+    git(&work.path(), &["push", "--quiet", &url, "--tags"]);
+    let fetched = source.fetch().await.expect("fetch").expect("a remote");
+    assert_eq!(fetched.refname, "refs/tags/v1.10.0");
+    assert!(fetched.moved());
+    assert_eq!(source.head().await.expect("head"), second);
+    let mirror =
+        git2::Repository::open_bare(source.mirror_path().expect("a mirror")).expect("open mirror");
+    assert!(
+        mirror.find_reference("refs/tags/nightly-9.9.9").is_err(),
+        "tags outside the glob are not fetched"
+    );
+}

@@ -86,6 +86,31 @@ impl SigningRepo {
         (path, public.trim().to_string())
     }
 
+    /// Tags `sha` as `name`: an annotated tag signed with `key`, or a
+    /// lightweight one.
+    fn tag(&self, name: &str, sha: &str, key: Option<&Path>) {
+        match key {
+            Some(key) => {
+                let signing_key = format!("user.signingkey={}", key.display());
+                self.git(&[
+                    "-c",
+                    "gpg.format=ssh",
+                    "-c",
+                    &signing_key,
+                    "tag",
+                    "-s",
+                    "-m",
+                    name,
+                    name,
+                    sha,
+                ]);
+            }
+            None => {
+                self.git(&["tag", name, sha]);
+            }
+        }
+    }
+
     /// A force-push: commits on top of `base` and moves `main` straight
     /// there from wherever it was.
     fn rewrite(&self, base: &str, file: &str, text: &str, message: &str, key: &Path) -> String {
@@ -159,21 +184,31 @@ impl Harness {
         }
     }
 
-    /// A reconciler following `repo` with `trust` and `options`.
+    /// A reconciler following `main` of `repo` with `trust` and `options`.
     fn follow(
         &self,
         repo: &Path,
         trust: TrustPolicy,
         options: ApplyOptions,
     ) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+        self.follow_source(
+            GitSourceConfig {
+                repo: repo.to_path_buf(),
+                branch: Some("main".into()),
+                poll_interval: Duration::from_secs(30),
+                trust,
+                ..GitSourceConfig::default()
+            },
+            options,
+        )
+    }
+
+    fn follow_source(
+        &self,
+        source: GitSourceConfig,
+        options: ApplyOptions,
+    ) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
         let cancel = CancellationToken::new();
-        let source = GitSourceConfig {
-            repo: repo.to_path_buf(),
-            branch: Some("main".into()),
-            poll_interval: Duration::from_secs(30),
-            trust,
-            ..GitSourceConfig::default()
-        };
         let task = tokio::spawn(commitd_reconciler::follow_with(
             self.store.clone(),
             source,
@@ -311,6 +346,65 @@ async fn only_commits_signed_by_allowed_keys_apply_and_rewrites_are_recorded() {
     let c7 = repo.rewrite(&c5, "settings.yaml", &config_map("white"), "White", &ci_key);
     assert_eq!(h.record(&c7).await.outcome, Outcome::Applied);
     assert_eq!(h.color().await.as_deref(), Some("white"));
+    stop(follower).await;
+    h.stop().await;
+}
+
+/// Following release tags: the newest version among `v*` is applied, if
+/// its annotated tag is signed by an allowed key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_signed_release_tag_is_applied() {
+    let h = Harness::start().await;
+    let repo = SigningRepo::new();
+    let (ci_key, ci_public) = repo.key("ci");
+    let signers_file = repo.dir.path().join("allowed_signers");
+    std::fs::write(&signers_file, format!("ci@example.com {ci_public}\n")).expect("write");
+    let trust = TrustPolicy {
+        allowed_signers: Some(Arc::new(
+            AllowedSigners::load(&signers_file).expect("allowed signers"),
+        )),
+        forbid_rewrites: false,
+    };
+    let c1 = repo.commit("settings.yaml", &config_map("blue"), "Blue", None);
+    repo.tag("v1.9.0", &c1, Some(&ci_key));
+    // Committed but not released: not applied.
+    let c2 = repo.commit("settings.yaml", &config_map("red"), "Red", None);
+    let follower = h.follow_source(
+        GitSourceConfig {
+            repo: repo.work(),
+            tags: Some("v*".into()),
+            poll_interval: Duration::from_secs(30),
+            trust,
+            ..GitSourceConfig::default()
+        },
+        ApplyOptions::default(),
+    );
+    let r1 = h.record(&c1).await;
+    assert_eq!(r1.outcome, Outcome::Applied, "{r1:?}");
+    assert!(
+        r1.provenance
+            .signer
+            .as_deref()
+            .is_some_and(|s| s.starts_with("ci@example.com")),
+        "{r1:?}"
+    );
+    assert_eq!(h.color().await.as_deref(), Some("blue"));
+
+    // A lightweight tag names an unsigned commit: refused.
+    repo.tag("v1.10.0", &c2, None);
+    let r2 = h.record(&c2).await;
+    assert_eq!(r2.outcome, Outcome::Rejected, "{r2:?}");
+    assert_eq!(
+        r2.provenance.refusal.map(|r| r.reason).as_deref(),
+        Some("Unsigned")
+    );
+    assert_eq!(h.color().await.as_deref(), Some("blue"));
+
+    // A signed release with a higher version (not a higher name) applies.
+    let c3 = repo.commit("settings.yaml", &config_map("green"), "Green", None);
+    repo.tag("v1.11.0", &c3, Some(&ci_key));
+    assert_eq!(h.record(&c3).await.outcome, Outcome::Applied);
+    assert_eq!(h.color().await.as_deref(), Some("green"));
     stop(follower).await;
     h.stop().await;
 }

@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::trust::TrustPolicy;
+use crate::tags::{self, TagHead};
+use crate::trust::{Signed, TrustPolicy};
 use crate::webhook::{PushTarget, WebhookConfig, WebhookServer};
 
 /// The poll interval of a local repository when none is given: ref
@@ -77,6 +78,9 @@ pub struct GitSourceConfig {
     /// Branch to follow; `None` follows the branch HEAD names (for a remote,
     /// the remote's default branch).
     pub branch: Option<String>,
+    /// Follow the newest tag (by semantic version) matching this glob
+    /// (`v*`) instead of a branch.
+    pub tags: Option<String>,
     /// Folder inside the tree to read manifests from ("" for the root).
     pub path: String,
     /// How often to look for new commits when nothing else said so: for a
@@ -99,6 +103,7 @@ impl Default for GitSourceConfig {
         GitSourceConfig {
             repo: PathBuf::new(),
             branch: None,
+            tags: None,
             path: String::new(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             remote: RemoteOptions::default(),
@@ -422,8 +427,12 @@ impl GitSource {
     pub async fn head(&self) -> anyhow::Result<String> {
         match &self.backend {
             Backend::Local(path) => {
-                let (path, branch) = (path.clone(), self.config.branch.clone());
-                tokio::task::spawn_blocking(move || head_blocking(&path, branch.as_deref())).await?
+                let path = path.clone();
+                let (branch, tags) = (self.config.branch.clone(), self.config.tags.clone());
+                tokio::task::spawn_blocking(move || {
+                    head_blocking(&path, branch.as_deref(), tags.as_deref())
+                })
+                .await?
             }
             Backend::Remote(remote) => remote.head().await,
             Backend::Invalid(e) => Err(anyhow!("{e}")),
@@ -452,6 +461,27 @@ impl GitSource {
             Backend::Remote(remote) => remote.snapshot(&self.config.path, sha).await,
             Backend::Invalid(e) => Err(anyhow!("{e}")),
         }
+    }
+
+    /// The object whose signature vouches for `head`: the annotated tag
+    /// followed, when tags are followed and it names `head`, else the
+    /// commit itself.
+    pub async fn signed_object(&self, head: &str) -> anyhow::Result<Signed> {
+        let commit = git2::Oid::from_str(head).with_context(|| format!("bad commit id {head}"))?;
+        let Some(pattern) = self.config.tags.clone() else {
+            return Ok(Signed::Commit(commit));
+        };
+        self.with_repository(move |repo| {
+            Ok(match tags::newest(repo, &pattern)? {
+                Some(TagHead {
+                    commit: named,
+                    tag: Some(tag),
+                    ..
+                }) if named == commit => Signed::Tag(tag),
+                _ => Signed::Commit(commit),
+            })
+        })
+        .await
     }
 
     /// Runs `read` on the repository (a local one, or a remote's mirror as
@@ -524,7 +554,11 @@ impl GitSource {
         match &self.backend {
             Backend::Local(path) => {
                 watch_local(path, self.config.poll_interval, tx.clone(), cancel.clone()).await?;
-                let followed = self.config.branch.as_deref().map(full_ref);
+                // Any push may bring a new tag.
+                let followed = match self.config.tags {
+                    Some(_) => None,
+                    None => self.config.branch.as_deref().map(full_ref),
+                };
                 serve(watch::channel(followed).1, tx);
             }
             Backend::Remote(remote) => {
@@ -643,6 +677,8 @@ struct Remote {
     mirror: PathBuf,
     /// The configured branch as a full ref (`None`: the remote's default).
     branch: Option<String>,
+    /// The tag glob followed instead of a branch.
+    tags: Option<String>,
     options: RemoteOptions,
     /// One fetch at a time; what the fetches learnt.
     state: tokio::sync::Mutex<FetchState>,
@@ -675,6 +711,7 @@ impl Remote {
             mirror: mirror_dir.join(name),
             url,
             branch,
+            tags: config.tags.clone(),
             options: config.remote.clone(),
             state: tokio::sync::Mutex::new(FetchState::default()),
             running: Arc::new(StdMutex::new(())),
@@ -713,12 +750,16 @@ impl Remote {
     async fn mirror_head(&self, state: &FetchState) -> anyhow::Result<Option<String>> {
         let mirror = self.mirror.clone();
         let refname = state.refname.clone().or_else(|| self.branch.clone());
+        let tags = self.tags.clone();
         tokio::task::spawn_blocking(move || {
             if !mirror.join("HEAD").exists() {
                 return Ok(None);
             }
             let repo = git2::Repository::open_bare(&mirror)
                 .with_context(|| format!("opening the mirror {}", mirror.display()))?;
+            if let Some(pattern) = tags {
+                return Ok(tags::newest(&repo, &pattern)?.map(|t| t.commit.to_string()));
+            }
             let refname = match refname {
                 Some(r) => r,
                 None => match repo
@@ -754,6 +795,7 @@ impl Remote {
             url: self.url.clone(),
             mirror: self.mirror.clone(),
             refname: state.refname.clone().or_else(|| self.branch.clone()),
+            tags: self.tags.clone(),
             options: self.options.clone(),
             deepen,
             abort: abort.clone(),
@@ -778,7 +820,8 @@ impl Remote {
             }
         };
         let outcome = result?;
-        if state.refname.as_deref() != Some(outcome.refname.as_str()) {
+        // With tags, every push may bring a new one: no ref filter.
+        if self.tags.is_none() && state.refname.as_deref() != Some(outcome.refname.as_str()) {
             state.refname = Some(outcome.refname.clone());
             self.followed.send_replace(Some(outcome.refname.clone()));
         }
@@ -904,6 +947,7 @@ struct FetchJob {
     url: RemoteUrl,
     mirror: PathBuf,
     refname: Option<String>,
+    tags: Option<String>,
     options: RemoteOptions,
     deepen: bool,
     abort: Arc<AtomicBool>,
@@ -923,6 +967,9 @@ impl FetchJob {
         let mut remote = repo
             .remote_anonymous(self.url.as_str())
             .with_context(|| format!("setting up the remote {}", self.url))?;
+        if let Some(pattern) = &self.tags {
+            return self.fetch_tags(&repo, &mut remote, &ctx, pattern);
+        }
         let refname = match &self.refname {
             Some(r) => r.clone(),
             None => {
@@ -972,6 +1019,46 @@ impl FetchJob {
             refname,
             before: before.map(|id| id.to_string()),
             after: after.to_string(),
+        })
+    }
+}
+
+impl FetchJob {
+    /// Fetches the tags matching `pattern` (each shallow the first time),
+    /// and says which is the newest now.
+    fn fetch_tags(
+        &self,
+        repo: &git2::Repository,
+        remote: &mut git2::Remote<'_>,
+        ctx: &CallbackContext,
+        pattern: &str,
+    ) -> anyhow::Result<FetchOutcome> {
+        let before = tags::newest(repo, pattern)?;
+        let mut options = git2::FetchOptions::new();
+        options
+            .remote_callbacks(ctx.callbacks())
+            .download_tags(git2::AutotagOption::None)
+            .update_fetchhead(false);
+        if self.deepen {
+            options.depth(i32::MAX);
+        } else if before.is_none() {
+            options.depth(1);
+        }
+        let refspec = format!("+refs/tags/{pattern}:refs/tags/{pattern}");
+        remote
+            .fetch(&[refspec.as_str()], Some(&mut options), None)
+            .map_err(|e| ctx.error(e))
+            .with_context(|| format!("fetching the tags {pattern} from {}", self.url))?;
+        let after = tags::newest(repo, pattern)?.ok_or_else(|| {
+            anyhow!(
+                "{} has no tag matching {pattern} with a semantic version",
+                self.url
+            )
+        })?;
+        Ok(FetchOutcome {
+            refname: after.refname,
+            before: before.map(|t| t.commit.to_string()),
+            after: after.commit.to_string(),
         })
     }
 }
@@ -1611,8 +1698,13 @@ fn branch_ref(repo: &git2::Repository, branch: Option<&str>) -> anyhow::Result<S
     }
 }
 
-fn head_blocking(path: &Path, branch: Option<&str>) -> anyhow::Result<String> {
+fn head_blocking(path: &Path, branch: Option<&str>, tags: Option<&str>) -> anyhow::Result<String> {
     let repo = open(path)?;
+    if let Some(pattern) = tags {
+        let tag = tags::newest(&repo, pattern)?
+            .ok_or_else(|| anyhow!("no tag matches {pattern} with a semantic version yet"))?;
+        return Ok(tag.commit.to_string());
+    }
     let name = branch_ref(&repo, branch)?;
     let reference = repo
         .find_reference(&name)

@@ -7,6 +7,7 @@ pub mod controllers;
 pub mod drift;
 pub mod git_source;
 pub mod signatures;
+pub mod tags;
 pub mod trust;
 pub mod waves;
 pub mod webhook;
@@ -295,11 +296,9 @@ async fn provenance_of(
     head: &str,
 ) -> anyhow::Result<Provenance> {
     let applied: Option<AppliedCommit> = store.get_record(keys::APPLIED).await?;
-    let oid = git2::Oid::from_str(head).with_context(|| format!("bad head id {head}"))?;
     trust::assess(
         git,
         head,
-        trust::Signed::Commit(oid),
         applied.as_ref().map(|a| a.commit.sha.as_str()),
         &source.trust,
     )

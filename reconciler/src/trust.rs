@@ -40,12 +40,12 @@ pub enum Signed {
 pub async fn assess(
     git: &GitSource,
     head: &str,
-    signed: Signed,
     applied: Option<&str>,
     policy: &TrustPolicy,
 ) -> anyhow::Result<Provenance> {
     let mut provenance = Provenance::default();
     if let Some(signers) = policy.allowed_signers.clone() {
+        let signed = git.signed_object(head).await?;
         let verdict = git
             .with_repository(move |repo| {
                 Ok(match signed {
@@ -137,40 +137,22 @@ mod tests {
         let policy = TrustPolicy::default();
         let applied_sha = applied.to_string();
 
-        let p = assess(
-            &git,
-            &next.to_string(),
-            Signed::Commit(next),
-            Some(&applied_sha),
-            &policy,
-        )
-        .await
-        .expect("assess");
+        let p = assess(&git, &next.to_string(), Some(&applied_sha), &policy)
+            .await
+            .expect("assess");
         assert!(p.is_empty(), "a descendant is plain: {p:?}");
-        let p = assess(
-            &git,
-            &applied.to_string(),
-            Signed::Commit(applied),
-            Some(&applied_sha),
-            &policy,
-        )
-        .await
-        .expect("assess");
+        let p = assess(&git, &applied.to_string(), Some(&applied_sha), &policy)
+            .await
+            .expect("assess");
         assert!(p.is_empty(), "the applied commit itself: {p:?}");
-        let p = assess(&git, &next.to_string(), Signed::Commit(next), None, &policy)
+        let p = assess(&git, &next.to_string(), None, &policy)
             .await
             .expect("assess");
         assert!(p.is_empty(), "nothing applied yet: {p:?}");
 
-        let p = assess(
-            &git,
-            &rewritten.to_string(),
-            Signed::Commit(rewritten),
-            Some(&applied_sha),
-            &policy,
-        )
-        .await
-        .expect("assess");
+        let p = assess(&git, &rewritten.to_string(), Some(&applied_sha), &policy)
+            .await
+            .expect("assess");
         assert_eq!(p.rewrite_of.as_deref(), Some(applied_sha.as_str()));
         assert!(p.refusal.is_none(), "rewrites are allowed by default");
 
@@ -178,15 +160,9 @@ mod tests {
             forbid_rewrites: true,
             ..TrustPolicy::default()
         };
-        let p = assess(
-            &git,
-            &rewritten.to_string(),
-            Signed::Commit(rewritten),
-            Some(&applied_sha),
-            &strict,
-        )
-        .await
-        .expect("assess");
+        let p = assess(&git, &rewritten.to_string(), Some(&applied_sha), &strict)
+            .await
+            .expect("assess");
         let refusal = p.refusal.expect("refused");
         assert_eq!(refusal.reason, "HistoryRewrite");
         assert!(
@@ -198,15 +174,9 @@ mod tests {
         );
         // A revert is a descendant, not a rewrite.
         let revert = commit(&repo, &[next], "Revert \"next\"");
-        let p = assess(
-            &git,
-            &revert.to_string(),
-            Signed::Commit(revert),
-            Some(&applied_sha),
-            &strict,
-        )
-        .await
-        .expect("assess");
+        let p = assess(&git, &revert.to_string(), Some(&applied_sha), &strict)
+            .await
+            .expect("assess");
         assert!(p.is_empty(), "{p:?}");
     }
 
@@ -221,15 +191,9 @@ mod tests {
             ..TrustPolicy::default()
         };
         let elsewhere = "0123456789abcdef0123456789abcdef01234567";
-        let p = assess(
-            &git,
-            &head.to_string(),
-            Signed::Commit(head),
-            Some(elsewhere),
-            &strict,
-        )
-        .await
-        .expect("assess");
+        let p = assess(&git, &head.to_string(), Some(elsewhere), &strict)
+            .await
+            .expect("assess");
         // The branch's whole history is there and the applied commit is
         // not in it (it was force-pushed away and collected).
         assert_eq!(p.rewrite_of.as_deref(), Some(elsewhere), "{p:?}");
@@ -246,7 +210,7 @@ mod tests {
             allowed_signers: Some(Arc::new(signers)),
             forbid_rewrites: false,
         };
-        let p = assess(&git, &head.to_string(), Signed::Commit(head), None, &policy)
+        let p = assess(&git, &head.to_string(), None, &policy)
             .await
             .expect("assess");
         let refusal = p.refusal.expect("refused");

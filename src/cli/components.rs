@@ -39,6 +39,10 @@ pub struct SourceArgs {
     /// default branch).
     #[arg(long)]
     pub branch: Option<String>,
+    /// What to follow instead of a branch: `tag:GLOB`, the newest tag by
+    /// semantic version among those matching (`tag:v*`), or `branch:NAME`.
+    #[arg(long = "ref", value_name = "REF", conflicts_with = "branch")]
+    pub follow_ref: Option<String>,
     /// Folder inside the repository that holds the manifests.
     #[arg(long, default_value = "")]
     pub path: String,
@@ -98,6 +102,17 @@ impl SourceArgs {
             path: self.path.clone(),
             ..GitSourceConfig::default()
         };
+        match self.follow_ref.as_deref().map(|r| r.split_once(':')) {
+            None => {}
+            Some(Some(("tag", glob))) if !glob.is_empty() => config.tags = Some(glob.to_string()),
+            Some(Some(("branch", name))) if !name.is_empty() => {
+                config.branch = Some(name.to_string())
+            }
+            Some(_) => anyhow::bail!(
+                "--ref {:?}: expected tag:GLOB (such as tag:v*) or branch:NAME",
+                self.follow_ref.as_deref().unwrap_or_default()
+            ),
+        }
         let remote = matches!(config.location()?, RepoLocation::Remote(_));
         let default_interval = if remote {
             DEFAULT_REMOTE_POLL_INTERVAL

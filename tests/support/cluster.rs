@@ -38,6 +38,8 @@ pub struct Cluster {
     /// The node agent's read-only port (container logs), free when the
     /// cluster was made so parallel clusters never share it.
     pub read_only_port: u16,
+    /// More flags for `commitd up`.
+    extra_args: Vec<std::ffi::OsString>,
 }
 
 /// Copies the example manifests, pointing their images at `registry`.
@@ -57,6 +59,11 @@ pub fn copy_examples(to: &Path, registry: &str) {
 impl Cluster {
     /// Starts a cluster on `network` with the examples as first commit.
     pub async fn up(network: Network) -> Cluster {
+        Cluster::up_with(network, Vec::new()).await
+    }
+
+    /// [`Cluster::up`], passing `extra_args` to `commitd up`.
+    pub async fn up_with(network: Network, extra_args: Vec<std::ffi::OsString>) -> Cluster {
         let registry = super::node::registry_with_demo_images()
             .await
             .expect("registry with the demo images");
@@ -69,6 +76,7 @@ impl Cluster {
             registry,
             network,
             read_only_port: super::free_port(),
+            extra_args,
         };
         cluster.start();
         cluster
@@ -99,6 +107,7 @@ impl Cluster {
             .args(["--read-only-port", &self.read_only_port.to_string()])
             .args(["--insecure-registry", &self.registry.addr])
             .args(["--poll-interval", "30"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
