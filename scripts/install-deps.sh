@@ -4,7 +4,8 @@ set -euo pipefail
 
 packages=(containerd runc etcd-server etcd-client containernetworking-plugins
   nftables iptables conntrack docker-registry skopeo umoci busybox-static
-  protobuf-compiler curl iproute2 kmod git pkg-config libssl-dev)
+  protobuf-compiler curl iproute2 kmod git pkg-config libssl-dev
+  openssh-client openssh-server)
 
 missing=()
 for p in "${packages[@]}"; do

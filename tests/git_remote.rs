@@ -547,3 +547,115 @@ async fn a_remote_is_followed_by_its_newest_release_tag() {
         "tags outside the glob are not fetched"
     );
 }
+
+/// An HTTP remote behind basic authentication (git's smart HTTP, served
+/// by `git http-backend`): the token from `--git-token-file` is sent as
+/// the password of `x-access-token`, as GitHub and Gitea take it; a wrong
+/// token is an error naming the URL, never the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_authenticates_an_http_remote() {
+    use support::git_daemon::git;
+    use support::git_http::GitHttp;
+    const TOKEN: &str = "ghp_correct-token-for-tests";
+    let root = tempfile::tempdir().expect("tempdir");
+    git(
+        root.path(),
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "--initial-branch=main",
+            "state.git",
+        ],
+    );
+    let work = TestRepo::new();
+    let head = work.commit("first", &[("manifests/settings.yaml", Some(CONFIGMAP))]);
+    push(
+        &work.path(),
+        &root.path().join("state.git").display().to_string(),
+        false,
+    );
+    let server = GitHttp::start(root.path(), "x-access-token", TOKEN).await;
+    let url = server.url("state.git");
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let token_file = state.path().join("token");
+    let source_with = |token: &str, mirror: &str| {
+        std::fs::write(&token_file, format!("{token}\n")).expect("write token");
+        let mut config = remote_config(&url, &state.path().join(mirror), Duration::from_secs(3600));
+        config.remote.token_file = Some(token_file.clone());
+        GitSource::new(config)
+    };
+    let wrong = source_with("ghp_wrong", "wrong");
+    let e = format!(
+        "{:#}",
+        wrong.head().await.expect_err("a wrong token is refused")
+    );
+    assert!(e.contains(&url), "{e}");
+    assert!(!e.contains("ghp_wrong"), "{e}");
+
+    let right = source_with(TOKEN, "right");
+    assert_eq!(right.head().await.expect("head"), head);
+    let snapshot = right.snapshot(&head).await.expect("snapshot");
+    assert_eq!(snapshot.files.len(), 1);
+}
+
+/// A remote over SSH (a real OpenSSH server on 127.0.0.1): fetched with a
+/// deploy key once the host key is found in known_hosts; a host key that
+/// is not there is refused, naming its fingerprint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_remote_needs_its_key_and_a_known_host() {
+    use support::git_daemon::git;
+    use support::sshd::Sshd;
+    let Some(sshd) = Sshd::start() else {
+        eprintln!("skipping: needs root and openssh-server");
+        return;
+    };
+    let root = tempfile::tempdir().expect("tempdir");
+    git(
+        root.path(),
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "--initial-branch=main",
+            "state.git",
+        ],
+    );
+    let bare = root.path().join("state.git");
+    let work = TestRepo::new();
+    let head = work.commit("first", &[("manifests/settings.yaml", Some(CONFIGMAP))]);
+    push(&work.path(), &bare.display().to_string(), false);
+    let url = sshd.url(&bare);
+
+    let state = tempfile::tempdir().expect("tempdir");
+    let source_with = |known_hosts: &Path, mirror: &str| {
+        let mut config = remote_config(&url, &state.path().join(mirror), Duration::from_secs(3600));
+        config.branch = Some("main".into());
+        config.remote.ssh_key_file = Some(sshd.client_key());
+        config.remote.known_hosts_file = Some(known_hosts.to_path_buf());
+        GitSource::new(config)
+    };
+    // A known_hosts without this server: refused before any key is sent.
+    let empty = state.path().join("empty_known_hosts");
+    std::fs::write(&empty, "").expect("write");
+    let e = format!(
+        "{:#}",
+        source_with(&empty, "unknown")
+            .head()
+            .await
+            .expect_err("an unknown host is refused")
+    );
+    assert!(e.contains("SHA256:"), "{e}");
+
+    let source = source_with(&sshd.known_hosts(), "known");
+    let got = source.head().await;
+    assert_eq!(
+        got.as_deref().ok(),
+        Some(head.as_str()),
+        "{got:?}\nsshd log:\n{}",
+        sshd.log()
+    );
+    let snapshot = source.snapshot(&head).await.expect("snapshot");
+    assert_eq!(snapshot.files.len(), 1);
+}

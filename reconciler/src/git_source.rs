@@ -59,6 +59,12 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 /// The longest wait between two tries of a failing fetch (shorter when
 /// the poll interval is).
 const MAX_FETCH_BACKOFF: Duration = Duration::from_secs(300);
+/// How often one fetch offers its credentials: each new connection of a
+/// fetch (finding the default branch, then fetching) asks again, and a
+/// refused credential is asked for again at once, so a bound is what
+/// stops a wrong one.
+const CREDENTIAL_TRIES: u32 = 3;
+
 /// The HTTPS user name sent with a token when none is configured: GitHub,
 /// Gitea and Forgejo accept any name with a token, GitHub documents this one.
 const TOKEN_USERNAME: &str = "x-access-token";
@@ -1248,7 +1254,7 @@ impl<'a> CallbackContext<'a> {
         if allowed.contains(git2::CredentialType::SSH_KEY) {
             let tries = self.ssh_tries.get() + 1;
             self.ssh_tries.set(tries);
-            if tries > 1 {
+            if tries > CREDENTIAL_TRIES {
                 return Err(self.refuse(format!("{} refused the SSH key", self.url)));
             }
             let Some(key) = &self.credentials.ssh_key else {
@@ -1271,7 +1277,7 @@ impl<'a> CallbackContext<'a> {
         if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) {
             let tries = self.password_tries.get() + 1;
             self.password_tries.set(tries);
-            if tries > 1 {
+            if tries > CREDENTIAL_TRIES {
                 return Err(self.refuse(format!("{} refused the credentials", self.url)));
             }
             let user = configured_user.or(url_user).or(self.url.user());

@@ -6,8 +6,10 @@ pub mod cluster;
 pub mod etcd;
 pub mod git;
 pub mod git_daemon;
+pub mod git_http;
 pub mod history;
 pub mod node;
+pub mod sshd;
 pub mod wait;
 
 use std::time::Duration;
