@@ -161,6 +161,21 @@ async fn abandon_running_pod(bridge: &str, pod_cidr: &str, kill_first: bool) -> 
         .create_container(&sandbox, &stopper_config, &sandbox_config)
         .await?;
     cri.start_container(&stopper).await?;
+    // Whether a `sleep` runs in the container (the loop's), with shell
+    // builtins only: the image holds nothing but busybox's sh and sleep.
+    const LOOP_RUNS: &str = r#"for f in /proc/[0-9]*/comm; do read -r c < "$f" && [ "$c" = sleep ] && exit 0; done; exit 1"#;
+    // Stopped only once its shell runs the loop: a SIGTERM before the trap
+    // is set would end it with 143 whatever the loop does.
+    support::wait::eventually("the pause loop to run", Duration::from_secs(10), || async {
+        let out = cri
+            .exec_sync(&stopper, &["/bin/sh", "-c", LOOP_RUNS], 5)
+            .await
+            .map_err(|e| e.to_string())?;
+        (out.exit_code == 0)
+            .then_some(())
+            .ok_or_else(|| format!("no sleep yet: {out:?}"))
+    })
+    .await?;
     cri.stop_container(&stopper, 30).await?;
     let status = cri.container_status(&stopper).await?;
     assert_eq!(status.state(), ContainerState::ContainerExited);

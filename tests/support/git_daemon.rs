@@ -2,6 +2,7 @@
 //! remote Git sources without any network beyond loopback. The daemon is
 //! killed when the guard is dropped, also when a test panics.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,6 +38,9 @@ impl GitDaemon {
             .arg(format!("--port={port}"))
             .arg("--listen=127.0.0.1")
             .arg(base.path())
+            // `git daemon` runs `git-daemon` as its child: a group of their
+            // own lets the guard stop both.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -73,7 +77,12 @@ impl GitDaemon {
 
 impl Drop for GitDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = self.child.wait();
     }
 }
