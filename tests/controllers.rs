@@ -1,7 +1,8 @@
 //! The Deployment → ReplicaSet → Pod controllers and the garbage collector
 //! against a real etcd: roll out, scale, change the template, roll back,
 //! delete; and restart the controllers at arbitrary points without ever
-//! creating more pods than asked for.
+//! creating more pods than asked for. Jobs: run to completion within their
+//! parallelism, fail after their backoff limit, expire after their TTL.
 //!
 //! No scheduler or node agent runs here: the test binds pods, marks them
 //! ready and finishes graceful deletions itself, the way those components
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet};
+use commitd_api::k8s_openapi::api::batch::v1::Job;
 use commitd_api::k8s_openapi::api::core::v1::{Pod, PodCondition};
 use commitd_api::meta::{self, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use commitd_api::{keys, Kind, Object, Store};
@@ -549,16 +551,21 @@ async fn safety_net_scenario(store: &Store) -> Result<()> {
     let mut d = deployment("web", 4, "registry.local/web:1")?;
     let annotations = d.metadata.annotations.get_or_insert_with(Default::default);
     annotations.insert("commitd.io/rollback-on-failure".into(), "true".into());
-    if let Some(spec) = d.spec.as_mut() {
-        spec.progress_deadline_seconds = Some(2);
-    }
     let d = store.create(d).await?;
     let good = wait_for_rollout(store, &d, 1, 4, true).await?;
     wait_for_complete_status(store, "web", 4, 1, meta::name(&good), "1").await?;
 
-    // A template whose pods never become ready: the rollout stalls, misses
-    // its deadline, and the good ReplicaSet is brought back in full.
-    let d = change_deployment(store, "web", |d| set_image(d, "registry.local/web:broken")).await?;
+    // A template whose pods never become ready, with a short deadline
+    // (set only now: a loaded machine may take longer than that for the
+    // good rollout): the rollout stalls, misses its deadline, and the good
+    // ReplicaSet is brought back in full.
+    let d = change_deployment(store, "web", |d| {
+        set_image(d, "registry.local/web:broken");
+        if let Some(spec) = d.spec.as_mut() {
+            spec.progress_deadline_seconds = Some(2);
+        }
+    })
+    .await?;
     let (status, reason, message) = wait_for_progressing(store, "the rollback", |(_, _, m)| {
         m.contains("rolled back to")
     })
@@ -738,4 +745,188 @@ async fn restart_scenario(store: &Store) -> Result<(String, usize)> {
     stopped?;
     assert_eq!(uid(&settled), uid(&rs));
     Ok((uid(&rs), removed))
+}
+
+fn job(name: &str, spec: serde_json::Value) -> Result<Job> {
+    let mut spec = spec;
+    spec["template"] = serde_json::json!({
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "work", "image": "work:1"}]}
+    });
+    let mut j: Job = serde_json::from_value(serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "annotations": {
+                "commitd.io/commit": "0123456789abcdef0123456789abcdef01234567",
+                "commitd.io/source": format!("jobs/{name}.yaml:1"),
+            },
+        },
+        "spec": spec,
+    }))?;
+    commitd_api::defaults::job(&mut j);
+    Ok(j)
+}
+
+/// Plays the scheduler and the node agent for a Job's pods: every active
+/// pod is bound and finishes with `phase`; pods being deleted are removed.
+/// Returns how many pods were active (never more than the Job allows).
+async fn finish_job_pods(store: &Store, job_uid: &str, phase: &str) -> Result<usize> {
+    finish_terminating(store).await?;
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    let active: Vec<&Pod> = owned_by(&pods, job_uid)
+        .into_iter()
+        .filter(|p| {
+            let ph = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !meta::is_terminating(&p.metadata) && !matches!(ph, Some("Succeeded" | "Failed"))
+        })
+        .collect();
+    for pod in &active {
+        store
+            .modify::<Pod, _>(Some(NS), meta::name(*pod), |p| {
+                p.spec.get_or_insert_with(Default::default).node_name = Some(NODE.into());
+                p.status.get_or_insert_with(Default::default).phase = Some(phase.into());
+                true
+            })
+            .await?;
+    }
+    Ok(active.len())
+}
+
+fn job_condition(j: &Job, type_: &str) -> Option<String> {
+    j.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| c.reason.clone().unwrap_or_default())
+}
+
+/// Drives a Job's pods to `phase` until the Job has condition `until`;
+/// returns the Job and the most pods seen active at once.
+async fn run_job(store: &Store, j: &Job, phase: &str, until: &str) -> Result<(Job, usize)> {
+    let job_uid = uid(j);
+    let mut most = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        most = most.max(finish_job_pods(store, &job_uid, phase).await?);
+        let current = store
+            .get::<Job>(Some(NS), meta::name(j))
+            .await?
+            .ok_or_else(|| anyhow!("job {} is gone", meta::name(j)))?;
+        if job_condition(&current, until).is_some() {
+            return Ok((current, most));
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(anyhow!(
+                "job {} has no condition {until}: {:?}",
+                meta::name(j),
+                current.status
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_run_to_completion_fail_after_their_backoff_limit_and_expire() -> Result<()> {
+    with_etcd(|store| async move {
+        let ctl = Controllers::start(&store);
+        let result = job_scenario(&store).await;
+        let stopped = ctl.stop().await;
+        result?;
+        stopped
+    })
+    .await
+}
+
+async fn job_scenario(store: &Store) -> Result<()> {
+    // completions 3, parallelism 2: three pods succeed, never three at once.
+    let j = store
+        .create(job(
+            "batch",
+            serde_json::json!({"completions": 3, "parallelism": 2}),
+        )?)
+        .await?;
+    let (done, most) = run_job(store, &j, "Succeeded", "Complete").await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.succeeded, Some(3), "{status:?}");
+    assert!(most <= 2, "{most} pods were active at once");
+    assert!(status.completion_time.is_some() && status.start_time.is_some());
+    assert_eq!(
+        job_condition(&done, "SuccessCriteriaMet").as_deref(),
+        Some("CompletionsReached")
+    );
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    assert_eq!(owned_by(&pods, &uid(&j)).len(), 3, "finished pods are kept");
+
+    // backoffLimit 1: the second failure fails the Job.
+    let f = store
+        .create(job("fails", serde_json::json!({"backoffLimit": 1}))?)
+        .await?;
+    let (failed, _) = run_job(store, &f, "Failed", "Failed").await?;
+    assert_eq!(
+        job_condition(&failed, "Failed").as_deref(),
+        Some("BackoffLimitExceeded")
+    );
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(status.failed, Some(2), "{status:?}");
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    assert_eq!(owned_by(&pods, &uid(&f)).len(), 2, "two attempts");
+
+    // ttlSecondsAfterFinished 0: a finished Job goes at once, leaves a
+    // tombstone (it was Git-owned), and its pods are collected.
+    let t = store
+        .create(job(
+            "short-lived",
+            serde_json::json!({"ttlSecondsAfterFinished": 0}),
+        )?)
+        .await?;
+    let t_uid = uid(&t);
+    let tombstone = keys::tombstone_key(Kind::Job, Some(NS), "short-lived");
+    eventually("the expired job to be deleted", DEADLINE, || async {
+        finish_job_pods(store, &t_uid, "Succeeded")
+            .await
+            .map_err(|e| e.to_string())?;
+        let gone = store
+            .get::<Job>(Some(NS), "short-lived")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none();
+        let marked = store
+            .client()
+            .get(tombstone.as_str(), None)
+            .await
+            .map_err(|e| e.to_string())?
+            .kvs()
+            .len()
+            == 1;
+        let pods = store
+            .list::<Pod>(Some(NS))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        let left = owned_by(&pods, &t_uid).len();
+        (gone && marked && left == 0)
+            .then_some(())
+            .ok_or(format!("gone={gone} tombstone={marked} pods left={left}"))
+    })
+    .await?;
+
+    // Deleting a Job deletes its pods (the garbage collector).
+    store.delete::<Job>(Some(NS), "batch", None).await?;
+    let batch_uid = uid(&j);
+    eventually("the deleted job's pods to go", DEADLINE, || async {
+        finish_terminating(store).await.map_err(|e| e.to_string())?;
+        let pods = store
+            .list::<Pod>(Some(NS))
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        let left = owned_by(&pods, &batch_uid).len();
+        (left == 0).then_some(()).ok_or(format!("{left} pods left"))
+    })
+    .await
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use commitd::cluster::etcd::{Etcd, EtcdOptions};
 use commitd_api::k8s_openapi::api::apps::v1::Deployment;
+use commitd_api::k8s_openapi::api::batch::v1::Job;
 use commitd_api::k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use commitd_api::keys;
 use commitd_api::records::{AppliedCommit, HistoryRecord, Outcome};
@@ -715,4 +716,168 @@ async fn sync_waves_apply_one_after_another_once_healthy() {
     })
     .await;
     h.stop().await;
+}
+
+const JOB: &str = r#"apiVersion: batch/v1
+kind: Job
+metadata:
+  name: migrate
+  namespace: demo
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: migrate
+        image: 127.0.0.1:5000/commitd/web:1
+"#;
+
+async fn job(store: &Store) -> Option<Job> {
+    store
+        .get::<Job>(Some("demo"), "migrate")
+        .await
+        .expect("read job")
+}
+
+/// A Job's pod template cannot change (the commit is rejected, naming the
+/// file, line and field) unless the Job asks to be replaced; a Job the
+/// cluster deleted after it finished (its TTL) stays deleted while Git
+/// declares it unchanged, and runs again when its manifest changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_templates_are_immutable_and_expired_jobs_stay_deleted() {
+    let h = Harness::start().await;
+    let c1 = h.repo.commit(
+        "A migration job",
+        &[
+            ("manifests/ns.yaml", Some(NAMESPACE)),
+            ("manifests/job.yaml", Some(JOB)),
+        ],
+    );
+    let _task = h.follow();
+    assert_eq!(h.wait_for_record(&c1).await.outcome, Outcome::Applied);
+    let first = job(&h.store).await.expect("job stored");
+    let uid = first.metadata.uid.clone().expect("uid");
+    let spec = first.spec.clone().expect("spec");
+    let selector = spec.selector.clone().expect("generated selector");
+    assert_eq!(
+        selector
+            .match_labels
+            .and_then(|m| m.get("batch.kubernetes.io/controller-uid").cloned()),
+        Some(uid.clone())
+    );
+    let labels = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .expect("labels");
+    assert_eq!(labels.get("controller-uid"), Some(&uid));
+    assert_eq!(labels.get("job-name").map(String::as_str), Some("migrate"));
+
+    // A new image in the template: rejected whole, the Job untouched.
+    let changed = JOB.replace("commitd/web:1", "commitd/web:2");
+    let c2 = h.repo.commit(
+        "New migration image",
+        &[("manifests/job.yaml", Some(&changed))],
+    );
+    let rejected = h.wait_for_record(&c2).await;
+    assert_eq!(rejected.outcome, Outcome::Rejected);
+    let e = &rejected.errors[0];
+    assert_eq!(e.file, "manifests/job.yaml");
+    assert_eq!(e.line, 12);
+    assert_eq!(
+        e.field.as_deref(),
+        Some("spec.template.spec.containers[0].image")
+    );
+    assert!(e.message.contains("field is immutable"), "{}", e.message);
+    assert!(e.message.contains("rename the Job"), "{}", e.message);
+    assert_eq!(
+        job(&h.store).await.and_then(|j| j.metadata.uid),
+        Some(uid.clone())
+    );
+
+    // With replace-on-change, the old Job goes and a new one runs.
+    let replace = changed.replace(
+        "  namespace: demo\n",
+        "  namespace: demo\n  annotations: {commitd.io/replace-on-change: \"true\"}\n",
+    );
+    let c3 = h.repo.commit(
+        "Replace the migration",
+        &[("manifests/job.yaml", Some(&replace))],
+    );
+    assert_eq!(h.wait_for_record(&c3).await.outcome, Outcome::Applied);
+    let replaced = job(&h.store).await.expect("job stored");
+    let new_uid = replaced.metadata.uid.clone().expect("uid");
+    assert_ne!(new_uid, uid, "a new Job");
+    assert!(replaced.status.is_none());
+    let image = replaced
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|s| s.containers.into_iter().next())
+        .and_then(|c| c.image);
+    assert_eq!(image.as_deref(), Some("127.0.0.1:5000/commitd/web:2"));
+
+    // Its TTL expired: the Job controller deletes it and leaves a
+    // tombstone, in one transaction (done here as it does it).
+    let value = serde_json::to_value(&replaced_job(&h.store).await).expect("json");
+    let tombstone = commitd_api::records::Tombstone {
+        uid: new_uid,
+        commit: Some(c3.clone()),
+        reason: "TTLAfterFinished".into(),
+        deleted_at: "2026-01-01T00:00:00Z".into(),
+        view: commitd_reconciler::job_templates::tombstone_view(commitd_api::Kind::Job, &value),
+    };
+    let tkey = keys::tombstone_key(commitd_api::Kind::Job, Some("demo"), "migrate");
+    let okey = keys::object_key(commitd_api::Kind::Job, Some("demo"), "migrate");
+    let txn = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::delete(okey.as_str(), None),
+        etcd_client::TxnOp::put(
+            tkey.as_str(),
+            serde_json::to_vec(&tombstone).expect("encode"),
+            None,
+        ),
+    ]);
+    h.store
+        .client()
+        .txn(txn)
+        .await
+        .expect("delete with tombstone");
+    // An unrelated commit: the Job is neither recreated nor drift.
+    let c4 = h
+        .repo
+        .commit("Config", &[("manifests/cm.yaml", Some(CONFIG))]);
+    assert_eq!(h.wait_for_record(&c4).await.outcome, Outcome::Applied);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(job(&h.store).await.is_none(), "an expired Job came back");
+    let drift = h
+        .history()
+        .await
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::DriftCorrected)
+        .count();
+    assert_eq!(drift, 0, "{:?}", h.history().await);
+
+    // A changed manifest runs again; the tombstone goes.
+    let again = replace.replace(
+        "spec:\n  template:",
+        "spec:\n  backoffLimit: 2\n  template:",
+    );
+    let c5 = h
+        .repo
+        .commit("Run it again", &[("manifests/job.yaml", Some(&again))]);
+    assert_eq!(h.wait_for_record(&c5).await.outcome, Outcome::Applied);
+    assert!(job(&h.store).await.is_some(), "the changed Job runs again");
+    let left = h
+        .store
+        .client()
+        .get(tkey.as_str(), None)
+        .await
+        .expect("read tombstone")
+        .kvs()
+        .len();
+    assert_eq!(left, 0);
+    h.stop().await;
+}
+
+async fn replaced_job(store: &Store) -> Job {
+    job(store).await.expect("job stored")
 }

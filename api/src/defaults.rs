@@ -5,6 +5,7 @@
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
 };
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, PodSecurityContext,
     PodSpec, Probe, Secret, Service, SessionAffinityConfig, Volume,
@@ -179,6 +180,53 @@ pub fn replica_set(rs: &mut ReplicaSet) {
     }
 }
 
+/// The labels the API server puts on a Job's pod template (and so on its
+/// pods) naming the Job, as Kubernetes does when the selector is generated.
+pub const JOB_NAME_LABELS: [&str; 2] = ["batch.kubernetes.io/job-name", "job-name"];
+/// The labels naming the Job's uid; set when the Job is created (the uid
+/// is not known before), with the selector that matches them.
+pub const JOB_UID_LABELS: [&str; 2] = ["batch.kubernetes.io/controller-uid", "controller-uid"];
+
+/// Job defaults, as the API server fills them in: with neither
+/// `completions` nor `parallelism` set both are 1 (with only `parallelism`
+/// set the Job is a work queue and `completions` stays unset); backoff
+/// limit 6, `NonIndexed`, not suspended, pods replaced once terminating or
+/// failed, the job-name labels on the template (unless `manualSelector`),
+/// and the pod spec's defaults. `restartPolicy` is left unset if it is, so
+/// validation can say it is required rather than that `Always` is wrong.
+pub fn job(j: &mut Job) {
+    let name = j.metadata.name.clone().unwrap_or_default();
+    let spec = j.spec.get_or_insert_with(Default::default);
+    if spec.completions.is_none() && spec.parallelism.is_none() {
+        spec.completions = Some(1);
+    }
+    spec.parallelism.get_or_insert(1);
+    spec.backoff_limit.get_or_insert(6);
+    spec.completion_mode
+        .get_or_insert_with(|| "NonIndexed".into());
+    spec.suspend.get_or_insert(false);
+    spec.pod_replacement_policy
+        .get_or_insert_with(|| "TerminatingOrFailed".into());
+    if spec.manual_selector != Some(true) {
+        let labels = spec
+            .template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(Default::default);
+        for key in JOB_NAME_LABELS {
+            labels.insert(key.to_string(), name.clone());
+        }
+    }
+    if let Some(t) = spec.template.spec.as_mut() {
+        let restart_unset = t.restart_policy.is_none();
+        pod_spec(t);
+        if restart_unset {
+            t.restart_policy = None;
+        }
+    }
+}
+
 /// Secret defaults: type `Opaque`, and `stringData` merged into `data` as
 /// the API server does on write (stringData wins).
 pub fn secret(s: &mut Secret) {
@@ -271,6 +319,50 @@ mod tests {
                 .as_deref(),
             Some("TCP")
         );
+    }
+
+    #[test]
+    fn job_gets_kubernetes_defaults() {
+        let mut j: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pi"},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "pi", "image": "perl:5"}]}}}
+        }))
+        .expect("valid job");
+        job(&mut j);
+        let spec = j.spec.expect("spec");
+        assert_eq!((spec.completions, spec.parallelism), (Some(1), Some(1)));
+        assert_eq!(spec.backoff_limit, Some(6));
+        assert_eq!(spec.completion_mode.as_deref(), Some("NonIndexed"));
+        assert_eq!(spec.suspend, Some(false));
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .expect("labels");
+        assert_eq!(labels.get("job-name").map(String::as_str), Some("pi"));
+        assert_eq!(
+            labels
+                .get("batch.kubernetes.io/job-name")
+                .map(String::as_str),
+            Some("pi")
+        );
+        let pod = spec.template.spec.expect("pod spec");
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(pod.termination_grace_period_seconds, Some(30));
+
+        // A work queue: only parallelism set, completions stay unset.
+        let mut q: Job = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "q"},
+            "spec": {"parallelism": 3, "template": {"spec": {
+                "containers": [{"name": "w", "image": "w:1"}]}}}
+        }))
+        .expect("valid job");
+        job(&mut q);
+        let spec = q.spec.expect("spec");
+        assert_eq!((spec.completions, spec.parallelism), (None, Some(3)));
+        // restartPolicy is not defaulted to Always: validation requires it.
+        assert_eq!(spec.template.spec.expect("pod").restart_policy, None);
     }
 
     #[test]

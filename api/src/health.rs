@@ -7,6 +7,7 @@
 //! healthy once they exist.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 
@@ -179,6 +180,45 @@ pub fn deployment(d: &Deployment) -> Health {
         )),
         RolloutProgress::Complete => Health::healthy(),
     }
+}
+
+/// A Job's health: `Complete` is healthy, `Failed` degraded with the
+/// condition's reason (`BackoffLimitExceeded`, `DeadlineExceeded`), and
+/// anything else still on its way (with the active and succeeded counts).
+pub fn job(j: &Job) -> Health {
+    let status = j.status.clone().unwrap_or_default();
+    let holds = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == t && c.status == "True")
+    };
+    if holds("Complete").is_some() {
+        return Health::healthy();
+    }
+    if let Some(c) = holds("Failed") {
+        return Health::new(
+            HealthStatus::Degraded,
+            c.reason.as_deref().unwrap_or("JobFailed"),
+            c.message.clone().unwrap_or_else(|| "the job failed".into()),
+        );
+    }
+    let wanted = j
+        .spec
+        .as_ref()
+        .and_then(|s| s.completions)
+        .map_or_else(|| "?".to_string(), |c| c.to_string());
+    Health::new(
+        HealthStatus::Progressing,
+        "JobRunning",
+        format!(
+            "{} active, {}/{wanted} succeeded, {} failed",
+            status.active.unwrap_or(0),
+            status.succeeded.unwrap_or(0),
+            status.failed.unwrap_or(0)
+        ),
+    )
 }
 
 /// The reasons a container waits with that mean it will not get better on
@@ -423,6 +463,32 @@ mod tests {
         assert_eq!(
             pod(&pod_with(json!({"phase": "Failed"}))).status,
             HealthStatus::Degraded
+        );
+    }
+
+    #[test]
+    fn jobs_are_healthy_when_complete_and_degraded_when_failed() {
+        let with = |status: serde_json::Value| -> Job {
+            serde_json::from_value(json!({"metadata": {"name": "pi"},
+                "spec": {"completions": 3, "template": {}}, "status": status}))
+            .expect("job")
+        };
+        let done = with(json!({"succeeded": 3, "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True"},
+            {"type": "Complete", "status": "True"}]}));
+        assert_eq!(job(&done).status, HealthStatus::Healthy);
+        let failed = with(json!({"failed": 2, "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"},
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"}]}));
+        let h = job(&failed);
+        assert_eq!(h.status, HealthStatus::Degraded);
+        assert_eq!(h.reason.as_deref(), Some("BackoffLimitExceeded"));
+        let running = job(&with(json!({"active": 2, "succeeded": 1})));
+        assert_eq!(running.status, HealthStatus::Progressing);
+        assert_eq!(
+            running.message.as_deref(),
+            Some("2 active, 1/3 succeeded, 0 failed")
         );
     }
 

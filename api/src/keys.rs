@@ -10,6 +10,7 @@
 //! /commitd/source/seq                                  the newest history sequence number
 //! /commitd/source/applying                             the apply lock (JSON, on a lease)
 //! /commitd/history/<seq, 20 digits>                    one record per commit seen
+//! /commitd/tombstones/<group>/<Kind>/<namespace>/<name> Git-owned objects deleted on purpose (JSON)
 //! /commitd/leader/<component>                          reserved for leader election (not used yet)
 //! ```
 //! The core group is spelled `core` in keys so that every key has the same
@@ -38,6 +39,11 @@ pub const HISTORY_SEQ: &str = "/commitd/source/seq";
 pub const APPLYING: &str = "/commitd/source/applying";
 /// Prefix of the per-commit history records.
 pub const HISTORY_PREFIX: &str = "/commitd/history/";
+/// Prefix of the tombstones: records of Git-owned objects that the
+/// cluster deleted on purpose (a finished Job whose `ttlSecondsAfterFinished`
+/// expired), so that drift correction does not put them back.
+pub const TOMBSTONE_PREFIX: &str = "/commitd/tombstones/";
+
 /// Prefix of node heartbeat keys.
 pub const NODE_LEASE_PREFIX: &str = "/commitd/leases/nodes/";
 
@@ -64,6 +70,14 @@ pub fn object_key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
         Some(ns) if kind.namespaced() => format!("{}{ns}/{name}", kind_prefix(kind)),
         _ => format!("{}{name}", kind_prefix(kind)),
     }
+}
+
+/// The tombstone key of an object (same layout as [`object_key`] under
+/// [`TOMBSTONE_PREFIX`]).
+pub fn tombstone_key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    let object = object_key(kind, namespace, name);
+    let rest = object.strip_prefix("/commitd/objects/").unwrap_or(&object);
+    format!("{TOMBSTONE_PREFIX}{rest}")
 }
 
 /// The key of one history record; zero-padded so keys sort by sequence.
@@ -97,6 +111,10 @@ mod tests {
         assert_eq!(
             object_key(Kind::Node, Some("ignored"), "n1"),
             "/commitd/objects/core/Node/n1"
+        );
+        assert_eq!(
+            tombstone_key(Kind::Job, Some("demo"), "pi"),
+            "/commitd/tombstones/batch/Job/demo/pi"
         );
         assert_eq!(history_key(42), "/commitd/history/00000000000000000042");
     }

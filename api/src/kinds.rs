@@ -14,6 +14,7 @@ pub enum Kind {
     Pod,
     ReplicaSet,
     Deployment,
+    Job,
     Node,
     Service,
     Endpoints,
@@ -22,7 +23,7 @@ pub enum Kind {
 impl Kind {
     /// Every kind, in the order a commit applies them (namespaces first,
     /// configuration before the workloads that read it).
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::ConfigMap,
         Kind::Secret,
@@ -31,18 +32,20 @@ impl Kind {
         Kind::Service,
         Kind::Endpoints,
         Kind::Deployment,
+        Kind::Job,
         Kind::ReplicaSet,
         Kind::Pod,
     ];
 
     /// Kinds a manifest in Git may declare.
-    pub const FROM_GIT: [Kind; 8] = [
+    pub const FROM_GIT: [Kind; 9] = [
         Kind::Namespace,
         Kind::ConfigMap,
         Kind::Secret,
         Kind::ServiceAccount,
         Kind::Service,
         Kind::Deployment,
+        Kind::Job,
         Kind::ReplicaSet,
         Kind::Pod,
     ];
@@ -51,6 +54,7 @@ impl Kind {
     pub fn group(self) -> &'static str {
         match self {
             Kind::ReplicaSet | Kind::Deployment => "apps",
+            Kind::Job => "batch",
             _ => "",
         }
     }
@@ -59,6 +63,7 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::ReplicaSet | Kind::Deployment => "apps/v1",
+            Kind::Job => "batch/v1",
             _ => "v1",
         }
     }
@@ -73,6 +78,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::ReplicaSet => "ReplicaSet",
             Kind::Deployment => "Deployment",
+            Kind::Job => "Job",
             Kind::Node => "Node",
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
@@ -89,6 +95,7 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::ReplicaSet => "replicasets",
             Kind::Deployment => "deployments",
+            Kind::Job => "jobs",
             Kind::Node => "nodes",
             Kind::Service => "services",
             Kind::Endpoints => "endpoints",
@@ -127,6 +134,7 @@ impl Kind {
             Kind::Pod => &["po"],
             Kind::ReplicaSet => &["rs"],
             Kind::Deployment => &["deploy"],
+            Kind::Job => &[],
             Kind::Node => &["no"],
             Kind::Service => &["svc"],
             Kind::Endpoints => &["ep"],
@@ -152,6 +160,8 @@ mod tests {
         assert_eq!(Kind::from_cli("replicasets.apps"), Some(Kind::ReplicaSet));
         assert_eq!(Kind::from_cli("cm"), Some(Kind::ConfigMap));
         assert_eq!(Kind::from_cli("sa"), Some(Kind::ServiceAccount));
+        assert_eq!(Kind::from_cli("jobs.batch"), Some(Kind::Job));
+        assert_eq!(Kind::from_cli("job"), Some(Kind::Job));
         assert_eq!(Kind::from_cli("widgets"), None);
     }
 
@@ -163,5 +173,7 @@ mod tests {
         );
         assert_eq!(Kind::from_type("v1", "Deployment"), None);
         assert_eq!(Kind::from_type("v1", "Namespace"), Some(Kind::Namespace));
+        assert_eq!(Kind::from_type("batch/v1", "Job"), Some(Kind::Job));
+        assert_eq!(Kind::from_type("v1", "Job"), None);
     }
 }

@@ -238,6 +238,7 @@ fn load_document(
         Kind::ReplicaSet => {
             typed::<k8s_openapi::api::apps::v1::ReplicaSet>(&json, defaults::replica_set)
         }
+        Kind::Job => typed::<k8s_openapi::api::batch::v1::Job>(&json, defaults::job),
         Kind::Service => typed::<k8s_openapi::api::core::v1::Service>(&json, defaults::service),
         Kind::Node | Kind::Endpoints => unreachable_kind(),
     }

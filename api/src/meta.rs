@@ -3,6 +3,7 @@
 //! helpers over `metadata` (owners, ownership by Git, identities).
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service, ServiceAccount,
 };
@@ -57,6 +58,7 @@ object!(ServiceAccount, Kind::ServiceAccount);
 object!(Pod, Kind::Pod);
 object!(ReplicaSet, Kind::ReplicaSet);
 object!(Deployment, Kind::Deployment);
+object!(Job, Kind::Job);
 object!(Node, Kind::Node);
 object!(Service, Kind::Service);
 object!(Endpoints, Kind::Endpoints);

@@ -128,3 +128,26 @@ pub struct Refusal {
     /// The sentence a person reads.
     pub message: String,
 }
+
+/// What is left of a Git-owned object the cluster deleted on purpose (a
+/// finished Job whose `ttlSecondsAfterFinished` expired), at
+/// [`crate::keys::tombstone_key`]. While the manifest in Git still says
+/// what `view` says, the object is not created again: a Job declared in
+/// Git runs once per distinct manifest, not once per commit or per drift
+/// check. A changed manifest (or a renamed Job) runs again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tombstone {
+    /// The deleted object's uid.
+    pub uid: String,
+    /// The commit it was last applied from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// Why it was deleted (`TTLAfterFinished`).
+    pub reason: String,
+    /// When, RFC 3339.
+    pub deleted_at: String,
+    /// The object as Git declared it, without status, server-assigned
+    /// metadata or provenance annotations: what a manifest is compared with.
+    pub view: serde_json::Value,
+}

@@ -53,6 +53,7 @@ fn build<T: JsonSchema>() -> Schema {
 /// The schema of a kind, built once.
 pub fn for_kind(kind: Kind) -> &'static Schema {
     use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::{
         ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service, ServiceAccount,
     };
@@ -66,6 +67,7 @@ pub fn for_kind(kind: Kind) -> &'static Schema {
             (Kind::Pod, build::<Pod>()),
             (Kind::ReplicaSet, build::<ReplicaSet>()),
             (Kind::Deployment, build::<Deployment>()),
+            (Kind::Job, build::<Job>()),
             (Kind::Node, build::<Node>()),
             (Kind::Service, build::<Service>()),
             (Kind::Endpoints, build::<Endpoints>()),

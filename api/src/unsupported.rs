@@ -55,6 +55,19 @@ const DEPLOYMENT_SPEC: &[&str] = &[
     "revisionHistoryLimit",
 ];
 const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "template", "minReadySeconds"];
+/// Job spec fields commitd acts on; `suspend` only as `false` and
+/// `podReplacementPolicy` only as `TerminatingOrFailed` (checked apart).
+const JOB_SPEC: &[&str] = &[
+    "parallelism",
+    "completions",
+    "backoffLimit",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "completionMode",
+    "selector",
+    "manualSelector",
+    "template",
+];
 
 /// Pod `securityContext` fields commitd acts on; `supplementalGroupsPolicy`
 /// only as `Merge`, what it does anyway. `fsGroupChangePolicy` changes
@@ -206,6 +219,27 @@ pub fn fields(kind: Kind, obj: &Value) -> Vec<(FieldPath, String)> {
                 pod_spec(ps, &spec.key("template").key("spec"), &mut out);
             }
         }
+        Kind::Job => {
+            let Some(s) = obj.get("spec") else { return out };
+            let rest: serde_json::Map<String, Value> = s
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| {
+                    !matches!(
+                        (k.as_str(), v),
+                        ("suspend", Value::Bool(false))
+                            | ("podReplacementPolicy", Value::String(_))
+                    ) || (k.as_str() == "podReplacementPolicy"
+                        && v.as_str() != Some("TerminatingOrFailed"))
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            check_keys(&Value::Object(rest), &spec, JOB_SPEC, &mut out);
+            if let Some(ps) = s.get("template").and_then(|t| t.get("spec")) {
+                pod_spec(ps, &spec.key("template").key("spec"), &mut out);
+            }
+        }
         _ => {}
     }
     out
@@ -231,6 +265,24 @@ mod tests {
             .map(|(p, _)| p.to_string())
             .collect();
         assert_eq!(got, vec!["spec.template.spec.containers[0].resizePolicy",]);
+    }
+
+    #[test]
+    fn job_fields_not_acted_on_are_named() {
+        let j = json!({"spec": {"completions": 2, "suspend": false,
+            "podReplacementPolicy": "TerminatingOrFailed", "backoffLimitPerIndex": 1,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}});
+        let got: Vec<String> = fields(Kind::Job, &j)
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(got, vec!["spec.backoffLimitPerIndex"]);
+        let j = json!({"spec": {"suspend": true, "podReplacementPolicy": "Failed"}});
+        let got: Vec<String> = fields(Kind::Job, &j)
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(got, vec!["spec.podReplacementPolicy", "spec.suspend"]);
     }
 
     #[test]

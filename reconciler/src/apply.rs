@@ -49,6 +49,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
+use crate::job_templates::{
+    assign_job_identity, changed_template_field, check_job_templates, keep_job_identity,
+    replace_on_change, tombstone_view,
+};
+
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
 
@@ -297,6 +302,10 @@ pub fn desired_view(obj: &Value) -> Value {
 /// `spec.nodeName`, set by the scheduler when it binds the pod. (Service
 /// addresses and ports are allocated into the manifests before the diff.)
 pub fn keep_assigned_fields(kind: Kind, desired: &mut Value, current: &Value) {
+    if kind == Kind::Job {
+        keep_job_identity(desired, current);
+        return;
+    }
     if kind != Kind::Pod {
         return;
     }
@@ -311,6 +320,37 @@ pub fn keep_assigned_fields(kind: Kind, desired: &mut Value, current: &Value) {
     ) {
         spec.insert("nodeName".into(), node);
     }
+}
+
+/// Every tombstone in etcd, by the key of the object it stands for.
+async fn tombstones(store: &Store) -> anyhow::Result<BTreeMap<String, (String, Current)>> {
+    let list = store
+        .list_prefix(keys::TOMBSTONE_PREFIX)
+        .await
+        .context("listing tombstones")?;
+    let mut out = BTreeMap::new();
+    for kv in list.items {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let value: Value = match serde_json::from_slice(kv.value()) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(%key, error = %e, "skipping a tombstone that cannot be read");
+                continue;
+            }
+        };
+        let object_key = key.replacen(keys::TOMBSTONE_PREFIX, "/commitd/objects/", 1);
+        out.insert(
+            object_key,
+            (
+                key,
+                Current {
+                    value,
+                    mod_revision: kv.mod_revision(),
+                },
+            ),
+        );
+    }
+    Ok(out)
 }
 
 fn spec_of(v: &Value) -> Value {
@@ -484,11 +524,13 @@ async fn plan(
     prune: bool,
 ) -> anyhow::Result<Plan> {
     let mut current = git_owned(store).await?;
+    let mut tombstones = tombstones(store).await?;
     let mut plan = Plan::default();
     for m in manifests {
         let key = keys::object_key(m.kind, m.namespace.as_deref(), &m.name);
         let name = display(m.kind, m.namespace.as_deref(), &m.name);
         let mut desired = annotated(m, sha);
+        let tombstone = tombstones.remove(&key);
         let existing = match current.remove(&key) {
             Some((_, c)) => Some(c),
             // Not Git-owned yet: it may still exist (made by hand or by a
@@ -514,11 +556,41 @@ async fn plan(
         if let Some(cur) = &existing {
             keep_assigned_fields(m.kind, &mut desired, &cur.value);
         }
+        if let Some((tkey, t)) = tombstone {
+            let same = t.value.get("view") == Some(&tombstone_view(m.kind, &desired));
+            if existing.is_none() && same {
+                // Deleted on purpose by the cluster and unchanged in Git:
+                // it stays deleted (see `Tombstone`).
+                plan.changes.unchanged += 1;
+                continue;
+            }
+            // Changed in Git (or back in etcd): the object is created
+            // again and the tombstone goes.
+            plan.writes.push(Write::delete(&tkey, t.mod_revision));
+        }
+        let replaced = m.kind == Kind::Job
+            && replace_on_change(&desired)
+            && existing
+                .as_ref()
+                .is_some_and(|cur| changed_template_field(&desired, &cur.value).is_some());
         match existing {
             None => {
                 fill_create_fields(&mut desired);
+                if m.kind == Kind::Job {
+                    assign_job_identity(&mut desired);
+                }
                 plan.writes.push(Write::put(store, &key, 0, &desired)?);
                 plan.changes.created.push(name);
+            }
+            Some(cur) if replaced => {
+                // A new Job under the old name: a new uid (the garbage
+                // collector deletes the old Job's pods, which name the old
+                // uid), no status, a fresh selector.
+                fill_create_fields(&mut desired);
+                assign_job_identity(&mut desired);
+                plan.writes
+                    .push(Write::put(store, &key, cur.mod_revision, &desired)?);
+                plan.changes.updated.push(name);
             }
             Some(cur) if desired_view(&cur.value) == desired_view(&desired) => {
                 if commit_of(&cur.value) == Some(sha) {
@@ -533,6 +605,11 @@ async fn plan(
                 plan.changes.updated.push(name);
             }
         }
+    }
+    // Tombstones of objects Git no longer declares are housekeeping: a
+    // Job declared again later runs again.
+    for (_, (tkey, t)) in tombstones.into_iter().filter(|_| prune) {
+        plan.writes.push(Write::delete(&tkey, t.mod_revision));
     }
     for (key, (kind, cur)) in current.into_iter().filter(|_| prune) {
         let meta = cur.value.get("metadata");
@@ -699,6 +776,12 @@ pub async fn apply_commit(
             let with_addresses = loaded.to_mut();
             let errors = allocate_services(store, &mut with_addresses.manifests, options).await?;
             with_addresses.diagnostics.extend(errors);
+        }
+        if loaded.is_valid() && loaded.manifests.iter().any(|m| m.kind == Kind::Job) {
+            let errors = check_job_templates(store, &loaded.manifests).await?;
+            if !errors.is_empty() {
+                loaded.to_mut().diagnostics.extend(errors);
+            }
         }
         let result = if provenance.refusal.is_none() && loaded.is_valid() {
             let staged = match through_wave {
@@ -1323,7 +1406,64 @@ pub async fn correct_drift(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job_templates::REPLACE_ON_CHANGE_ANNOTATION;
     use serde_json::json;
+
+    fn job_manifest() -> Value {
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "pi", "namespace": "demo",
+                "annotations": {COMMIT_ANNOTATION: "abc", SOURCE_ANNOTATION: "jobs/pi.yaml:1"}},
+            "spec": {"completions": 1, "template": {
+                "metadata": {"labels": {"job-name": "pi", "batch.kubernetes.io/job-name": "pi"}},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "i:1"}]}}}})
+    }
+
+    #[test]
+    fn jobs_get_a_generated_selector_that_is_neither_drift_nor_a_change() {
+        let mut stored = job_manifest();
+        fill_create_fields(&mut stored);
+        assign_job_identity(&mut stored);
+        let uid = stored["metadata"]["uid"].as_str().expect("uid").to_string();
+        assert_eq!(
+            stored["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+        );
+        let labels = &stored["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["controller-uid"], json!(uid));
+        assert_eq!(labels["job-name"], "pi");
+        // The manifest as Git has it again: same view once kept.
+        let mut desired = job_manifest();
+        keep_assigned_fields(Kind::Job, &mut desired, &stored);
+        assert_eq!(desired_view(&desired), desired_view(&stored));
+        assert_eq!(changed_template_field(&desired, &stored), None);
+        // And the tombstone view of both is the manifest's.
+        assert_eq!(
+            tombstone_view(Kind::Job, &stored),
+            tombstone_view(Kind::Job, &job_manifest())
+        );
+    }
+
+    #[test]
+    fn a_changed_job_template_names_the_first_field_that_changed() {
+        let mut stored = job_manifest();
+        fill_create_fields(&mut stored);
+        assign_job_identity(&mut stored);
+        let mut desired = job_manifest();
+        desired["spec"]["template"]["spec"]["containers"][0]["image"] = json!("i:2");
+        keep_assigned_fields(Kind::Job, &mut desired, &stored);
+        assert_eq!(
+            changed_template_field(&desired, &stored).map(|f| f.to_string()),
+            Some("spec.template.spec.containers[0].image".to_string())
+        );
+        // Other spec fields are not the template.
+        let mut desired = job_manifest();
+        desired["spec"]["backoffLimit"] = json!(2);
+        keep_assigned_fields(Kind::Job, &mut desired, &stored);
+        assert_eq!(changed_template_field(&desired, &stored), None);
+        assert!(!replace_on_change(&desired));
+        desired["metadata"]["annotations"][REPLACE_ON_CHANGE_ANNOTATION] = json!("true");
+        assert!(replace_on_change(&desired));
+    }
 
     #[test]
     fn bound_pods_leaving_git_are_deleted_gracefully() {

@@ -1,21 +1,30 @@
 //! Noticing drift cheaply: caches of the kinds Git declares are compared in
 //! memory with the applied commit's manifests; only when something differs
 //! does the reconciler run the transactional correction.
+//!
+//! A Git-owned Job is drift only in what Git declares (its status is the
+//! controller's). A Job the cluster deleted on purpose — its
+//! `ttlSecondsAfterFinished` expired — leaves a tombstone
+//! ([`commitd_api::records::Tombstone`]); while Git still declares the same
+//! Job, it is not missing, and not put back.
 
 use std::sync::Arc;
 
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use commitd_api::k8s_openapi::api::batch::v1::Job;
 use commitd_api::k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount,
 };
 use commitd_api::manifest::Manifest;
-use commitd_api::reflector::{reflect, Cache};
-use commitd_api::{Kind, Object, Store};
+use commitd_api::records::Tombstone;
+use commitd_api::reflector::{reflect, reflect_prefix, Cache};
+use commitd_api::{keys, Kind, Object, Store};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{desired_view, keep_assigned_fields};
+use crate::job_templates::tombstone_view;
 
 /// Caches of every kind a commit may declare.
 #[derive(Clone)]
@@ -28,6 +37,8 @@ pub struct GitKindCaches {
     pods: Cache<Pod>,
     replica_sets: Cache<ReplicaSet>,
     deployments: Cache<Deployment>,
+    jobs: Cache<Job>,
+    tombstones: Cache<Tombstone>,
 }
 
 fn json_of<T: Object>(c: &Cache<T>, ns: Option<&str>, name: &str) -> Option<Value> {
@@ -47,6 +58,13 @@ impl GitKindCaches {
             pods: reflect(store.clone(), cancel.clone()),
             replica_sets: reflect(store.clone(), cancel.clone()),
             deployments: reflect(store.clone(), cancel.clone()),
+            jobs: reflect(store.clone(), cancel.clone()),
+            tombstones: reflect_prefix(
+                store.clone(),
+                keys::TOMBSTONE_PREFIX.to_string(),
+                |_, kv| serde_json::from_slice(kv.value()).map_err(|e| e.to_string()),
+                cancel.clone(),
+            ),
         }
     }
 
@@ -61,6 +79,8 @@ impl GitKindCaches {
             self.pods.changes(),
             self.replica_sets.changes(),
             self.deployments.changes(),
+            self.jobs.changes(),
+            self.tombstones.changes(),
         ]
     }
 
@@ -73,6 +93,14 @@ impl GitKindCaches {
             && self.pods.is_ready()
             && self.replica_sets.is_ready()
             && self.deployments.is_ready()
+            && self.jobs.is_ready()
+            && self.tombstones.is_ready()
+    }
+
+    /// The tombstone of an object the cluster deleted on purpose.
+    fn tombstone(&self, kind: Kind, ns: Option<&str>, name: &str) -> Option<Arc<Tombstone>> {
+        self.tombstones
+            .get_key(&keys::tombstone_key(kind, ns, name))
     }
 
     fn json(&self, kind: Kind, ns: Option<&str>, name: &str) -> Option<Value> {
@@ -85,6 +113,7 @@ impl GitKindCaches {
             Kind::Pod => json_of(&self.pods, ns, name),
             Kind::ReplicaSet => json_of(&self.replica_sets, ns, name),
             Kind::Deployment => json_of(&self.deployments, ns, name),
+            Kind::Job => json_of(&self.jobs, ns, name),
             Kind::Node | Kind::Endpoints => None,
         }
     }
@@ -104,6 +133,10 @@ impl GitKindCaches {
             Kind::Pod => self.pods.get(ns, name).is_some(),
             Kind::ReplicaSet => self.replica_sets.get(ns, name).is_some(),
             Kind::Deployment => self.deployments.get(ns, name).is_some(),
+            // A Job deleted after it finished is not missing.
+            Kind::Job => {
+                self.jobs.get(ns, name).is_some() || self.tombstone(kind, ns, name).is_some()
+            }
             Kind::Node | Kind::Endpoints => false,
         };
         Some(present)
@@ -117,7 +150,7 @@ impl GitKindCaches {
         }
         manifests.iter().any(
             |m| match self.json(m.kind, m.namespace.as_deref(), &m.name) {
-                None => true,
+                None => !self.deleted_on_purpose(m, sha),
                 Some(current) => {
                     let mut desired = m.object.clone();
                     annotate_for_compare(&mut desired, m, sha);
@@ -126,6 +159,19 @@ impl GitKindCaches {
                 }
             },
         )
+    }
+}
+
+impl GitKindCaches {
+    /// Whether a missing object was deleted by the cluster on purpose and
+    /// Git still declares it as it was then.
+    fn deleted_on_purpose(&self, m: &Manifest, sha: &str) -> bool {
+        let Some(t) = self.tombstone(m.kind, m.namespace.as_deref(), &m.name) else {
+            return false;
+        };
+        let mut desired = m.object.clone();
+        annotate_for_compare(&mut desired, m, sha);
+        t.view == tombstone_view(m.kind, &desired)
     }
 }
 

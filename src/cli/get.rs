@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use commitd_api::k8s_openapi::api::batch::v1::Job;
 use commitd_api::k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret, Service,
     ServiceAccount, ServicePort,
@@ -26,9 +27,9 @@ use super::ClusterArgs;
 pub struct GetArgs {
     /// What to show: KIND[,KIND...] [NAME...] (e.g. `pods`, `po,deploy`,
     /// `deploy web`), or KIND/NAME... (e.g. `deploy/web pod/web-x`). Kinds:
-    /// pods, services, endpoints, deployments, replicasets, nodes,
+    /// pods, services, endpoints, deployments, replicasets, jobs, nodes,
     /// namespaces, configmaps, secrets, or `all` (pods, services,
-    /// deployments, replicasets).
+    /// deployments, replicasets, jobs).
     #[arg(value_name = "RESOURCE")]
     pub resources: Vec<String>,
     /// Namespace to read from.
@@ -188,7 +189,13 @@ fn parse_request(args: &[String]) -> Result<Request, UsageError> {
     for word in first.split(',').filter(|w| !w.is_empty()) {
         if word.eq_ignore_ascii_case("all") {
             // kubectl's `all` category, as far as commitd has its kinds.
-            requested.extend([Kind::Pod, Kind::Service, Kind::Deployment, Kind::ReplicaSet]);
+            requested.extend([
+                Kind::Pod,
+                Kind::Service,
+                Kind::Deployment,
+                Kind::ReplicaSet,
+                Kind::Job,
+            ]);
         } else {
             requested.push(resolve(word)?);
         }
@@ -272,6 +279,7 @@ async fn fetch(
         Kind::Pod => fetch_kind::<Pod>(store, scope, names, wide, now).await,
         Kind::Deployment => fetch_kind::<Deployment>(store, scope, names, wide, now).await,
         Kind::ReplicaSet => fetch_kind::<ReplicaSet>(store, scope, names, wide, now).await,
+        Kind::Job => fetch_kind::<Job>(store, scope, names, wide, now).await,
         Kind::Node => fetch_kind::<Node>(store, scope, names, wide, now).await,
         Kind::Namespace => fetch_kind::<Namespace>(store, scope, names, wide, now).await,
         Kind::ConfigMap => fetch_kind::<ConfigMap>(store, scope, names, wide, now).await,
@@ -546,6 +554,74 @@ impl Columns for Deployment {
             // Its current revision, and the commit that last changed it.
             c.push(revision_cell(&self.metadata));
             c.push(commit_cell(&self.metadata, meta::COMMIT_ANNOTATION));
+        }
+        c
+    }
+}
+
+/// kubectl's Job columns: STATUS from the conditions (in kubectl's order
+/// of precedence), COMPLETIONS as `succeeded/completions` (`n/1 of p` for
+/// a work queue), DURATION from start to completion (or to now).
+impl Columns for Job {
+    fn headers(wide: bool) -> Vec<&'static str> {
+        let mut h = vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"];
+        if wide {
+            h.extend(["CONTAINERS", "IMAGES", "SELECTOR"]);
+        }
+        h
+    }
+
+    fn cells(&self, wide: bool, now: Timestamp) -> Vec<String> {
+        let spec = self.spec.as_ref();
+        let status = self.status.clone().unwrap_or_default();
+        let holds = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == t && c.status == "True")
+        };
+        let state = if holds("Complete") {
+            "Complete"
+        } else if holds("Failed") {
+            "Failed"
+        } else if meta::is_terminating(&self.metadata) {
+            "Terminating"
+        } else if holds("Suspended") {
+            "Suspended"
+        } else if holds("FailureTarget") {
+            "FailureTarget"
+        } else if holds("SuccessCriteriaMet") {
+            "SuccessCriteriaMet"
+        } else {
+            "Running"
+        };
+        let succeeded = status.succeeded.unwrap_or(0);
+        let completions = match spec.and_then(|s| s.completions) {
+            Some(c) => format!("{succeeded}/{c}"),
+            None => match spec.and_then(|s| s.parallelism).unwrap_or(0) {
+                p if p > 1 => format!("{succeeded}/1 of {p}"),
+                _ => format!("{succeeded}/1"),
+            },
+        };
+        let duration = match (&status.start_time, &status.completion_time) {
+            (None, _) => String::new(),
+            (Some(start), None) => age(Some(start), now),
+            (Some(start), Some(end)) => age(Some(start), end.0),
+        };
+        let mut c = vec![
+            meta::name(self).to_string(),
+            state.to_string(),
+            completions,
+            duration,
+            age(self.metadata.creation_timestamp.as_ref(), now),
+        ];
+        if wide {
+            c.extend(containers_and_images(spec.map(|s| &s.template)));
+            c.push(
+                spec.and_then(|s| s.selector.as_ref())
+                    .map_or_else(|| "<none>".into(), selector_string),
+            );
         }
         c
     }
@@ -886,6 +962,7 @@ impl Columns for Endpoints {
 mod tests {
     use super::*;
     use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn args(words: &[&str]) -> Vec<String> {
         words.iter().map(|w| w.to_string()).collect()
@@ -916,7 +993,13 @@ mod tests {
         let kinds: Vec<Kind> = r.kinds.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             kinds,
-            vec![Kind::Pod, Kind::Service, Kind::Deployment, Kind::ReplicaSet]
+            vec![
+                Kind::Pod,
+                Kind::Service,
+                Kind::Deployment,
+                Kind::ReplicaSet,
+                Kind::Job
+            ]
         );
         let r = parse_request(&args(&["services,endpoints"])).unwrap();
         let kinds: Vec<Kind> = r.kinds.iter().map(|(k, _)| *k).collect();
@@ -1016,6 +1099,72 @@ mod tests {
         assert_eq!(list["kind"], "List");
         assert_eq!(list["items"], json!([]));
         assert_eq!(as_document(&results, true), None);
+    }
+
+    #[test]
+    fn jobs_show_kubectl_columns() {
+        let now = Timestamp::from_second(1_800_000_100).expect("time");
+        let at = |s: i64| Time(Timestamp::from_second(1_800_000_000 + s).expect("time"));
+        let job = |spec: Value, status: Value| -> Job {
+            serde_json::from_value(json!({
+                "metadata": {"name": "pi", "creationTimestamp": at(0)},
+                "spec": spec, "status": status
+            }))
+            .expect("job")
+        };
+        let template = json!({"spec": {"containers": [{"name": "pi", "image": "perl:5"}]}});
+        let done = job(
+            json!({"completions": 3, "parallelism": 2, "template": template,
+                   "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}}}),
+            json!({"succeeded": 3, "startTime": at(10), "completionTime": at(42),
+                   "conditions": [{"type": "SuccessCriteriaMet", "status": "True"},
+                                  {"type": "Complete", "status": "True"}]}),
+        );
+        assert_eq!(
+            Job::headers(true),
+            vec![
+                "NAME",
+                "STATUS",
+                "COMPLETIONS",
+                "DURATION",
+                "AGE",
+                "CONTAINERS",
+                "IMAGES",
+                "SELECTOR"
+            ]
+        );
+        assert_eq!(
+            done.cells(true, now),
+            vec![
+                "pi",
+                "Complete",
+                "3/3",
+                "32s",
+                "100s",
+                "pi",
+                "perl:5",
+                "batch.kubernetes.io/controller-uid=u1"
+            ]
+        );
+        let running = job(
+            json!({"parallelism": 3, "template": template}),
+            json!({"active": 3, "startTime": at(40)}),
+        );
+        assert_eq!(
+            running.cells(false, now),
+            vec!["pi", "Running", "0/1 of 3", "60s", "100s"]
+        );
+        let failed = job(
+            json!({"completions": 1, "template": template}),
+            json!({"failed": 2, "conditions": [{"type": "FailureTarget", "status": "True"},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}),
+        );
+        assert_eq!(
+            failed.cells(false, now),
+            vec!["pi", "Failed", "0/1", "", "100s"]
+        );
+        assert_eq!(qualified_resource(Kind::Job), "jobs.batch");
+        assert_eq!(type_prefix(Kind::Job), "job.batch");
     }
 
     fn service(v: Value) -> Service {

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Pod, PodSpec, PodTemplateSpec, Secret, ServiceAccount,
 };
@@ -625,6 +626,91 @@ impl Validate for ReplicaSet {
     }
 }
 
+impl Validate for Job {
+    fn validate(&self, errs: &mut FieldErrors) {
+        object_meta(&self.metadata, true, false, errs);
+        let Some(spec) = &self.spec else {
+            errs.required(FieldPath::root().key("spec"));
+            return;
+        };
+        let sp = FieldPath::root().key("spec");
+        for (field, value) in [
+            ("parallelism", spec.parallelism.map(i64::from)),
+            ("completions", spec.completions.map(i64::from)),
+            ("backoffLimit", spec.backoff_limit.map(i64::from)),
+            ("activeDeadlineSeconds", spec.active_deadline_seconds),
+            (
+                "ttlSecondsAfterFinished",
+                spec.ttl_seconds_after_finished.map(i64::from),
+            ),
+        ] {
+            if let Some(v) = value.filter(|v| *v < 0) {
+                errs.invalid(sp.key(field), v, "must be greater than or equal to 0");
+            }
+        }
+        if spec.active_deadline_seconds == Some(0) {
+            errs.invalid(sp.key("activeDeadlineSeconds"), 0, "must be greater than 0");
+        }
+        match spec.completion_mode.as_deref() {
+            None | Some("NonIndexed") => {}
+            Some("Indexed") => {
+                if spec.completions.is_none() {
+                    errs.add(
+                        sp.key("completions"),
+                        "Required value: when completion mode is Indexed",
+                    );
+                }
+            }
+            Some(other) => {
+                errs.unsupported(sp.key("completionMode"), other, &["NonIndexed", "Indexed"])
+            }
+        }
+        let template_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref());
+        if spec.manual_selector == Some(true) {
+            workload_selector(spec.selector.as_ref(), template_labels, "job", errs);
+        } else if let Some(sel) = &spec.selector {
+            // Kubernetes generates the selector from the Job's uid.
+            let shown: Vec<String> = sel
+                .match_labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+                .collect();
+            errs.invalid(
+                sp.key("selector"),
+                format!("map[string]string{{{}}}", shown.join(", ")),
+                "`selector` not auto-generated (set `manualSelector: true` to use your own)",
+            );
+        }
+        let tp = sp.key("template").key("spec");
+        let Some(ps) = spec.template.spec.as_ref() else {
+            errs.required(tp);
+            return;
+        };
+        // A Job's name ends up in a label value: one too long is caught here.
+        labels(
+            template_labels,
+            &sp.key("template").key("metadata").key("labels"),
+            errs,
+        );
+        pod_spec(ps, &tp, false, errs);
+        match ps.restart_policy.as_deref() {
+            None => errs.add(
+                tp.key("restartPolicy"),
+                "Required value: valid values: \"OnFailure\", \"Never\"",
+            ),
+            Some("OnFailure" | "Never") => {}
+            Some(other) => {
+                errs.unsupported(tp.key("restartPolicy"), other, &["OnFailure", "Never"])
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +762,56 @@ mod tests {
         ));
         assert!(got.contains(&"spec.template.spec.containers[1].image: Required value".to_string()));
         assert!(got.contains(&"spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\"".to_string()));
+    }
+
+    fn job(spec: serde_json::Value) -> serde_json::Value {
+        json!({"metadata": {"name": "pi"}, "spec": spec})
+    }
+
+    #[test]
+    fn job_errors_read_like_kubernetes() {
+        let pod = json!({"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "i"}]}});
+        let got = errors::<Job>(job(json!({"completions": -1, "parallelism": -2,
+            "backoffLimit": -3, "completionMode": "Sometimes", "template": pod})));
+        assert_eq!(
+            got,
+            vec![
+                "spec.parallelism: Invalid value: -2: must be greater than or equal to 0",
+                "spec.completions: Invalid value: -1: must be greater than or equal to 0",
+                "spec.backoffLimit: Invalid value: -3: must be greater than or equal to 0",
+                "spec.completionMode: Unsupported value: \"Sometimes\": supported values: \"NonIndexed\", \"Indexed\"",
+            ]
+        );
+        let got = errors::<Job>(job(json!({"completionMode": "Indexed", "parallelism": 2,
+            "template": {"spec": {"restartPolicy": "Always",
+                "containers": [{"name": "c", "image": "i"}]}}})));
+        assert_eq!(
+            got,
+            vec![
+                "spec.completions: Required value: when completion mode is Indexed",
+                "spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\"",
+            ]
+        );
+        let got = errors::<Job>(job(json!({"template": {"spec": {
+            "containers": [{"name": "c", "image": "i"}]}}})));
+        assert_eq!(
+            got,
+            vec!["spec.template.spec.restartPolicy: Required value: valid values: \"OnFailure\", \"Never\""]
+        );
+        let got = errors::<Job>(job(json!({"selector": {"matchLabels": {"app": "x"}},
+            "template": pod})));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with("spec.selector: Invalid value: map[string]string{\"app\":\"x\"}: `selector` not auto-generated"), "{got:?}");
+        let manual = errors::<Job>(job(json!({"manualSelector": true,
+            "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"labels": {"app": "x"}},
+                "spec": {"restartPolicy": "OnFailure", "containers": [{"name": "c", "image": "i"}]}}})));
+        assert!(manual.is_empty(), "{manual:?}");
+        assert!(errors::<Job>(job(
+            json!({"completions": 3, "parallelism": 2, "template": pod})
+        ))
+        .is_empty());
     }
 
     #[test]

@@ -25,19 +25,16 @@ use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
 use commitd_api::meta::{self, POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION};
 use commitd_api::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
-use super::expectations::Expectations;
+use super::expectations::{sync_each, Expectations};
 use super::strategy::{self, max_unavailable, SetCounts};
-use super::{controlled_by, earliest, pass_result, resource_version, Caches};
+use super::{controlled_by, resource_version, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
 /// Kubernetes' default `revisionHistoryLimit`.
 const DEFAULT_REVISION_HISTORY_LIMIT: i32 = 10;
-/// How soon to look again at a Deployment whose ReplicaSets the cache has
-/// not caught up with (a cache change wakes the loop sooner).
-const EXPECTATION_REQUEUE: Duration = Duration::from_secs(1);
 
 /// Condition types, reasons and messages, as Kubernetes' deployment util.
 const AVAILABLE: &str = "Available";
@@ -199,30 +196,18 @@ enum Creation {
 
 impl DeploymentController {
     async fn reconcile_all(&self) -> Result<Requeue> {
-        let rs_revision = self.caches.replica_sets.revision();
-        self.expectations.forget_satisfied(rs_revision);
-        let mut requeue = None;
-        let mut failed = Vec::new();
         let pods = pod_counts(&self.caches.pods.list());
-        for d in self.caches.deployments.list() {
-            let key = meta::display_key(&*d);
-            if let Some(uid) = d.metadata.uid.as_deref() {
-                if !self.expectations.satisfied(uid, rs_revision) {
-                    debug!(deployment = %key, "waiting for the replica set cache to catch up");
-                    requeue = earliest(requeue, Some(EXPECTATION_REQUEUE));
-                    continue;
-                }
-            }
-            let span = info_span!("deployment", key = %key);
-            match self.reconcile(&d, &pods).instrument(span).await {
-                Ok(r) => requeue = earliest(requeue, r),
-                Err(e) => {
-                    warn!(deployment = %key, error = format!("{e:#}"), "sync failed");
-                    failed.push(format!("{key}: {e:#}"));
-                }
-            }
-        }
-        pass_result("deployment", failed, requeue)
+        sync_each(
+            "deployment",
+            self.caches.deployments.list(),
+            &self.expectations,
+            self.caches.replica_sets.revision(),
+            |d| {
+                let pods = &pods;
+                async move { self.reconcile(&d, pods).await }
+            },
+        )
+        .await
     }
 
     /// One Deployment: make sure the ReplicaSet of its template exists with

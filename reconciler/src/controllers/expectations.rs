@@ -5,7 +5,20 @@
 //! would make the next pass create three more.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use commitd_api::controller::Requeue;
+use commitd_api::{meta, Object};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::{earliest, pass_result};
+
+/// How soon to look again at an object whose writes the cache has not
+/// caught up with (a cache change wakes the loop sooner).
+const EXPECTATION_REQUEUE: Duration = Duration::from_secs(1);
 
 /// The newest write revision per owner (keyed by uid).
 #[derive(Debug, Default)]
@@ -37,6 +50,49 @@ impl Expectations {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|_, rev| *rev > cache_revision);
     }
+}
+
+/// One pass of a control loop over `objects`: each is synced, except those
+/// whose last write the cache (at `cache_revision`) has not seen yet,
+/// which are looked at again shortly. A failure is logged and reported
+/// without stopping the others.
+pub(crate) async fn sync_each<T, F, Fut>(
+    controller: &'static str,
+    objects: Vec<Arc<T>>,
+    expectations: &Expectations,
+    cache_revision: i64,
+    mut sync: F,
+) -> Result<Requeue>
+where
+    T: Object,
+    F: FnMut(Arc<T>) -> Fut,
+    Fut: Future<Output = Result<Requeue>>,
+{
+    expectations.forget_satisfied(cache_revision);
+    let mut requeue = None;
+    let mut failed = Vec::new();
+    for object in objects {
+        let key = meta::display_key(&*object);
+        let uid = commitd_api::k8s_openapi::Metadata::metadata(&*object)
+            .uid
+            .clone();
+        if let Some(uid) = uid {
+            if !expectations.satisfied(&uid, cache_revision) {
+                debug!(controller, key = %key, "waiting for the cache to catch up");
+                requeue = earliest(requeue, Some(EXPECTATION_REQUEUE));
+                continue;
+            }
+        }
+        let span = info_span!("sync", controller, key = %key);
+        match sync(object).instrument(span).await {
+            Ok(r) => requeue = earliest(requeue, r),
+            Err(e) => {
+                warn!(controller, key = %key, error = format!("{e:#}"), "sync failed");
+                failed.push(format!("{key}: {e:#}"));
+            }
+        }
+    }
+    pass_result(controller, failed, requeue)
 }
 
 #[cfg(test)]

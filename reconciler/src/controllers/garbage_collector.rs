@@ -1,7 +1,7 @@
 //! The garbage collector: derived objects whose controller owner is gone
 //! are deleted (Kubernetes' background cascading deletion). This is how
 //! removing a Deployment's file from Git removes its ReplicaSets, and then
-//! their pods. It also finishes the deletion of terminating pods that no
+//! their pods; and how a deleted (or replaced) Job's pods go. It also finishes the deletion of terminating pods that no
 //! node will ever stop because none was assigned.
 //!
 //! The caches may lag each other (a ReplicaSet can be seen before the
@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use commitd_api::controller::{self, Requeue};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use commitd_api::k8s_openapi::api::batch::v1::Job;
 use commitd_api::k8s_openapi::api::core::v1::Pod;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use commitd_api::reflector::Cache;
@@ -34,6 +35,7 @@ pub(crate) async fn run(store: Store, caches: Caches, cancel: CancellationToken)
     let triggers = vec![
         caches.deployments.changes(),
         caches.replica_sets.changes(),
+        caches.jobs.changes(),
         caches.pods.changes(),
     ];
     let gc = Arc::new(GarbageCollector { store, caches });
@@ -159,6 +161,9 @@ impl GarbageCollector {
                 .await
         } else if is_kind::<ReplicaSet>(owner) {
             self.present::<ReplicaSet>(&self.caches.replica_sets, namespace, owner)
+                .await
+        } else if is_kind::<Job>(owner) {
+            self.present::<Job>(&self.caches.jobs, namespace, owner)
                 .await
         } else {
             debug!(kind = %owner.kind, api_version = %owner.api_version, "owner kind not collected");

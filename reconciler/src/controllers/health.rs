@@ -3,7 +3,7 @@
 //! so that `commitd history` and `commitd status` show not only "applied"
 //! but "healthy at 12:03:41" or "degraded: web ProgressDeadlineExceeded".
 //!
-//! Only Deployments and Pods have a health beyond "it exists"; the
+//! Only Deployments, Jobs and Pods have a health beyond "it exists"; the
 //! Git-owned ones are assessed (the pods a Deployment makes count through
 //! the Deployment). Objects the commit declares that are not in etcd yet
 //! (those of a sync wave still to come) are `Missing`: the Git source loop,
@@ -86,6 +86,7 @@ pub(crate) async fn run(
 ) {
     let triggers = vec![
         caches.deployments.changes(),
+        caches.jobs.changes(),
         caches.pods.changes(),
         missing.changes(cancel.clone()),
     ];
@@ -163,7 +164,7 @@ async fn pass(store: &Store, caches: &Caches, missing: &[ObjectHealth]) -> Resul
     Ok(None)
 }
 
-/// The health of every Git-owned Deployment and Pod, and the declared
+/// The health of every Git-owned Deployment, Job and Pod, and the declared
 /// objects that are missing.
 fn assess(caches: &Caches, missing: &[ObjectHealth], now: String) -> CommitHealth {
     let deployments = caches
@@ -172,6 +173,12 @@ fn assess(caches: &Caches, missing: &[ObjectHealth], now: String) -> CommitHealt
         .into_iter()
         .filter(|d| meta::is_git_owned(&d.metadata))
         .map(|d| object_health(&*d, health::deployment(&d)));
+    let jobs = caches
+        .jobs
+        .list()
+        .into_iter()
+        .filter(|j| meta::is_git_owned(&j.metadata))
+        .map(|j| object_health(&*j, health::job(&j)));
     let pods = caches
         .pods
         .list()
@@ -180,6 +187,7 @@ fn assess(caches: &Caches, missing: &[ObjectHealth], now: String) -> CommitHealt
         .map(|p| object_health(&*p, health::pod(&p)));
     CommitHealth::of(
         deployments
+            .chain(jobs)
             .chain(pods)
             .chain(missing.iter().cloned())
             .collect(),

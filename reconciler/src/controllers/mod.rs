@@ -1,6 +1,6 @@
 //! Controllers that turn desired objects into derived ones: Deployments into
-//! ReplicaSets, ReplicaSets into Pods, and a garbage collector that removes
-//! what lost its owner.
+//! ReplicaSets, ReplicaSets and Jobs into Pods, and a garbage collector that
+//! removes what lost its owner.
 //!
 //! Every loop has the shape of [`commitd_api::controller::run`]: it reads
 //! shared list+watch caches, compares what is with what should be and takes
@@ -17,6 +17,7 @@ mod endpoints;
 mod expectations;
 mod garbage_collector;
 mod health;
+mod job;
 mod replicaset;
 mod strategy;
 
@@ -25,6 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use commitd_api::controller::{self, ApplyGate};
 use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use commitd_api::k8s_openapi::api::batch::v1::Job;
 use commitd_api::k8s_openapi::api::core::v1::Pod;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta_v1;
 use commitd_api::reflector::{reflect, Cache};
@@ -39,6 +41,7 @@ pub use endpoints::{
     MANAGED_BY_VALUE, MAX_ENDPOINT_ADDRESSES, OVER_CAPACITY_ANNOTATION,
 };
 pub use health::MissingObjects;
+pub use job::{COMPLETION_INDEX_ANNOTATION, COMPLETION_INDEX_ENV};
 
 /// The grace period Kubernetes gives a pod whose spec does not say.
 const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
@@ -53,6 +56,7 @@ const DELETE_ATTEMPTS: usize = 5;
 pub(crate) struct Caches {
     pub deployments: Cache<Deployment>,
     pub replica_sets: Cache<ReplicaSet>,
+    pub jobs: Cache<Job>,
     pub pods: Cache<Pod>,
 }
 
@@ -60,11 +64,14 @@ impl Caches {
     /// Whether every cache has listed once; before that an empty cache
     /// means "unknown", and acting on it would delete everything.
     pub fn ready(&self) -> bool {
-        self.deployments.is_ready() && self.replica_sets.is_ready() && self.pods.is_ready()
+        self.deployments.is_ready()
+            && self.replica_sets.is_ready()
+            && self.jobs.is_ready()
+            && self.pods.is_ready()
     }
 }
 
-/// Runs the Deployment, ReplicaSet and garbage-collection loops until
+/// Runs the Deployment, ReplicaSet, Job and garbage-collection loops until
 /// `cancel` fires. The reconciler calls this once; the loops need nothing
 /// else, so the same call works in the all-in-one process and on its own.
 pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> {
@@ -85,6 +92,7 @@ pub async fn run_with(
     let caches = Caches {
         deployments: reflect::<Deployment>(store.clone(), caches_cancel.clone()),
         replica_sets: reflect::<ReplicaSet>(store.clone(), caches_cancel.clone()),
+        jobs: reflect::<Job>(store.clone(), caches_cancel.clone()),
         pods: reflect::<Pod>(store.clone(), caches_cancel.clone()),
     };
     // No pass starts while a commit is half-applied.
@@ -92,13 +100,14 @@ pub async fn run_with(
     let all_ready = async {
         caches.deployments.ready().await;
         caches.replica_sets.ready().await;
+        caches.jobs.ready().await;
         caches.pods.ready().await;
     };
     tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
         _ = all_ready => {}
     }
-    info!("controllers started: deployment, replicaset, garbage-collector, endpoints, health");
+    info!("controllers started: deployment, replicaset, job, garbage-collector, endpoints, health");
     // Each loop's future is boxed: joined inline, their states (large in
     // debug builds) would all be laid out on the polling thread's stack.
     controller::gated(gate, async {
@@ -113,6 +122,7 @@ pub async fn run_with(
                 caches.clone(),
                 cancel.clone()
             )),
+            Box::pin(job::run(store.clone(), caches.clone(), cancel.clone())),
             Box::pin(garbage_collector::run(
                 store.clone(),
                 caches.clone(),

@@ -18,10 +18,10 @@ use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::{defaults, selector, Store, StoreError};
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, info, warn};
 
-use super::expectations::Expectations;
-use super::{controlled_by, delete_pod, earliest, pass_result, Caches};
+use super::expectations::{sync_each, Expectations};
+use super::{controlled_by, delete_pod, earliest, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -32,9 +32,6 @@ const BURST_REPLICAS: usize = 500;
 const NAME_ATTEMPTS: usize = 8;
 /// Kubernetes' `maxGeneratedNameLength` (63 − 5 random characters).
 const MAX_GENERATED_NAME_PREFIX: usize = 58;
-/// How soon to look again at a ReplicaSet whose pods the cache has not
-/// caught up with (a cache change wakes the loop sooner).
-const EXPECTATION_REQUEUE: Duration = Duration::from_secs(1);
 
 /// Runs the ReplicaSet loop until `cancel` fires.
 pub(crate) async fn run(store: Store, caches: Caches, cancel: CancellationToken) {
@@ -60,29 +57,14 @@ struct ReplicaSetController {
 
 impl ReplicaSetController {
     async fn reconcile_all(&self) -> Result<Requeue> {
-        let pod_revision = self.caches.pods.revision();
-        self.expectations.forget_satisfied(pod_revision);
-        let mut requeue = None;
-        let mut failed = Vec::new();
-        for rs in self.caches.replica_sets.list() {
-            let key = meta::display_key(&*rs);
-            if let Some(uid) = rs.metadata.uid.as_deref() {
-                if !self.expectations.satisfied(uid, pod_revision) {
-                    debug!(replica_set = %key, "waiting for the pod cache to catch up");
-                    requeue = earliest(requeue, Some(EXPECTATION_REQUEUE));
-                    continue;
-                }
-            }
-            let span = info_span!("replicaset", key = %key);
-            match self.reconcile(&rs).instrument(span).await {
-                Ok(r) => requeue = earliest(requeue, r),
-                Err(e) => {
-                    warn!(replica_set = %key, error = format!("{e:#}"), "sync failed");
-                    failed.push(format!("{key}: {e:#}"));
-                }
-            }
-        }
-        pass_result("replicaset", failed, requeue)
+        sync_each(
+            "replicaset",
+            self.caches.replica_sets.list(),
+            &self.expectations,
+            self.caches.pods.revision(),
+            |rs| async move { self.reconcile(&rs).await },
+        )
+        .await
     }
 
     async fn reconcile(&self, rs: &ReplicaSet) -> Result<Requeue> {
