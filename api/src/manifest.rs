@@ -151,6 +151,19 @@ pub fn load_documents(path: &str, text: &str, out: &mut Loaded) {
         if value.is_null() {
             continue;
         }
+        if is_ignored(&value) {
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("object");
+            out.diagnostics.push(Diagnostic::warning(
+                path,
+                doc_index.start_line,
+                Some(format!("metadata.annotations[{IGNORE_ANNOTATION}]")),
+                format!("{kind} skipped: annotated {IGNORE_ANNOTATION}: \"true\""),
+            ));
+            continue;
+        }
         match load_document(path, value, &doc_index) {
             Ok((manifest, warnings)) => {
                 out.manifests.push(manifest);
@@ -159,6 +172,19 @@ pub fn load_documents(path: &str, text: &str, out: &mut Loaded) {
             Err(diags) => out.diagnostics.extend(diags),
         }
     }
+}
+
+/// The annotation that asks commitd to skip a document: for custom
+/// resources and other kinds it does not know, which would otherwise
+/// reject the commit.
+pub const IGNORE_ANNOTATION: &str = "commitd.io/ignore";
+
+fn is_ignored(doc: &serde_yaml::Value) -> bool {
+    doc.get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(IGNORE_ANNOTATION))
+        .and_then(|v| v.as_str())
+        == Some("true")
 }
 
 fn load_document(
@@ -203,7 +229,10 @@ fn load_document(
         .ok_or_else(|| {
             vec![err(
                 FieldPath::parse("kind"),
-                format!("no matches for kind \"{kind_name}\" in version \"{api_version}\""),
+                format!(
+                    "no matches for kind \"{kind_name}\" in version \"{api_version}\" \
+                     (commitd does not know this kind; annotate it {IGNORE_ANNOTATION}: \"true\" to skip it)"
+                ),
             )]
         })?;
 
@@ -543,11 +572,33 @@ spec:
         assert_eq!(
             messages(&l),
             vec![
-                "x.yaml:2: error: kind: no matches for kind \"Widget\" in version \"example.com/v1\"",
+                "x.yaml:2: error: kind: no matches for kind \"Widget\" in version \"example.com/v1\" \
+                 (commitd does not know this kind; annotate it commitd.io/ignore: \"true\" to skip it)",
                 "x.yaml:5: error: apiVersion: Required value",
                 "x.yaml:7: error: expected a Kubernetes object (a mapping with apiVersion and kind)",
             ]
         );
+    }
+
+    #[test]
+    fn documents_annotated_ignore_are_skipped_with_a_warning() {
+        let l = load(&[(
+            "crd.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n  annotations: {commitd.io/ignore: \"true\"}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n",
+        )]);
+        assert!(l.is_valid(), "{:?}", messages(&l));
+        assert_eq!(l.manifests.len(), 1);
+        assert_eq!(l.manifests[0].name, "c");
+        assert_eq!(
+            messages(&l),
+            vec!["crd.yaml:1: warning: metadata.annotations[commitd.io/ignore]: Widget skipped: annotated commitd.io/ignore: \"true\""]
+        );
+        // Only "true" skips.
+        let l = load(&[(
+            "crd.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\n  annotations: {commitd.io/ignore: \"no\"}\n",
+        )]);
+        assert!(!l.is_valid());
     }
 
     #[test]
