@@ -89,6 +89,25 @@ fn live(pods: &[&Pod]) -> usize {
         .count()
 }
 
+/// Whether every live pod is bound and reported ready.
+fn all_ready(pods: &[&Pod]) -> bool {
+    pods.iter()
+        .filter(|p| !meta::is_terminating(&p.metadata))
+        .all(|p| {
+            let bound = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            bound && ready
+        })
+}
+
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
 }
@@ -158,8 +177,12 @@ async fn wait_for_rollout(
             let current = owned.iter().find(|rs| meta::name(**rs) == want_name);
             let ok = owned.len() == expect_rs
                 && current.is_some_and(|rs| {
+                    let pods = owned_by(&s.pods, &uid(*rs));
+                    // Driven, a pod made after this pass marked the others
+                    // must be marked by the next one.
                     spec_replicas(rs) == replicas as i32
-                        && live(&owned_by(&s.pods, &uid(*rs))) == replicas
+                        && live(&pods) == replicas
+                        && (!drive || all_ready(&pods))
                 })
                 && owned
                     .iter()
