@@ -336,6 +336,45 @@ async fn a_failing_remote_is_an_error_naming_its_url() {
     assert!(e.contains(&closed), "{e}");
 }
 
+/// A served repository whose `main` holds the `settings` ConfigMap (blue),
+/// its work tree, and a private etcd with its state dir.
+struct RemoteAndEtcd {
+    daemon: GitDaemon,
+    url: String,
+    work: TestRepo,
+    state: tempfile::TempDir,
+    etcd: commitd::cluster::etcd::Etcd,
+}
+
+impl RemoteAndEtcd {
+    async fn start() -> RemoteAndEtcd {
+        use commitd::cluster::etcd::{Etcd, EtcdOptions};
+        let daemon = GitDaemon::start(&["state.git"]);
+        let url = daemon.url("state.git");
+        let work = TestRepo::new();
+        work.commit("Blue", &[("manifests/settings.yaml", Some(CONFIGMAP))]);
+        push(&work.path(), &url, false);
+        let state = tempfile::Builder::new()
+            .prefix("cdetcd")
+            .tempdir()
+            .expect("tempdir");
+        let etcd = Etcd::start(EtcdOptions {
+            data_dir: state.path().join("etcd"),
+            client_port: None,
+            extra_args: Vec::new(),
+        })
+        .await
+        .expect("etcd starts");
+        RemoteAndEtcd {
+            daemon,
+            url,
+            work,
+            state,
+            etcd,
+        }
+    }
+}
+
 /// The color the `settings` ConfigMap has in etcd.
 async fn color(store: &commitd_api::Store) -> Result<String, String> {
     let cm: Option<commitd_api::k8s_openapi::api::core::v1::ConfigMap> = store
@@ -353,24 +392,13 @@ async fn color(store: &commitd_api::Store) -> Result<String, String> {
 /// and not fetched until a good delivery comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reconciler_applies_a_remote_push_announced_by_a_webhook() {
-    use commitd::cluster::etcd::{Etcd, EtcdOptions};
-    let daemon = GitDaemon::start(&["state.git"]);
-    let url = daemon.url("state.git");
-    let work = TestRepo::new();
-    work.commit("Blue", &[("manifests/settings.yaml", Some(CONFIGMAP))]);
-    push(&work.path(), &url, false);
-
-    let state = tempfile::Builder::new()
-        .prefix("cdetcd")
-        .tempdir()
-        .expect("tempdir");
-    let etcd = Etcd::start(EtcdOptions {
-        data_dir: state.path().join("etcd"),
-        client_port: None,
-        extra_args: Vec::new(),
-    })
-    .await
-    .expect("etcd starts");
+    let RemoteAndEtcd {
+        daemon: _daemon,
+        url,
+        work,
+        state,
+        etcd,
+    } = RemoteAndEtcd::start().await;
     let secret_file = state.path().join("webhook-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
     let hook = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
@@ -472,23 +500,13 @@ async fn the_reconciler_applies_a_remote_push_announced_by_a_webhook() {
 /// mirror and plans it against the live cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_previews_a_remote_branch_against_the_cluster() {
-    use commitd::cluster::etcd::{Etcd, EtcdOptions};
-    let daemon = GitDaemon::start(&["state.git"]);
-    let url = daemon.url("state.git");
-    let work = TestRepo::new();
-    work.commit("Blue", &[("manifests/settings.yaml", Some(CONFIGMAP))]);
-    push(&work.path(), &url, false);
-    let state = tempfile::Builder::new()
-        .prefix("cdetcd")
-        .tempdir()
-        .expect("tempdir");
-    let etcd = Etcd::start(EtcdOptions {
-        data_dir: state.path().join("etcd"),
-        client_port: None,
-        extra_args: Vec::new(),
-    })
-    .await
-    .expect("etcd starts");
+    let RemoteAndEtcd {
+        daemon: _daemon,
+        url,
+        state,
+        etcd,
+        ..
+    } = RemoteAndEtcd::start().await;
     let out = tokio::process::Command::new(support::cli::BIN)
         .args(["plan", "--repo", &url, "main", "--path", "manifests"])
         .args(["--etcd", &etcd.endpoint])
