@@ -124,21 +124,9 @@ impl GitKindCaches {
         if !self.ready() {
             return None;
         }
-        let present = match kind {
-            Kind::Namespace => self.namespaces.get(ns, name).is_some(),
-            Kind::ConfigMap => self.config_maps.get(ns, name).is_some(),
-            Kind::Secret => self.secrets.get(ns, name).is_some(),
-            Kind::ServiceAccount => self.service_accounts.get(ns, name).is_some(),
-            Kind::Service => self.services.get(ns, name).is_some(),
-            Kind::Pod => self.pods.get(ns, name).is_some(),
-            Kind::ReplicaSet => self.replica_sets.get(ns, name).is_some(),
-            Kind::Deployment => self.deployments.get(ns, name).is_some(),
-            // A Job deleted after it finished is not missing.
-            Kind::Job => {
-                self.jobs.get(ns, name).is_some() || self.tombstone(kind, ns, name).is_some()
-            }
-            Kind::Node | Kind::Endpoints => false,
-        };
+        // A Job deleted after it finished is not missing.
+        let present = self.json(kind, ns, name).is_some()
+            || (kind == Kind::Job && self.tombstone(kind, ns, name).is_some());
         Some(present)
     }
 
