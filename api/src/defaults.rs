@@ -3,13 +3,17 @@
 //! it means there.
 
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment,
+    DaemonSet, DaemonSetUpdateStrategy, Deployment, DeploymentStrategy, ReplicaSet,
+    RollingUpdateDaemonSet, RollingUpdateDeployment, RollingUpdateStatefulSetStrategy, StatefulSet,
+    StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetUpdateStrategy,
 };
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ClientIPConfig, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, PodSecurityContext,
-    PodSpec, Probe, Secret, Service, SessionAffinityConfig, Volume,
+    ClientIPConfig, Container, DownwardAPIVolumeFile, EmptyDirVolumeSource, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, Probe, Secret,
+    Service, SessionAffinityConfig, Volume,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
@@ -197,16 +201,7 @@ pub const JOB_UID_LABELS: [&str; 2] = ["batch.kubernetes.io/controller-uid", "co
 pub fn job(j: &mut Job) {
     let name = j.metadata.name.clone().unwrap_or_default();
     let spec = j.spec.get_or_insert_with(Default::default);
-    if spec.completions.is_none() && spec.parallelism.is_none() {
-        spec.completions = Some(1);
-    }
-    spec.parallelism.get_or_insert(1);
-    spec.backoff_limit.get_or_insert(6);
-    spec.completion_mode
-        .get_or_insert_with(|| "NonIndexed".into());
-    spec.suspend.get_or_insert(false);
-    spec.pod_replacement_policy
-        .get_or_insert_with(|| "TerminatingOrFailed".into());
+    job_spec(spec);
     if spec.manual_selector != Some(true) {
         let labels = spec
             .template
@@ -218,6 +213,21 @@ pub fn job(j: &mut Job) {
             labels.insert(key.to_string(), name.clone());
         }
     }
+}
+
+/// The defaults of a Job's spec that do not depend on its name, shared
+/// with a CronJob's `jobTemplate` (whose Jobs get their labels when made).
+fn job_spec(spec: &mut JobSpec) {
+    if spec.completions.is_none() && spec.parallelism.is_none() {
+        spec.completions = Some(1);
+    }
+    spec.parallelism.get_or_insert(1);
+    spec.backoff_limit.get_or_insert(6);
+    spec.completion_mode
+        .get_or_insert_with(|| "NonIndexed".into());
+    spec.suspend.get_or_insert(false);
+    spec.pod_replacement_policy
+        .get_or_insert_with(|| "TerminatingOrFailed".into());
     if let Some(t) = spec.template.spec.as_mut() {
         let restart_unset = t.restart_policy.is_none();
         pod_spec(t);
@@ -225,6 +235,103 @@ pub fn job(j: &mut Job) {
             t.restart_policy = None;
         }
     }
+}
+
+/// CronJob defaults: `concurrencyPolicy: Allow`, not suspended, three
+/// successful and one failed Job kept, and the Job defaults on the template.
+pub fn cron_job(c: &mut CronJob) {
+    let spec = c.spec.get_or_insert_with(Default::default);
+    spec.concurrency_policy
+        .get_or_insert_with(|| "Allow".into());
+    spec.suspend.get_or_insert(false);
+    spec.successful_jobs_history_limit.get_or_insert(3);
+    spec.failed_jobs_history_limit.get_or_insert(1);
+    if let Some(js) = spec.job_template.spec.as_mut() {
+        job_spec(js);
+    }
+}
+
+/// DaemonSet defaults: RollingUpdate with `maxUnavailable: 1` and
+/// `maxSurge: 0`, ten old revisions kept, and the pod spec's defaults.
+pub fn daemon_set(d: &mut DaemonSet) {
+    let spec = d.spec.get_or_insert_with(Default::default);
+    spec.revision_history_limit.get_or_insert(10);
+    let strategy = spec
+        .update_strategy
+        .get_or_insert_with(DaemonSetUpdateStrategy::default);
+    let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+    if kind == "RollingUpdate" {
+        let ru = strategy
+            .rolling_update
+            .get_or_insert_with(RollingUpdateDaemonSet::default);
+        ru.max_unavailable.get_or_insert(IntOrString::Int(1));
+        ru.max_surge.get_or_insert(IntOrString::Int(0));
+    }
+    if let Some(t) = spec.template.spec.as_mut() {
+        pod_spec(t);
+    }
+}
+
+/// StatefulSet defaults: one replica, `OrderedReady`, RollingUpdate with
+/// partition 0, ten old revisions, claims retained on deletion and scale
+/// down, and Filesystem claim templates.
+pub fn stateful_set(s: &mut StatefulSet) {
+    let spec = s.spec.get_or_insert_with(Default::default);
+    spec.replicas.get_or_insert(1);
+    spec.revision_history_limit.get_or_insert(10);
+    spec.pod_management_policy
+        .get_or_insert_with(|| "OrderedReady".into());
+    let strategy = spec
+        .update_strategy
+        .get_or_insert_with(StatefulSetUpdateStrategy::default);
+    let kind = strategy.type_.get_or_insert_with(|| "RollingUpdate".into());
+    if kind == "RollingUpdate" {
+        strategy
+            .rolling_update
+            .get_or_insert_with(RollingUpdateStatefulSetStrategy::default)
+            .partition
+            .get_or_insert(0);
+    }
+    let retention = spec
+        .persistent_volume_claim_retention_policy
+        .get_or_insert_with(StatefulSetPersistentVolumeClaimRetentionPolicy::default);
+    retention
+        .when_deleted
+        .get_or_insert_with(|| "Retain".into());
+    retention.when_scaled.get_or_insert_with(|| "Retain".into());
+    for claim in spec.volume_claim_templates.iter_mut().flatten() {
+        if let Some(cs) = claim.spec.as_mut() {
+            claim_spec(cs);
+        }
+    }
+    if let Some(t) = spec.template.spec.as_mut() {
+        pod_spec(t);
+    }
+}
+
+/// PersistentVolumeClaim defaults: a Filesystem volume.
+pub fn persistent_volume_claim(c: &mut PersistentVolumeClaim) {
+    claim_spec(c.spec.get_or_insert_with(Default::default));
+}
+
+fn claim_spec(spec: &mut PersistentVolumeClaimSpec) {
+    spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
+}
+
+/// PersistentVolume defaults: a Filesystem volume kept (`Retain`) when
+/// its claim goes, as for any volume not made by a provisioner.
+pub fn persistent_volume(v: &mut PersistentVolume) {
+    let spec = v.spec.get_or_insert_with(Default::default);
+    spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
+    spec.persistent_volume_reclaim_policy
+        .get_or_insert_with(|| "Retain".into());
+}
+
+/// StorageClass defaults: volumes deleted with their claim, bound at once.
+pub fn storage_class(c: &mut StorageClass) {
+    c.reclaim_policy.get_or_insert_with(|| "Delete".into());
+    c.volume_binding_mode
+        .get_or_insert_with(|| "Immediate".into());
 }
 
 /// Secret defaults: type `Opaque`, and `stringData` merged into `data` as

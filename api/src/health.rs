@@ -6,9 +6,9 @@
 //! Kinds without a notion of health (ConfigMaps, Secrets, Services, …) are
 //! healthy once they exist.
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde::{Deserialize, Serialize};
 
 /// How an object (or a commit) is doing, from best to worst: the derived
@@ -219,6 +219,142 @@ pub fn job(j: &Job) -> Health {
             status.failed.unwrap_or(0)
         ),
     )
+}
+
+/// A StatefulSet's health, as Argo CD judges it: every replica ready, and
+/// every pod at the update revision (those above the partition, for a
+/// partitioned rollout).
+pub fn stateful_set(s: &StatefulSet) -> Health {
+    let status = s.status.clone().unwrap_or_default();
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed == 0 || s.metadata.generation.unwrap_or(0) > observed {
+        return Health::new(
+            HealthStatus::Progressing,
+            "ObservedGenerationBehind",
+            "Waiting for statefulset spec update to be observed...".into(),
+        );
+    }
+    let spec = s.spec.clone().unwrap_or_default();
+    let replicas = spec.replicas.unwrap_or(1);
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let waiting = |m: String| Health::new(HealthStatus::Progressing, "RolloutInProgress", m);
+    if ready < replicas {
+        return waiting(format!(
+            "Waiting for {} pods to be ready...",
+            replicas - ready
+        ));
+    }
+    let strategy = spec.update_strategy.unwrap_or_default();
+    if strategy.type_.as_deref() == Some("OnDelete") {
+        return Health::healthy();
+    }
+    let partition = strategy
+        .rolling_update
+        .and_then(|r| r.partition)
+        .unwrap_or(0);
+    if partition > 0 {
+        let wanted = (replicas - partition).max(0);
+        if updated < wanted {
+            return waiting(format!(
+                "Waiting for partitioned roll out to finish: {updated} out of {wanted} new pods have been updated..."
+            ));
+        }
+        return Health::healthy();
+    }
+    if status.update_revision != status.current_revision {
+        return waiting(format!(
+            "waiting for statefulset rolling update to complete {updated} pods at revision {}...",
+            status.update_revision.unwrap_or_default()
+        ));
+    }
+    Health::healthy()
+}
+
+/// A DaemonSet's health, as Argo CD judges it: a pod of the current
+/// template available on every node that should run one.
+pub fn daemon_set(d: &DaemonSet) -> Health {
+    let status = d.status.clone().unwrap_or_default();
+    if d.metadata.generation.unwrap_or(0) > status.observed_generation.unwrap_or(0) {
+        return Health::new(
+            HealthStatus::Progressing,
+            "ObservedGenerationBehind",
+            "Waiting for rollout to finish: observed daemon set generation less than desired generation".into(),
+        );
+    }
+    let name = d.metadata.name.as_deref().unwrap_or_default();
+    let desired = status.desired_number_scheduled;
+    let updated = status.updated_number_scheduled.unwrap_or(0);
+    let available = status.number_available.unwrap_or(0);
+    let on_delete = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref())
+        .and_then(|u| u.type_.as_deref())
+        == Some("OnDelete");
+    let waiting = |m: String| Health::new(HealthStatus::Progressing, "RolloutInProgress", m);
+    if !on_delete && updated < desired {
+        return waiting(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {updated} out of {desired} new pods have been updated..."
+        ));
+    }
+    if available < desired {
+        return waiting(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {available} of {desired} updated pods are available..."
+        ));
+    }
+    Health::healthy()
+}
+
+/// A claim's health: bound is healthy, lost degraded, pending on its way
+/// (with the reason the binder gave, if any).
+pub fn persistent_volume_claim(c: &PersistentVolumeClaim) -> Health {
+    let status = c.status.clone().unwrap_or_default();
+    match status.phase.as_deref() {
+        Some("Bound") => Health::healthy(),
+        Some("Lost") => Health::new(
+            HealthStatus::Degraded,
+            "ClaimLost",
+            "the claim's volume is gone".into(),
+        ),
+        _ => {
+            let why = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.status == "True")
+                .and_then(|c| c.message.clone())
+                .unwrap_or_else(|| "waiting for the claim to be bound".into());
+            Health::new(HealthStatus::Progressing, "ClaimPending", why)
+        }
+    }
+}
+
+/// A CronJob's health, as Argo CD judges it: suspended on purpose, or
+/// degraded when its last run did not succeed and nothing runs now.
+pub fn cron_job(c: &CronJob) -> Health {
+    if c.spec.as_ref().and_then(|s| s.suspend) == Some(true) {
+        return Health::new(
+            HealthStatus::Suspended,
+            "CronJobSuspended",
+            "CronJob is Suspended".into(),
+        );
+    }
+    let status = c.status.clone().unwrap_or_default();
+    let active = status.active.as_ref().is_some_and(|a| !a.is_empty());
+    let last_run_failed = match (&status.last_schedule_time, &status.last_successful_time) {
+        (Some(scheduled), Some(succeeded)) => scheduled.0 > succeeded.0,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if last_run_failed && !active {
+        return Health::new(
+            HealthStatus::Degraded,
+            "LastJobFailed",
+            "the CronJob's last Job did not succeed".into(),
+        );
+    }
+    Health::healthy()
 }
 
 /// The reasons a container waits with that mean it will not get better on

@@ -18,33 +18,51 @@ pub enum Kind {
     Node,
     Service,
     Endpoints,
+    CronJob,
+    DaemonSet,
+    StatefulSet,
+    PersistentVolumeClaim,
+    PersistentVolume,
+    StorageClass,
 }
 
 impl Kind {
     /// Every kind, in the order a commit applies them (namespaces first,
     /// configuration before the workloads that read it).
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
+        Kind::StorageClass,
+        Kind::PersistentVolume,
         Kind::ConfigMap,
         Kind::Secret,
         Kind::ServiceAccount,
+        Kind::PersistentVolumeClaim,
         Kind::Node,
         Kind::Service,
         Kind::Endpoints,
         Kind::Deployment,
+        Kind::StatefulSet,
+        Kind::DaemonSet,
+        Kind::CronJob,
         Kind::Job,
         Kind::ReplicaSet,
         Kind::Pod,
     ];
 
     /// Kinds a manifest in Git may declare.
-    pub const FROM_GIT: [Kind; 9] = [
+    pub const FROM_GIT: [Kind; 15] = [
         Kind::Namespace,
+        Kind::StorageClass,
+        Kind::PersistentVolume,
         Kind::ConfigMap,
         Kind::Secret,
         Kind::ServiceAccount,
+        Kind::PersistentVolumeClaim,
         Kind::Service,
         Kind::Deployment,
+        Kind::StatefulSet,
+        Kind::DaemonSet,
+        Kind::CronJob,
         Kind::Job,
         Kind::ReplicaSet,
         Kind::Pod,
@@ -53,8 +71,9 @@ impl Kind {
     /// The API group, empty for the core group as in Kubernetes.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::ReplicaSet | Kind::Deployment => "apps",
-            Kind::Job => "batch",
+            Kind::ReplicaSet | Kind::Deployment | Kind::DaemonSet | Kind::StatefulSet => "apps",
+            Kind::Job | Kind::CronJob => "batch",
+            Kind::StorageClass => "storage.k8s.io",
             _ => "",
         }
     }
@@ -62,8 +81,9 @@ impl Kind {
     /// `apiVersion` as written in manifests.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::ReplicaSet | Kind::Deployment => "apps/v1",
-            Kind::Job => "batch/v1",
+            Kind::ReplicaSet | Kind::Deployment | Kind::DaemonSet | Kind::StatefulSet => "apps/v1",
+            Kind::Job | Kind::CronJob => "batch/v1",
+            Kind::StorageClass => "storage.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -82,6 +102,12 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Service => "Service",
             Kind::Endpoints => "Endpoints",
+            Kind::CronJob => "CronJob",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::StatefulSet => "StatefulSet",
+            Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
+            Kind::PersistentVolume => "PersistentVolume",
+            Kind::StorageClass => "StorageClass",
         }
     }
 
@@ -99,12 +125,21 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Service => "services",
             Kind::Endpoints => "endpoints",
+            Kind::CronJob => "cronjobs",
+            Kind::DaemonSet => "daemonsets",
+            Kind::StatefulSet => "statefulsets",
+            Kind::PersistentVolumeClaim => "persistentvolumeclaims",
+            Kind::PersistentVolume => "persistentvolumes",
+            Kind::StorageClass => "storageclasses",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::PersistentVolume | Kind::StorageClass
+        )
     }
 
     /// Finds the kind a manifest declares with `apiVersion` and `kind`.
@@ -138,6 +173,12 @@ impl Kind {
             Kind::Node => &["no"],
             Kind::Service => &["svc"],
             Kind::Endpoints => &["ep"],
+            Kind::CronJob => &["cj"],
+            Kind::DaemonSet => &["ds"],
+            Kind::StatefulSet => &["sts"],
+            Kind::PersistentVolumeClaim => &["pvc"],
+            Kind::PersistentVolume => &["pv"],
+            Kind::StorageClass => &["sc"],
         }
     }
 }
@@ -162,6 +203,15 @@ mod tests {
         assert_eq!(Kind::from_cli("sa"), Some(Kind::ServiceAccount));
         assert_eq!(Kind::from_cli("jobs.batch"), Some(Kind::Job));
         assert_eq!(Kind::from_cli("job"), Some(Kind::Job));
+        assert_eq!(Kind::from_cli("cj"), Some(Kind::CronJob));
+        assert_eq!(Kind::from_cli("ds"), Some(Kind::DaemonSet));
+        assert_eq!(Kind::from_cli("sts"), Some(Kind::StatefulSet));
+        assert_eq!(Kind::from_cli("pvc"), Some(Kind::PersistentVolumeClaim));
+        assert_eq!(Kind::from_cli("pv"), Some(Kind::PersistentVolume));
+        assert_eq!(
+            Kind::from_cli("storageclasses.storage.k8s.io"),
+            Some(Kind::StorageClass)
+        );
         assert_eq!(Kind::from_cli("widgets"), None);
     }
 
@@ -175,5 +225,11 @@ mod tests {
         assert_eq!(Kind::from_type("v1", "Namespace"), Some(Kind::Namespace));
         assert_eq!(Kind::from_type("batch/v1", "Job"), Some(Kind::Job));
         assert_eq!(Kind::from_type("v1", "Job"), None);
+        assert_eq!(
+            Kind::from_type("storage.k8s.io/v1", "StorageClass"),
+            Some(Kind::StorageClass)
+        );
+        assert!(!Kind::PersistentVolume.namespaced());
+        assert!(Kind::PersistentVolumeClaim.namespaced());
     }
 }

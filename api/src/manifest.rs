@@ -269,6 +269,24 @@ fn load_document(
         }
         Kind::Job => typed::<k8s_openapi::api::batch::v1::Job>(&json, defaults::job),
         Kind::Service => typed::<k8s_openapi::api::core::v1::Service>(&json, defaults::service),
+        Kind::CronJob => typed::<k8s_openapi::api::batch::v1::CronJob>(&json, defaults::cron_job),
+        Kind::DaemonSet => {
+            typed::<k8s_openapi::api::apps::v1::DaemonSet>(&json, defaults::daemon_set)
+        }
+        Kind::StatefulSet => {
+            typed::<k8s_openapi::api::apps::v1::StatefulSet>(&json, defaults::stateful_set)
+        }
+        Kind::PersistentVolumeClaim => typed::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(
+            &json,
+            defaults::persistent_volume_claim,
+        ),
+        Kind::PersistentVolume => typed::<k8s_openapi::api::core::v1::PersistentVolume>(
+            &json,
+            defaults::persistent_volume,
+        ),
+        Kind::StorageClass => {
+            typed::<k8s_openapi::api::storage::v1::StorageClass>(&json, defaults::storage_class)
+        }
         Kind::Node | Kind::Endpoints => unreachable_kind(),
     }
     .map_err(|errs| {

@@ -2,11 +2,13 @@
 //! Kubernetes type to its [`Kind`], the annotations commitd writes, and
 //! helpers over `metadata` (owners, ownership by Git, identities).
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    Service, ServiceAccount,
 };
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -62,6 +64,12 @@ object!(Job, Kind::Job);
 object!(Node, Kind::Node);
 object!(Service, Kind::Service);
 object!(Endpoints, Kind::Endpoints);
+object!(CronJob, Kind::CronJob);
+object!(DaemonSet, Kind::DaemonSet);
+object!(StatefulSet, Kind::StatefulSet);
+object!(PersistentVolumeClaim, Kind::PersistentVolumeClaim);
+object!(PersistentVolume, Kind::PersistentVolume);
+object!(StorageClass, Kind::StorageClass);
 
 /// The object's name ("" if it has none, which validation rejects).
 pub fn name<T: Object>(obj: &T) -> &str {

@@ -52,11 +52,13 @@ fn build<T: JsonSchema>() -> Schema {
 
 /// The schema of a kind, built once.
 pub fn for_kind(kind: Kind) -> &'static Schema {
-    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
     use k8s_openapi::api::core::v1::{
-        ConfigMap, Endpoints, Namespace, Node, Pod, Secret, Service, ServiceAccount,
+        ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+        Secret, Service, ServiceAccount,
     };
+    use k8s_openapi::api::storage::v1::StorageClass;
     static SCHEMAS: OnceLock<HashMap<Kind, Schema>> = OnceLock::new();
     let all = SCHEMAS.get_or_init(|| {
         HashMap::from([
@@ -71,6 +73,15 @@ pub fn for_kind(kind: Kind) -> &'static Schema {
             (Kind::Node, build::<Node>()),
             (Kind::Service, build::<Service>()),
             (Kind::Endpoints, build::<Endpoints>()),
+            (Kind::CronJob, build::<CronJob>()),
+            (Kind::DaemonSet, build::<DaemonSet>()),
+            (Kind::StatefulSet, build::<StatefulSet>()),
+            (
+                Kind::PersistentVolumeClaim,
+                build::<PersistentVolumeClaim>(),
+            ),
+            (Kind::PersistentVolume, build::<PersistentVolume>()),
+            (Kind::StorageClass, build::<StorageClass>()),
         ])
     });
     &all[&kind]

@@ -68,6 +68,68 @@ const JOB_SPEC: &[&str] = &[
     "manualSelector",
     "template",
 ];
+/// CronJob spec fields commitd acts on.
+const CRON_JOB_SPEC: &[&str] = &[
+    "schedule",
+    "timeZone",
+    "concurrencyPolicy",
+    "startingDeadlineSeconds",
+    "suspend",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+    "jobTemplate",
+];
+/// DaemonSet spec fields commitd acts on.
+const DAEMON_SET_SPEC: &[&str] = &[
+    "selector",
+    "template",
+    "updateStrategy",
+    "minReadySeconds",
+    "revisionHistoryLimit",
+];
+/// StatefulSet spec fields commitd acts on.
+const STATEFUL_SET_SPEC: &[&str] = &[
+    "replicas",
+    "selector",
+    "template",
+    "serviceName",
+    "podManagementPolicy",
+    "updateStrategy",
+    "volumeClaimTemplates",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+    "revisionHistoryLimit",
+];
+/// PersistentVolumeClaim spec fields commitd acts on.
+const CLAIM_SPEC: &[&str] = &[
+    "accessModes",
+    "resources",
+    "storageClassName",
+    "volumeMode",
+    "volumeName",
+];
+/// PersistentVolume spec fields commitd acts on.
+const VOLUME_SPEC: &[&str] = &[
+    "capacity",
+    "accessModes",
+    "persistentVolumeReclaimPolicy",
+    "storageClassName",
+    "volumeMode",
+    "hostPath",
+    "local",
+    "nodeAffinity",
+    "claimRef",
+];
+/// StorageClass fields commitd acts on (besides `apiVersion`, `kind`,
+/// `metadata`).
+const STORAGE_CLASS: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "provisioner",
+    "reclaimPolicy",
+    "volumeBindingMode",
+];
 
 /// Pod `securityContext` fields commitd acts on; `supplementalGroupsPolicy`
 /// only as `Merge`, what it does anyway. `fsGroupChangePolicy` changes
@@ -197,6 +259,27 @@ fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) 
     }
 }
 
+/// A Job's spec (or a CronJob's `jobTemplate.spec`): `suspend` only as
+/// `false` and `podReplacementPolicy` only as `TerminatingOrFailed`.
+fn job_spec(s: &Value, spec: &FieldPath, out: &mut Vec<(FieldPath, String)>) {
+    let rest: serde_json::Map<String, Value> = s
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| {
+            !matches!(
+                (k.as_str(), v),
+                ("suspend", Value::Bool(false)) | ("podReplacementPolicy", Value::String(_))
+            ) || (k.as_str() == "podReplacementPolicy" && v.as_str() != Some("TerminatingOrFailed"))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    check_keys(&Value::Object(rest), spec, JOB_SPEC, out);
+    if let Some(ps) = s.get("template").and_then(|t| t.get("spec")) {
+        pod_spec(ps, &spec.key("template").key("spec"), out);
+    }
+}
+
 /// The fields of `obj` that are set but not acted on, with the reason.
 pub fn fields(kind: Kind, obj: &Value) -> Vec<(FieldPath, String)> {
     let mut out = Vec::new();
@@ -220,26 +303,52 @@ pub fn fields(kind: Kind, obj: &Value) -> Vec<(FieldPath, String)> {
             }
         }
         Kind::Job => {
+            if let Some(s) = obj.get("spec") {
+                job_spec(s, &spec, &mut out);
+            }
+        }
+        Kind::CronJob => {
             let Some(s) = obj.get("spec") else { return out };
-            let rest: serde_json::Map<String, Value> = s
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(k, v)| {
-                    !matches!(
-                        (k.as_str(), v),
-                        ("suspend", Value::Bool(false))
-                            | ("podReplacementPolicy", Value::String(_))
-                    ) || (k.as_str() == "podReplacementPolicy"
-                        && v.as_str() != Some("TerminatingOrFailed"))
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            check_keys(&Value::Object(rest), &spec, JOB_SPEC, &mut out);
+            check_keys(s, &spec, CRON_JOB_SPEC, &mut out);
+            if let Some(js) = s.get("jobTemplate").and_then(|t| t.get("spec")) {
+                job_spec(js, &spec.key("jobTemplate").key("spec"), &mut out);
+            }
+        }
+        Kind::DaemonSet | Kind::StatefulSet => {
+            let Some(s) = obj.get("spec") else { return out };
+            let allowed = if kind == Kind::DaemonSet {
+                DAEMON_SET_SPEC
+            } else {
+                STATEFUL_SET_SPEC
+            };
+            check_keys(s, &spec, allowed, &mut out);
             if let Some(ps) = s.get("template").and_then(|t| t.get("spec")) {
                 pod_spec(ps, &spec.key("template").key("spec"), &mut out);
             }
+            for (i, claim) in s
+                .get("volumeClaimTemplates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if let Some(cs) = claim.get("spec") {
+                    let p = spec.key("volumeClaimTemplates").index(i).key("spec");
+                    check_keys(cs, &p, CLAIM_SPEC, &mut out);
+                }
+            }
         }
+        Kind::PersistentVolumeClaim => {
+            if let Some(s) = obj.get("spec") {
+                check_keys(s, &spec, CLAIM_SPEC, &mut out);
+            }
+        }
+        Kind::PersistentVolume => {
+            if let Some(s) = obj.get("spec") {
+                check_keys(s, &spec, VOLUME_SPEC, &mut out);
+            }
+        }
+        Kind::StorageClass => check_keys(obj, &FieldPath::root(), STORAGE_CLASS, &mut out),
         _ => {}
     }
     out

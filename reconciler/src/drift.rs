@@ -10,11 +10,13 @@
 
 use std::sync::Arc;
 
-use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use commitd_api::k8s_openapi::api::batch::v1::Job;
+use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use commitd_api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use commitd_api::k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount,
+    ConfigMap, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+    ServiceAccount,
 };
+use commitd_api::k8s_openapi::api::storage::v1::StorageClass;
 use commitd_api::manifest::Manifest;
 use commitd_api::records::Tombstone;
 use commitd_api::reflector::{reflect, reflect_prefix, Cache};
@@ -38,6 +40,12 @@ pub struct GitKindCaches {
     replica_sets: Cache<ReplicaSet>,
     deployments: Cache<Deployment>,
     jobs: Cache<Job>,
+    cron_jobs: Cache<CronJob>,
+    daemon_sets: Cache<DaemonSet>,
+    stateful_sets: Cache<StatefulSet>,
+    claims: Cache<PersistentVolumeClaim>,
+    volumes: Cache<PersistentVolume>,
+    storage_classes: Cache<StorageClass>,
     tombstones: Cache<Tombstone>,
 }
 
@@ -59,6 +67,12 @@ impl GitKindCaches {
             replica_sets: reflect(store.clone(), cancel.clone()),
             deployments: reflect(store.clone(), cancel.clone()),
             jobs: reflect(store.clone(), cancel.clone()),
+            cron_jobs: reflect(store.clone(), cancel.clone()),
+            daemon_sets: reflect(store.clone(), cancel.clone()),
+            stateful_sets: reflect(store.clone(), cancel.clone()),
+            claims: reflect(store.clone(), cancel.clone()),
+            volumes: reflect(store.clone(), cancel.clone()),
+            storage_classes: reflect(store.clone(), cancel.clone()),
             tombstones: reflect_prefix(
                 store.clone(),
                 keys::TOMBSTONE_PREFIX.to_string(),
@@ -80,6 +94,12 @@ impl GitKindCaches {
             self.replica_sets.changes(),
             self.deployments.changes(),
             self.jobs.changes(),
+            self.cron_jobs.changes(),
+            self.daemon_sets.changes(),
+            self.stateful_sets.changes(),
+            self.claims.changes(),
+            self.volumes.changes(),
+            self.storage_classes.changes(),
             self.tombstones.changes(),
         ]
     }
@@ -94,6 +114,12 @@ impl GitKindCaches {
             && self.replica_sets.is_ready()
             && self.deployments.is_ready()
             && self.jobs.is_ready()
+            && self.cron_jobs.is_ready()
+            && self.daemon_sets.is_ready()
+            && self.stateful_sets.is_ready()
+            && self.claims.is_ready()
+            && self.volumes.is_ready()
+            && self.storage_classes.is_ready()
             && self.tombstones.is_ready()
     }
 
@@ -114,6 +140,12 @@ impl GitKindCaches {
             Kind::ReplicaSet => json_of(&self.replica_sets, ns, name),
             Kind::Deployment => json_of(&self.deployments, ns, name),
             Kind::Job => json_of(&self.jobs, ns, name),
+            Kind::CronJob => json_of(&self.cron_jobs, ns, name),
+            Kind::DaemonSet => json_of(&self.daemon_sets, ns, name),
+            Kind::StatefulSet => json_of(&self.stateful_sets, ns, name),
+            Kind::PersistentVolumeClaim => json_of(&self.claims, ns, name),
+            Kind::PersistentVolume => json_of(&self.volumes, ns, name),
+            Kind::StorageClass => json_of(&self.storage_classes, ns, name),
             Kind::Node | Kind::Endpoints => None,
         }
     }

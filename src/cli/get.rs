@@ -8,12 +8,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use commitd_api::k8s_openapi::api::batch::v1::Job;
+use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use commitd_api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use commitd_api::k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, PodSpec, PodTemplateSpec, Secret, Service,
-    ServiceAccount, ServicePort,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec,
+    PodTemplateSpec, Secret, Service, ServiceAccount, ServicePort,
 };
+use commitd_api::k8s_openapi::api::storage::v1::StorageClass;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::{meta, Kind, Object, Store};
@@ -21,6 +22,9 @@ use serde_json::{json, Value};
 
 use super::output::{self, age, format_endpoints, format_labels, pod_summary, Table};
 use super::ClusterArgs;
+
+mod storage_columns;
+mod workload_columns;
 
 /// Arguments of `commitd get`, spelled as kubectl spells them.
 #[derive(Args, Debug)]
@@ -192,9 +196,12 @@ fn parse_request(args: &[String]) -> Result<Request, UsageError> {
             requested.extend([
                 Kind::Pod,
                 Kind::Service,
+                Kind::DaemonSet,
                 Kind::Deployment,
                 Kind::ReplicaSet,
+                Kind::StatefulSet,
                 Kind::Job,
+                Kind::CronJob,
             ]);
         } else {
             requested.push(resolve(word)?);
@@ -287,6 +294,16 @@ async fn fetch(
         Kind::ServiceAccount => fetch_kind::<ServiceAccount>(store, scope, names, wide, now).await,
         Kind::Service => fetch_kind::<Service>(store, scope, names, wide, now).await,
         Kind::Endpoints => fetch_kind::<Endpoints>(store, scope, names, wide, now).await,
+        Kind::CronJob => fetch_kind::<CronJob>(store, scope, names, wide, now).await,
+        Kind::DaemonSet => fetch_kind::<DaemonSet>(store, scope, names, wide, now).await,
+        Kind::StatefulSet => fetch_kind::<StatefulSet>(store, scope, names, wide, now).await,
+        Kind::PersistentVolumeClaim => {
+            fetch_kind::<PersistentVolumeClaim>(store, scope, names, wide, now).await
+        }
+        Kind::PersistentVolume => {
+            fetch_kind::<PersistentVolume>(store, scope, names, wide, now).await
+        }
+        Kind::StorageClass => fetch_kind::<StorageClass>(store, scope, names, wide, now).await,
     }
 }
 
@@ -996,9 +1013,25 @@ mod tests {
             vec![
                 Kind::Pod,
                 Kind::Service,
+                Kind::DaemonSet,
                 Kind::Deployment,
                 Kind::ReplicaSet,
-                Kind::Job
+                Kind::StatefulSet,
+                Kind::Job,
+                Kind::CronJob
+            ]
+        );
+        let r = parse_request(&args(&["jobs,cronjobs,daemonsets,statefulsets,pvc,pv"])).unwrap();
+        let kinds: Vec<Kind> = r.kinds.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                Kind::Job,
+                Kind::CronJob,
+                Kind::DaemonSet,
+                Kind::StatefulSet,
+                Kind::PersistentVolumeClaim,
+                Kind::PersistentVolume
             ]
         );
         let r = parse_request(&args(&["services,endpoints"])).unwrap();

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, Pod, PodSpec, PodTemplateSpec, Secret, ServiceAccount,
 };
@@ -16,7 +16,9 @@ use crate::field_path::FieldPath;
 mod probe;
 mod security;
 mod service;
+mod storage;
 mod volumes;
+mod workloads;
 
 /// Field errors found in one object.
 #[derive(Debug, Default)]
@@ -634,37 +636,6 @@ impl Validate for Job {
             return;
         };
         let sp = FieldPath::root().key("spec");
-        for (field, value) in [
-            ("parallelism", spec.parallelism.map(i64::from)),
-            ("completions", spec.completions.map(i64::from)),
-            ("backoffLimit", spec.backoff_limit.map(i64::from)),
-            ("activeDeadlineSeconds", spec.active_deadline_seconds),
-            (
-                "ttlSecondsAfterFinished",
-                spec.ttl_seconds_after_finished.map(i64::from),
-            ),
-        ] {
-            if let Some(v) = value.filter(|v| *v < 0) {
-                errs.invalid(sp.key(field), v, "must be greater than or equal to 0");
-            }
-        }
-        if spec.active_deadline_seconds == Some(0) {
-            errs.invalid(sp.key("activeDeadlineSeconds"), 0, "must be greater than 0");
-        }
-        match spec.completion_mode.as_deref() {
-            None | Some("NonIndexed") => {}
-            Some("Indexed") => {
-                if spec.completions.is_none() {
-                    errs.add(
-                        sp.key("completions"),
-                        "Required value: when completion mode is Indexed",
-                    );
-                }
-            }
-            Some(other) => {
-                errs.unsupported(sp.key("completionMode"), other, &["NonIndexed", "Indexed"])
-            }
-        }
         let template_labels = spec
             .template
             .metadata
@@ -686,28 +657,64 @@ impl Validate for Job {
                 "`selector` not auto-generated (set `manualSelector: true` to use your own)",
             );
         }
-        let tp = sp.key("template").key("spec");
-        let Some(ps) = spec.template.spec.as_ref() else {
-            errs.required(tp);
-            return;
-        };
         // A Job's name ends up in a label value: one too long is caught here.
         labels(
             template_labels,
             &sp.key("template").key("metadata").key("labels"),
             errs,
         );
-        pod_spec(ps, &tp, false, errs);
-        match ps.restart_policy.as_deref() {
-            None => errs.add(
-                tp.key("restartPolicy"),
-                "Required value: valid values: \"OnFailure\", \"Never\"",
-            ),
-            Some("OnFailure" | "Never") => {}
-            Some(other) => {
-                errs.unsupported(tp.key("restartPolicy"), other, &["OnFailure", "Never"])
+        job_spec(spec, &sp, errs);
+    }
+}
+
+/// The checks of a Job's spec that a CronJob's `jobTemplate.spec` shares:
+/// counts, completion mode, and a pod template that does not always
+/// restart. `sp` is where the spec sits.
+pub(crate) fn job_spec(spec: &JobSpec, sp: &FieldPath, errs: &mut FieldErrors) {
+    for (field, value) in [
+        ("parallelism", spec.parallelism.map(i64::from)),
+        ("completions", spec.completions.map(i64::from)),
+        ("backoffLimit", spec.backoff_limit.map(i64::from)),
+        ("activeDeadlineSeconds", spec.active_deadline_seconds),
+        (
+            "ttlSecondsAfterFinished",
+            spec.ttl_seconds_after_finished.map(i64::from),
+        ),
+    ] {
+        if let Some(v) = value.filter(|v| *v < 0) {
+            errs.invalid(sp.key(field), v, "must be greater than or equal to 0");
+        }
+    }
+    if spec.active_deadline_seconds == Some(0) {
+        errs.invalid(sp.key("activeDeadlineSeconds"), 0, "must be greater than 0");
+    }
+    match spec.completion_mode.as_deref() {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => {
+            if spec.completions.is_none() {
+                errs.add(
+                    sp.key("completions"),
+                    "Required value: when completion mode is Indexed",
+                );
             }
         }
+        Some(other) => {
+            errs.unsupported(sp.key("completionMode"), other, &["NonIndexed", "Indexed"])
+        }
+    }
+    let tp = sp.key("template").key("spec");
+    let Some(ps) = spec.template.spec.as_ref() else {
+        errs.required(tp);
+        return;
+    };
+    pod_spec(ps, &tp, false, errs);
+    match ps.restart_policy.as_deref() {
+        None => errs.add(
+            tp.key("restartPolicy"),
+            "Required value: valid values: \"OnFailure\", \"Never\"",
+        ),
+        Some("OnFailure" | "Never") => {}
+        Some(other) => errs.unsupported(tp.key("restartPolicy"), other, &["OnFailure", "Never"]),
     }
 }
 

@@ -200,6 +200,14 @@ fn source(v: &Volume, p: &FieldPath, errs: &mut FieldErrors) {
                 }
             }
             "projected" => projected(v.projected.as_ref(), &sp, errs),
+            "persistentVolumeClaim" => {
+                if v.persistent_volume_claim
+                    .as_ref()
+                    .is_some_and(|c| c.claim_name.is_empty())
+                {
+                    errs.required(sp.key("claimName"));
+                }
+            }
             // Sources commitd cannot provide are only counted.
             _ => {}
         }

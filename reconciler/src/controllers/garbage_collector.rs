@@ -1,8 +1,10 @@
 //! The garbage collector: derived objects whose controller owner is gone
 //! are deleted (Kubernetes' background cascading deletion). This is how
 //! removing a Deployment's file from Git removes its ReplicaSets, and then
-//! their pods; and how a deleted (or replaced) Job's pods go. It also finishes the deletion of terminating pods that no
-//! node will ever stop because none was assigned.
+//! their pods; how a deleted (or replaced) Job's pods go, a CronJob's Jobs,
+//! DaemonSet and StatefulSet pods, and the claims a StatefulSet owns. It
+//! also finishes the deletion of terminating pods that no node will ever
+//! stop because none was assigned.
 //!
 //! The caches may lag each other (a ReplicaSet can be seen before the
 //! Deployment that created it), so an owner missing from the cache is
@@ -14,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use commitd_api::controller::{self, Requeue};
-use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use commitd_api::k8s_openapi::api::batch::v1::Job;
+use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use commitd_api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use commitd_api::k8s_openapi::api::core::v1::Pod;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use commitd_api::reflector::Cache;
@@ -36,6 +38,10 @@ pub(crate) async fn run(store: Store, caches: Caches, cancel: CancellationToken)
         caches.deployments.changes(),
         caches.replica_sets.changes(),
         caches.jobs.changes(),
+        caches.cron_jobs.changes(),
+        caches.daemon_sets.changes(),
+        caches.stateful_sets.changes(),
+        caches.claims.changes(),
         caches.pods.changes(),
     ];
     let gc = Arc::new(GarbageCollector { store, caches });
@@ -69,8 +75,24 @@ impl GarbageCollector {
         for rs in self.caches.replica_sets.list() {
             let key = meta::display_key(&*rs);
             let span = info_span!("gc", replica_set = %key);
-            if let Err(e) = self.collect_replica_set(&rs).instrument(span).await {
+            if let Err(e) = self.collect_owned(&*rs).instrument(span).await {
                 warn!(replica_set = %key, error = format!("{e:#}"), "garbage collection failed");
+                failed.push(format!("{key}: {e:#}"));
+            }
+        }
+        for job in self.caches.jobs.list() {
+            let key = meta::display_key(&*job);
+            let span = info_span!("gc", job = %key);
+            if let Err(e) = self.collect_owned(&*job).instrument(span).await {
+                warn!(job = %key, error = format!("{e:#}"), "garbage collection failed");
+                failed.push(format!("{key}: {e:#}"));
+            }
+        }
+        for claim in self.caches.claims.list() {
+            let key = meta::display_key(&*claim);
+            let span = info_span!("gc", claim = %key);
+            if let Err(e) = self.collect_owned(&*claim).instrument(span).await {
+                warn!(claim = %key, error = format!("{e:#}"), "garbage collection failed");
                 failed.push(format!("{key}: {e:#}"));
             }
         }
@@ -85,35 +107,36 @@ impl GarbageCollector {
         pass_result("garbage-collector", failed, None)
     }
 
-    async fn collect_replica_set(&self, rs: &ReplicaSet) -> Result<()> {
-        if meta::is_git_owned(&rs.metadata) {
+    /// Deletes a derived object (a ReplicaSet, a CronJob's Job, a
+    /// StatefulSet's claim) whose controller owner is gone; its own
+    /// dependents follow on later passes.
+    async fn collect_owned<T: Object>(&self, obj: &T) -> Result<()> {
+        let m = obj.metadata();
+        if meta::is_git_owned(m) || meta::is_terminating(m) {
             return Ok(());
         }
-        let Some(owner) = meta::controller_of(&rs.metadata) else {
+        let Some(owner) = meta::controller_of(m) else {
             return Ok(());
         };
-        if self.owner_state(meta::namespace(rs), owner).await? != OwnerState::Absent {
+        if self.owner_state(meta::namespace(obj), owner).await? != OwnerState::Absent {
             return Ok(());
         }
-        let name = meta::name(rs);
-        let rv = rs.metadata.resource_version.as_deref();
-        match self
-            .store
-            .delete::<ReplicaSet>(meta::namespace(rs), name, rv)
-            .await
-        {
+        let name = meta::name(obj);
+        let kind = T::STORE_KIND;
+        let rv = m.resource_version.as_deref();
+        match self.store.delete::<T>(meta::namespace(obj), name, rv).await {
             Ok(deleted) => {
                 if deleted {
-                    info!(owner = %format!("{}/{}", owner.kind, owner.name), "deleted replica set whose owner is gone");
+                    info!(%kind, owner = %format!("{}/{}", owner.kind, owner.name), "deleted object whose owner is gone");
                 }
                 Ok(())
             }
             // It changed since the cache saw it: decide again next pass.
             Err(e) if e.is_conflict() => {
-                debug!("replica set changed; collecting it later");
+                debug!(%kind, "object changed; collecting it later");
                 Ok(())
             }
-            Err(e) => Err(e).with_context(|| format!("deleting replica set {name}")),
+            Err(e) => Err(e).with_context(|| format!("deleting {kind} {name}")),
         }
     }
 
@@ -164,6 +187,15 @@ impl GarbageCollector {
                 .await
         } else if is_kind::<Job>(owner) {
             self.present::<Job>(&self.caches.jobs, namespace, owner)
+                .await
+        } else if is_kind::<CronJob>(owner) {
+            self.present::<CronJob>(&self.caches.cron_jobs, namespace, owner)
+                .await
+        } else if is_kind::<DaemonSet>(owner) {
+            self.present::<DaemonSet>(&self.caches.daemon_sets, namespace, owner)
+                .await
+        } else if is_kind::<StatefulSet>(owner) {
+            self.present::<StatefulSet>(&self.caches.stateful_sets, namespace, owner)
                 .await
         } else {
             debug!(kind = %owner.kind, api_version = %owner.api_version, "owner kind not collected");

@@ -19,6 +19,7 @@ use commitd_api::controller::{self, Requeue};
 use commitd_api::health::{self, CommitHealth, Health, ObjectHealth};
 use commitd_api::meta::{self, COMMIT_ANNOTATION};
 use commitd_api::records::{AppliedCommit, HistoryRecord};
+use commitd_api::reflector::Cache;
 use commitd_api::{keys, Object, Store};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use tokio::sync::watch;
@@ -87,6 +88,10 @@ pub(crate) async fn run(
     let triggers = vec![
         caches.deployments.changes(),
         caches.jobs.changes(),
+        caches.cron_jobs.changes(),
+        caches.daemon_sets.changes(),
+        caches.stateful_sets.changes(),
+        caches.claims.changes(),
         caches.pods.changes(),
         missing.changes(cancel.clone()),
     ];
@@ -164,35 +169,32 @@ async fn pass(store: &Store, caches: &Caches, missing: &[ObjectHealth]) -> Resul
     Ok(None)
 }
 
-/// The health of every Git-owned Deployment, Job and Pod, and the declared
+/// The health of every Git-owned workload and claim, and the declared
 /// objects that are missing.
 fn assess(caches: &Caches, missing: &[ObjectHealth], now: String) -> CommitHealth {
-    let deployments = caches
-        .deployments
-        .list()
-        .into_iter()
-        .filter(|d| meta::is_git_owned(&d.metadata))
-        .map(|d| object_health(&*d, health::deployment(&d)));
-    let jobs = caches
-        .jobs
-        .list()
-        .into_iter()
-        .filter(|j| meta::is_git_owned(&j.metadata))
-        .map(|j| object_health(&*j, health::job(&j)));
-    let pods = caches
-        .pods
-        .list()
-        .into_iter()
-        .filter(|p| meta::is_git_owned(&p.metadata))
-        .map(|p| object_health(&*p, health::pod(&p)));
-    CommitHealth::of(
-        deployments
-            .chain(jobs)
-            .chain(pods)
-            .chain(missing.iter().cloned())
-            .collect(),
-        now,
-    )
+    let mut objects = Vec::new();
+    assess_kind(&caches.deployments, health::deployment, &mut objects);
+    assess_kind(&caches.stateful_sets, health::stateful_set, &mut objects);
+    assess_kind(&caches.daemon_sets, health::daemon_set, &mut objects);
+    assess_kind(&caches.cron_jobs, health::cron_job, &mut objects);
+    assess_kind(&caches.jobs, health::job, &mut objects);
+    assess_kind(
+        &caches.claims,
+        health::persistent_volume_claim,
+        &mut objects,
+    );
+    assess_kind(&caches.pods, health::pod, &mut objects);
+    objects.extend(missing.iter().cloned());
+    CommitHealth::of(objects, now)
+}
+
+/// Adds the health of the Git-owned objects of one kind.
+fn assess_kind<T: Object>(cache: &Cache<T>, judge: fn(&T) -> Health, out: &mut Vec<ObjectHealth>) {
+    for obj in cache.list() {
+        if meta::is_git_owned(obj.metadata()) {
+            out.push(object_health(&*obj, judge(&obj)));
+        }
+    }
 }
 
 fn object_health<T: Object>(obj: &T, h: Health) -> ObjectHealth {

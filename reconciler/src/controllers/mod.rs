@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use commitd_api::controller::{self, ApplyGate};
-use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use commitd_api::k8s_openapi::api::batch::v1::Job;
-use commitd_api::k8s_openapi::api::core::v1::Pod;
+use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use commitd_api::k8s_openapi::api::batch::v1::{CronJob, Job};
+use commitd_api::k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use commitd_api::k8s_openapi::api::storage::v1::StorageClass;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta_v1;
 use commitd_api::reflector::{reflect, Cache};
 use commitd_api::{keys, meta, Object, Store, StoreError};
@@ -57,6 +58,13 @@ pub(crate) struct Caches {
     pub deployments: Cache<Deployment>,
     pub replica_sets: Cache<ReplicaSet>,
     pub jobs: Cache<Job>,
+    pub cron_jobs: Cache<CronJob>,
+    pub daemon_sets: Cache<DaemonSet>,
+    pub stateful_sets: Cache<StatefulSet>,
+    pub claims: Cache<PersistentVolumeClaim>,
+    pub volumes: Cache<PersistentVolume>,
+    pub storage_classes: Cache<StorageClass>,
+    pub nodes: Cache<Node>,
     pub pods: Cache<Pod>,
 }
 
@@ -67,7 +75,29 @@ impl Caches {
         self.deployments.is_ready()
             && self.replica_sets.is_ready()
             && self.jobs.is_ready()
+            && self.cron_jobs.is_ready()
+            && self.daemon_sets.is_ready()
+            && self.stateful_sets.is_ready()
+            && self.claims.is_ready()
+            && self.volumes.is_ready()
+            && self.storage_classes.is_ready()
+            && self.nodes.is_ready()
             && self.pods.is_ready()
+    }
+
+    /// Waits until every cache has listed once.
+    async fn all_ready(&self) {
+        self.deployments.ready().await;
+        self.replica_sets.ready().await;
+        self.jobs.ready().await;
+        self.cron_jobs.ready().await;
+        self.daemon_sets.ready().await;
+        self.stateful_sets.ready().await;
+        self.claims.ready().await;
+        self.volumes.ready().await;
+        self.storage_classes.ready().await;
+        self.nodes.ready().await;
+        self.pods.ready().await;
     }
 }
 
@@ -93,19 +123,20 @@ pub async fn run_with(
         deployments: reflect::<Deployment>(store.clone(), caches_cancel.clone()),
         replica_sets: reflect::<ReplicaSet>(store.clone(), caches_cancel.clone()),
         jobs: reflect::<Job>(store.clone(), caches_cancel.clone()),
+        cron_jobs: reflect::<CronJob>(store.clone(), caches_cancel.clone()),
+        daemon_sets: reflect::<DaemonSet>(store.clone(), caches_cancel.clone()),
+        stateful_sets: reflect::<StatefulSet>(store.clone(), caches_cancel.clone()),
+        claims: reflect::<PersistentVolumeClaim>(store.clone(), caches_cancel.clone()),
+        volumes: reflect::<PersistentVolume>(store.clone(), caches_cancel.clone()),
+        storage_classes: reflect::<StorageClass>(store.clone(), caches_cancel.clone()),
+        nodes: reflect::<Node>(store.clone(), caches_cancel.clone()),
         pods: reflect::<Pod>(store.clone(), caches_cancel.clone()),
     };
     // No pass starts while a commit is half-applied.
     let gate = ApplyGate::watch(store.clone(), caches_cancel.clone());
-    let all_ready = async {
-        caches.deployments.ready().await;
-        caches.replica_sets.ready().await;
-        caches.jobs.ready().await;
-        caches.pods.ready().await;
-    };
     tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
-        _ = all_ready => {}
+        _ = caches.all_ready() => {}
     }
     info!("controllers started: deployment, replicaset, job, garbage-collector, endpoints, health");
     // Each loop's future is boxed: joined inline, their states (large in
