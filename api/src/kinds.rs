@@ -24,12 +24,13 @@ pub enum Kind {
     PersistentVolumeClaim,
     PersistentVolume,
     StorageClass,
+    ControllerRevision,
 }
 
 impl Kind {
     /// Every kind, in the order a commit applies them (namespaces first,
     /// configuration before the workloads that read it).
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Namespace,
         Kind::StorageClass,
         Kind::PersistentVolume,
@@ -46,6 +47,7 @@ impl Kind {
         Kind::CronJob,
         Kind::Job,
         Kind::ReplicaSet,
+        Kind::ControllerRevision,
         Kind::Pod,
     ];
 
@@ -71,7 +73,11 @@ impl Kind {
     /// The API group, empty for the core group as in Kubernetes.
     pub fn group(self) -> &'static str {
         match self {
-            Kind::ReplicaSet | Kind::Deployment | Kind::DaemonSet | Kind::StatefulSet => "apps",
+            Kind::ReplicaSet
+            | Kind::Deployment
+            | Kind::DaemonSet
+            | Kind::StatefulSet
+            | Kind::ControllerRevision => "apps",
             Kind::Job | Kind::CronJob => "batch",
             Kind::StorageClass => "storage.k8s.io",
             _ => "",
@@ -81,7 +87,11 @@ impl Kind {
     /// `apiVersion` as written in manifests.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::ReplicaSet | Kind::Deployment | Kind::DaemonSet | Kind::StatefulSet => "apps/v1",
+            Kind::ReplicaSet
+            | Kind::Deployment
+            | Kind::DaemonSet
+            | Kind::StatefulSet
+            | Kind::ControllerRevision => "apps/v1",
             Kind::Job | Kind::CronJob => "batch/v1",
             Kind::StorageClass => "storage.k8s.io/v1",
             _ => "v1",
@@ -108,6 +118,7 @@ impl Kind {
             Kind::PersistentVolumeClaim => "PersistentVolumeClaim",
             Kind::PersistentVolume => "PersistentVolume",
             Kind::StorageClass => "StorageClass",
+            Kind::ControllerRevision => "ControllerRevision",
         }
     }
 
@@ -131,6 +142,7 @@ impl Kind {
             Kind::PersistentVolumeClaim => "persistentvolumeclaims",
             Kind::PersistentVolume => "persistentvolumes",
             Kind::StorageClass => "storageclasses",
+            Kind::ControllerRevision => "controllerrevisions",
         }
     }
 
@@ -179,6 +191,7 @@ impl Kind {
             Kind::PersistentVolumeClaim => &["pvc"],
             Kind::PersistentVolume => &["pv"],
             Kind::StorageClass => &["sc"],
+            Kind::ControllerRevision => &[],
         }
     }
 }

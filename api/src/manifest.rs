@@ -287,7 +287,7 @@ fn load_document(
         Kind::StorageClass => {
             typed::<k8s_openapi::api::storage::v1::StorageClass>(&json, defaults::storage_class)
         }
-        Kind::Node | Kind::Endpoints => unreachable_kind(),
+        Kind::Node | Kind::Endpoints | Kind::ControllerRevision => unreachable_kind(),
     }
     .map_err(|errs| {
         errs.into_iter()

@@ -2,7 +2,9 @@
 //! Kubernetes type to its [`Kind`], the annotations commitd writes, and
 //! helpers over `metadata` (owners, ownership by Git, identities).
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
@@ -70,6 +72,7 @@ object!(StatefulSet, Kind::StatefulSet);
 object!(PersistentVolumeClaim, Kind::PersistentVolumeClaim);
 object!(PersistentVolume, Kind::PersistentVolume);
 object!(StorageClass, Kind::StorageClass);
+object!(ControllerRevision, Kind::ControllerRevision);
 
 /// The object's name ("" if it has none, which validation rejects).
 pub fn name<T: Object>(obj: &T) -> &str {

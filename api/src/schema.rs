@@ -52,7 +52,9 @@ fn build<T: JsonSchema>() -> Schema {
 
 /// The schema of a kind, built once.
 pub fn for_kind(kind: Kind) -> &'static Schema {
-    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+    use k8s_openapi::api::apps::v1::{
+        ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+    };
     use k8s_openapi::api::batch::v1::{CronJob, Job};
     use k8s_openapi::api::core::v1::{
         ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
@@ -82,6 +84,7 @@ pub fn for_kind(kind: Kind) -> &'static Schema {
             ),
             (Kind::PersistentVolume, build::<PersistentVolume>()),
             (Kind::StorageClass, build::<StorageClass>()),
+            (Kind::ControllerRevision, build::<ControllerRevision>()),
         ])
     });
     &all[&kind]

@@ -146,7 +146,7 @@ impl GitKindCaches {
             Kind::PersistentVolumeClaim => json_of(&self.claims, ns, name),
             Kind::PersistentVolume => json_of(&self.volumes, ns, name),
             Kind::StorageClass => json_of(&self.storage_classes, ns, name),
-            Kind::Node | Kind::Endpoints => None,
+            Kind::Node | Kind::Endpoints | Kind::ControllerRevision => None,
         }
     }
 

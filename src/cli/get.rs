@@ -8,7 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use commitd_api::k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use commitd_api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use commitd_api::k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec,
@@ -304,6 +306,9 @@ async fn fetch(
             fetch_kind::<PersistentVolume>(store, scope, names, wide, now).await
         }
         Kind::StorageClass => fetch_kind::<StorageClass>(store, scope, names, wide, now).await,
+        Kind::ControllerRevision => {
+            fetch_kind::<ControllerRevision>(store, scope, names, wide, now).await
+        }
     }
 }
 

@@ -88,6 +88,14 @@ impl GarbageCollector {
                 failed.push(format!("{key}: {e:#}"));
             }
         }
+        for revision in self.caches.controller_revisions.list() {
+            let key = meta::display_key(&*revision);
+            let span = info_span!("gc", controller_revision = %key);
+            if let Err(e) = self.collect_owned(&*revision).instrument(span).await {
+                warn!(controller_revision = %key, error = format!("{e:#}"), "garbage collection failed");
+                failed.push(format!("{key}: {e:#}"));
+            }
+        }
         for claim in self.caches.claims.list() {
             let key = meta::display_key(&*claim);
             let span = info_span!("gc", claim = %key);

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use commitd_api::controller::{self, ApplyGate};
-use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use commitd_api::k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use commitd_api::k8s_openapi::api::batch::v1::{CronJob, Job};
 use commitd_api::k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use commitd_api::k8s_openapi::api::storage::v1::StorageClass;
@@ -61,6 +63,7 @@ pub(crate) struct Caches {
     pub cron_jobs: Cache<CronJob>,
     pub daemon_sets: Cache<DaemonSet>,
     pub stateful_sets: Cache<StatefulSet>,
+    pub controller_revisions: Cache<ControllerRevision>,
     pub claims: Cache<PersistentVolumeClaim>,
     pub volumes: Cache<PersistentVolume>,
     pub storage_classes: Cache<StorageClass>,
@@ -78,6 +81,7 @@ impl Caches {
             && self.cron_jobs.is_ready()
             && self.daemon_sets.is_ready()
             && self.stateful_sets.is_ready()
+            && self.controller_revisions.is_ready()
             && self.claims.is_ready()
             && self.volumes.is_ready()
             && self.storage_classes.is_ready()
@@ -93,6 +97,7 @@ impl Caches {
         self.cron_jobs.ready().await;
         self.daemon_sets.ready().await;
         self.stateful_sets.ready().await;
+        self.controller_revisions.ready().await;
         self.claims.ready().await;
         self.volumes.ready().await;
         self.storage_classes.ready().await;
@@ -126,6 +131,7 @@ pub async fn run_with(
         cron_jobs: reflect::<CronJob>(store.clone(), caches_cancel.clone()),
         daemon_sets: reflect::<DaemonSet>(store.clone(), caches_cancel.clone()),
         stateful_sets: reflect::<StatefulSet>(store.clone(), caches_cancel.clone()),
+        controller_revisions: reflect::<ControllerRevision>(store.clone(), caches_cancel.clone()),
         claims: reflect::<PersistentVolumeClaim>(store.clone(), caches_cancel.clone()),
         volumes: reflect::<PersistentVolume>(store.clone(), caches_cancel.clone()),
         storage_classes: reflect::<StorageClass>(store.clone(), caches_cancel.clone()),

@@ -1,6 +1,6 @@
 //! kubectl's columns for CronJobs, DaemonSets and StatefulSets.
 
-use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use commitd_api::k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
 use commitd_api::k8s_openapi::api::batch::v1::CronJob;
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta;
@@ -133,6 +133,33 @@ impl Columns for StatefulSet {
             c.extend(containers_and_images(spec.map(|s| &s.template)));
         }
         c
+    }
+}
+
+/// CONTROLLER as `statefulset.apps/web`, from the controller owner.
+impl Columns for ControllerRevision {
+    fn headers(_wide: bool) -> Vec<&'static str> {
+        vec!["NAME", "CONTROLLER", "REVISION", "AGE"]
+    }
+
+    fn cells(&self, _wide: bool, now: Timestamp) -> Vec<String> {
+        let controller = meta::controller_of(&self.metadata).map_or_else(
+            || "<none>".to_string(),
+            |o| {
+                let group = o.api_version.split_once('/').map_or("", |(g, _)| g);
+                let kind = o.kind.to_ascii_lowercase();
+                match group {
+                    "" => format!("{kind}/{}", o.name),
+                    g => format!("{kind}.{g}/{}", o.name),
+                }
+            },
+        );
+        vec![
+            meta::name(self).to_string(),
+            controller,
+            self.revision.to_string(),
+            age(self.metadata.creation_timestamp.as_ref(), now),
+        ]
     }
 }
 
