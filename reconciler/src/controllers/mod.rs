@@ -19,6 +19,8 @@ mod garbage_collector;
 mod health;
 mod job;
 mod replicaset;
+mod statefulset;
+mod statefulset_plan;
 mod strategy;
 
 use std::time::Duration;
@@ -144,7 +146,7 @@ pub async fn run_with(
         _ = cancel.cancelled() => return Ok(()),
         _ = caches.all_ready() => {}
     }
-    info!("controllers started: deployment, replicaset, job, garbage-collector, endpoints, health");
+    info!("controllers started: deployment, replicaset, job, statefulset, garbage-collector, endpoints, health");
     // Each loop's future is boxed: joined inline, their states (large in
     // debug builds) would all be laid out on the polling thread's stack.
     controller::gated(gate, async {
@@ -160,6 +162,11 @@ pub async fn run_with(
                 cancel.clone()
             )),
             Box::pin(job::run(store.clone(), caches.clone(), cancel.clone())),
+            Box::pin(statefulset::run(
+                store.clone(),
+                caches.clone(),
+                cancel.clone()
+            )),
             Box::pin(garbage_collector::run(
                 store.clone(),
                 caches.clone(),
