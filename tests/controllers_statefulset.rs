@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use commitd_api::k8s_openapi::api::apps::v1::StatefulSet;
+use commitd_api::k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
 use commitd_api::k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, PodCondition};
 use commitd_api::{keys, meta, Kind, Store};
 use etcd_client::{EventType, WatchOptions};
@@ -36,6 +36,7 @@ fn stateful_set(image: &str, replicas: i32, partition: i32) -> Result<StatefulSe
         "spec": {
             "replicas": replicas,
             "serviceName": "web",
+            "revisionHistoryLimit": 0,
             "selector": {"matchLabels": {"app": "web"}},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": partition}},
             "template": {
@@ -337,6 +338,24 @@ async fn scenario(store: &Store) -> Result<()> {
             }
         },
     )
+    .await?;
+
+    // With revisionHistoryLimit 0, the old template goes once unused.
+    eventually("the old revision to be pruned", DEADLINE, || async {
+        let names: Vec<String> = store
+            .list::<ControllerRevision>(Some(NS))
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .iter()
+            .map(|r| meta::name(r).to_string())
+            .collect();
+        if names == [new_revision.clone()] {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
     .await?;
 
     // Scale down to one: web-2, then web-1; the claims stay.

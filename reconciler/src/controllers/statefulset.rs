@@ -216,6 +216,10 @@ impl StatefulSetController {
         if result.is_ok() {
             result = self.release_scaled_claims(set, &spec, &members).await;
         }
+        if result.is_ok() {
+            let in_use = [update.name.as_str(), current.name.as_str()];
+            result = self.prune_revisions(set, &uid, &members, &in_use).await;
+        }
 
         let (status, requeue) = compute_status(set, &members, &update.name, &current.name);
         if set.status.as_ref() != Some(&status) {
@@ -361,6 +365,54 @@ impl StatefulSetController {
             self.expectations.expect(uid, rv);
         }
         info!(pod = %meta::display_key(pod), ?outcome, "deleting pod");
+        Ok(())
+    }
+
+    /// Deletes the oldest revisions beyond `revisionHistoryLimit`, never
+    /// one a member or the status still names.
+    async fn prune_revisions(
+        &self,
+        set: &StatefulSet,
+        uid: &str,
+        members: &BTreeMap<i32, &Pod>,
+        in_use: &[&str],
+    ) -> Result<()> {
+        let namespace = meta::namespace(set);
+        let limit = set
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10);
+        let limit = usize::try_from(limit).unwrap_or(0);
+        let used: Vec<String> = members.values().map(|p| pod_revision(p)).collect();
+        let mut old: Vec<Arc<ControllerRevision>> = self
+            .caches
+            .controller_revisions
+            .list()
+            .into_iter()
+            .filter(|r| meta::namespace(&**r) == namespace && controlled_by(&r.metadata, uid))
+            .filter(|r| {
+                let name = meta::name(&**r);
+                !in_use.contains(&name) && !used.iter().any(|u| u == name)
+            })
+            .collect();
+        if old.len() <= limit {
+            return Ok(());
+        }
+        old.sort_by_key(|r| r.revision);
+        let excess = old.len() - limit;
+        for r in old.into_iter().take(excess) {
+            let rv = r.metadata.resource_version.as_deref();
+            match self
+                .store
+                .delete::<ControllerRevision>(namespace, meta::name(&*r), rv)
+                .await
+            {
+                Ok(_) => debug!(revision = %meta::name(&*r), "pruned controller revision"),
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(e).context("pruning controller revisions"),
+            }
+        }
         Ok(())
     }
 
