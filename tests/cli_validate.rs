@@ -234,3 +234,117 @@ fn service_addresses_and_node_ports_are_checked_offline() {
         describe(&out)
     );
 }
+
+const STATEFUL_SET_WITHOUT_SERVICE: &str = "\
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+  namespace: demo
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers:
+        - name: db
+          image: busybox
+          volumeMounts:
+            - {name: data, mountPath: /data}
+  volumeClaimTemplates:
+    - metadata:
+        name: data
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources: {}
+";
+
+const CLAIM: &str = "\
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: cache
+  namespace: demo
+spec:
+  accessModes: [ReadWriteMany, Sometimes]
+  resources:
+    requests:
+      storage: 1Gi
+";
+
+#[test]
+fn stateful_sets_and_claims_are_checked_with_file_line_and_field() {
+    let dir = repo(&[
+        ("namespace.yaml", NAMESPACE),
+        ("db/statefulset.yaml", STATEFUL_SET_WITHOUT_SERVICE),
+        ("db/claim.yaml", CLAIM),
+    ]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let lines = stdout_lines(&out);
+    for expected in [
+        "db/claim.yaml:7: error: spec.accessModes: Unsupported value: \"Sometimes\": supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\"",
+        "db/statefulset.yaml:6: error: spec.serviceName: Required value: the governing headless Service gives each pod its DNS name",
+        "db/statefulset.yaml:24: error: spec.volumeClaimTemplates[0].spec.resources.requests.storage: Required value: a claim must request its storage size",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == expected),
+            "missing {expected:?}\n{}",
+            describe(&out)
+        );
+    }
+    // The mount of the claim template is not "not found": the template is
+    // a volume of every member.
+    assert!(
+        !lines.iter().any(|l| l.contains("volumeMounts[0].name")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn every_workload_kind_of_the_examples_passes() {
+    let dir = repo(&[
+        ("namespace.yaml", NAMESPACE),
+        (
+            "db/statefulset.yaml",
+            &STATEFUL_SET_WITHOUT_SERVICE
+                .replace("  replicas: 2\n", "  replicas: 2\n  serviceName: db\n")
+                .replace("resources: {}", "resources: {requests: {storage: 64Mi}}"),
+        ),
+        (
+            "db/claim.yaml",
+            &CLAIM.replace("[ReadWriteMany, Sometimes]", "[ReadWriteOnce]"),
+        ),
+        (
+            "agent/daemonset.yaml",
+            "\
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent, namespace: demo}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      tolerations: [{operator: Exists}]
+      containers: [{name: agent, image: busybox}]
+",
+        ),
+        (
+            "storage/class.yaml",
+            "\
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: keep}
+provisioner: commitd.io/local-path
+reclaimPolicy: Retain
+",
+        ),
+    ]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}

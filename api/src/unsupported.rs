@@ -20,6 +20,10 @@ const POD_SPEC: &[&str] = &[
     "schedulerName",
     "enableServiceLinks",
     "securityContext",
+    "tolerations",
+    "affinity",
+    "hostname",
+    "subdomain",
 ];
 /// Container fields commitd acts on.
 const CONTAINER: &[&str] = &[
@@ -209,6 +213,19 @@ fn security_context(
 
 fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) {
     check_keys(spec, path, POD_SPEC, out);
+    // Only required node affinity is acted on (by the scheduler).
+    if let Some(affinity) = spec.get("affinity") {
+        let ap = path.key("affinity");
+        check_keys(affinity, &ap, &["nodeAffinity"], out);
+        if let Some(node) = affinity.get("nodeAffinity") {
+            check_keys(
+                node,
+                &ap.key("nodeAffinity"),
+                &["requiredDuringSchedulingIgnoredDuringExecution"],
+                out,
+            );
+        }
+    }
     if let Some(sc) = spec.get("securityContext") {
         security_context(
             sc,
@@ -416,6 +433,28 @@ mod tests {
                 "spec.securityContext.seccompProfile.type",
                 "spec.containers[1].securityContext.procMount",
                 "spec.containers[1].securityContext.windowsOptions",
+            ]
+        );
+    }
+
+    #[test]
+    fn scheduling_fields_are_acted_on_except_preferences() {
+        let ds = json!({"spec": {"selector": {}, "template": {"spec": {
+            "containers": [], "tolerations": [{"operator": "Exists"}],
+            "hostname": "a", "subdomain": "b",
+            "affinity": {"nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []},
+                "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1}]},
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{}]}}}}}});
+        let got: Vec<String> = fields(Kind::DaemonSet, &ds)
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "spec.template.spec.affinity.podAntiAffinity",
+                "spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution",
             ]
         );
     }
