@@ -348,3 +348,16 @@ reclaimPolicy: Retain
     let out = validate(dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
+
+#[test]
+fn the_workload_examples_validate_without_a_warning() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/workloads");
+    let out = validate(&dir);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        stdout_lines(&out).last().map(String::as_str),
+        Some("9 objects valid"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -31,7 +31,12 @@ fn templates(manifests: &[Manifest]) -> Vec<Template<'_>> {
         .filter_map(|m| {
             let template = match m.kind {
                 Kind::Pod => &m.object,
-                Kind::Deployment | Kind::ReplicaSet => m.object.pointer("/spec/template")?,
+                Kind::Deployment
+                | Kind::ReplicaSet
+                | Kind::StatefulSet
+                | Kind::DaemonSet
+                | Kind::Job => m.object.pointer("/spec/template")?,
+                Kind::CronJob => m.object.pointer("/spec/jobTemplate/spec/template")?,
                 _ => return None,
             };
             let labels = template
