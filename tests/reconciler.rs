@@ -881,3 +881,86 @@ async fn job_templates_are_immutable_and_expired_jobs_stay_deleted() {
 async fn replaced_job(store: &Store) -> Job {
     job(store).await.expect("job stored")
 }
+
+const STATEFUL_SET: &str = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+  namespace: demo
+spec:
+  serviceName: db
+  replicas: 1
+  selector:
+    matchLabels: {app: db}
+  template:
+    metadata:
+      labels: {app: db}
+    spec:
+      containers:
+      - name: db
+        image: 127.0.0.1:5000/commitd/web:1
+"#;
+
+async fn stateful_set_uid(store: &Store) -> Option<String> {
+    store
+        .get::<commitd_api::k8s_openapi::api::apps::v1::StatefulSet>(Some("demo"), "db")
+        .await
+        .expect("read stateful set")
+        .and_then(|s| s.metadata.uid)
+}
+
+/// A StatefulSet's spec changes only where Kubernetes allows it (replicas,
+/// template, update strategy …); any other change rejects the commit with
+/// Kubernetes' message, unless the set asks to be replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateful_set_specs_change_only_where_kubernetes_allows() {
+    let h = Harness::start().await;
+    let c1 = h.repo.commit(
+        "A database",
+        &[
+            ("manifests/ns.yaml", Some(NAMESPACE)),
+            ("manifests/db.yaml", Some(STATEFUL_SET)),
+        ],
+    );
+    let _task = h.follow();
+    assert_eq!(h.wait_for_record(&c1).await.outcome, Outcome::Applied);
+    let uid = stateful_set_uid(&h.store).await.expect("stored");
+
+    let rolled = STATEFUL_SET
+        .replace("replicas: 1", "replicas: 3")
+        .replace("web:1", "web:2");
+    let c2 = h
+        .repo
+        .commit("Scale and roll", &[("manifests/db.yaml", Some(&rolled))]);
+    assert_eq!(h.wait_for_record(&c2).await.outcome, Outcome::Applied);
+
+    let renamed = rolled.replace("serviceName: db", "serviceName: store");
+    let c3 = h
+        .repo
+        .commit("Another service", &[("manifests/db.yaml", Some(&renamed))]);
+    let rejected = h.wait_for_record(&c3).await;
+    assert_eq!(rejected.outcome, Outcome::Rejected);
+    let e = &rejected.errors[0];
+    assert_eq!((e.file.as_str(), e.line), ("manifests/db.yaml", 6));
+    assert_eq!(e.field.as_deref(), Some("spec"));
+    assert!(
+        e.message
+            .starts_with("Forbidden: updates to statefulset spec for fields other than"),
+        "{}",
+        e.message
+    );
+    assert_eq!(stateful_set_uid(&h.store).await, Some(uid.clone()));
+
+    let replace = renamed.replace(
+        "  namespace: demo\n",
+        "  namespace: demo\n  annotations: {commitd.io/replace-on-change: \"true\"}\n",
+    );
+    let c4 = h.repo.commit(
+        "Replace the database",
+        &[("manifests/db.yaml", Some(&replace))],
+    );
+    assert_eq!(h.wait_for_record(&c4).await.outcome, Outcome::Applied);
+    let new_uid = stateful_set_uid(&h.store).await.expect("stored");
+    assert_ne!(new_uid, uid, "a new StatefulSet");
+    h.stop().await;
+}

@@ -568,11 +568,15 @@ async fn plan(
             // again and the tombstone goes.
             plan.writes.push(Write::delete(&tkey, t.mod_revision));
         }
-        let replaced = m.kind == Kind::Job
-            && replace_on_change(&desired)
-            && existing
-                .as_ref()
-                .is_some_and(|cur| changed_template_field(&desired, &cur.value).is_some());
+        let replaced = replace_on_change(&desired)
+            && existing.as_ref().is_some_and(|cur| {
+                if m.kind == Kind::Job {
+                    changed_template_field(&desired, &cur.value).is_some()
+                } else {
+                    crate::immutable_fields::immutable_change(m.kind, &desired, &cur.value)
+                        .is_some()
+                }
+            });
         match existing {
             None => {
                 fill_create_fields(&mut desired);
@@ -583,11 +587,13 @@ async fn plan(
                 plan.changes.created.push(name);
             }
             Some(cur) if replaced => {
-                // A new Job under the old name: a new uid (the garbage
-                // collector deletes the old Job's pods, which name the old
-                // uid), no status, a fresh selector.
+                // A new object under the old name: a new uid (the garbage
+                // collector deletes what the old one owned, which names the
+                // old uid), no status; for a Job, a fresh selector.
                 fill_create_fields(&mut desired);
-                assign_job_identity(&mut desired);
+                if m.kind == Kind::Job {
+                    assign_job_identity(&mut desired);
+                }
                 plan.writes
                     .push(Write::put(store, &key, cur.mod_revision, &desired)?);
                 plan.changes.updated.push(name);
@@ -777,8 +783,11 @@ pub async fn apply_commit(
             let errors = allocate_services(store, &mut with_addresses.manifests, options).await?;
             with_addresses.diagnostics.extend(errors);
         }
-        if loaded.is_valid() && loaded.manifests.iter().any(|m| m.kind == Kind::Job) {
-            let errors = check_job_templates(store, &loaded.manifests).await?;
+        if loaded.is_valid() {
+            let mut errors = crate::immutable_fields::check(store, &loaded.manifests).await?;
+            if loaded.manifests.iter().any(|m| m.kind == Kind::Job) {
+                errors.extend(check_job_templates(store, &loaded.manifests).await?);
+            }
             if !errors.is_empty() {
                 loaded.to_mut().diagnostics.extend(errors);
             }

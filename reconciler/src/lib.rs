@@ -6,6 +6,7 @@ pub mod apply;
 pub mod controllers;
 pub mod drift;
 pub mod git_source;
+pub mod immutable_fields;
 pub mod job_templates;
 pub mod signatures;
 pub mod tags;
