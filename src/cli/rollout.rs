@@ -1,5 +1,6 @@
 //! `commitd rollout status|history deployment/NAME`: a Deployment's
-//! rollout as `kubectl rollout` shows it, with Git in the picture. `status`
+//! rollout (and with `status`, a StatefulSet's or DaemonSet's) as
+//! `kubectl rollout` shows it, with Git in the picture. `status`
 //! follows the rollout live from etcd and prints kubectl's progress lines,
 //! so scripts and people written against kubectl read it unchanged and a
 //! pipeline can wait on a `git push` becoming pods. `history` lists the
@@ -16,11 +17,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{ArgAction, Args, Subcommand};
 use commitd_api::health::{rollout_progress, RolloutProgress};
-use commitd_api::k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta::{self, REVISION_ANNOTATION, ROLLOUT_COMMIT_ANNOTATION};
 use commitd_api::records::{CommitInfo, HistoryRecord};
-use commitd_api::{keys, reflector, Kind, Store};
+use commitd_api::{keys, reflector, Kind, Object, Store};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +39,8 @@ pub struct RolloutArgs {
 /// What `commitd rollout` can show, as `kubectl rollout` names it.
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
-    /// Follow a Deployment's rollout until it is done (exit 0) or fails (exit 1).
+    /// Follow a Deployment's, StatefulSet's or DaemonSet's rollout until it
+    /// is done (exit 0) or fails (exit 1).
     Status(StatusArgs),
     /// List a Deployment's revisions with the commits that rolled them out.
     History(HistoryArgs),
@@ -47,11 +49,11 @@ pub enum RolloutCommand {
 /// Arguments of `commitd rollout status`, spelled as kubectl's.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// The Deployment: `deployment/NAME` (also `deploy/NAME`,
-    /// `deployments/NAME`) or `deployment NAME`.
+    /// The workload: `deployment/NAME` (also `deploy/NAME`,
+    /// `statefulset/NAME`, `ds/NAME` …) or `deployment NAME`.
     #[arg(value_name = "RESOURCE", required = true, num_args = 1..=2)]
     pub resource: Vec<String>,
-    /// Namespace of the Deployment.
+    /// Namespace of the workload.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
     /// How long to wait before giving up, as a Go duration (`90s`, `5m`,
@@ -104,17 +106,44 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::from(1)
 }
 
-fn not_found(name: &str) -> ExitCode {
+fn not_found(kind: Kind, name: &str) -> ExitCode {
     eprintln!(
         "Error from server (NotFound): {} \"{name}\" not found",
-        qualified_resource(Kind::Deployment)
+        qualified_resource(kind)
     );
     ExitCode::from(1)
 }
 
+/// The kinds `rollout status` follows, as kubectl's status viewers.
+const STATUS_KINDS: [Kind; 3] = [Kind::Deployment, Kind::StatefulSet, Kind::DaemonSet];
+
 /// Reads `KIND/NAME` or `KIND NAME` naming a Deployment, as kubectl's
-/// resource builder does; only Deployments have rollouts here.
+/// resource builder does; only Deployments have a revision history here.
 fn parse_target(args: &[String]) -> Result<String, String> {
+    match parse_kind_and_name(args)? {
+        (Kind::Deployment, name) => Ok(name),
+        (other, _) => Err(format!(
+            "rollout history is kept for deployments only, not {}",
+            other.plural()
+        )),
+    }
+}
+
+/// Reads `KIND/NAME` or `KIND NAME` naming a workload `rollout status`
+/// can follow.
+fn parse_status_target(args: &[String]) -> Result<(Kind, String), String> {
+    let (kind, name) = parse_kind_and_name(args)?;
+    if STATUS_KINDS.contains(&kind) {
+        Ok((kind, name))
+    } else {
+        Err(format!(
+            "no status viewer has been implemented for {}",
+            kind.plural()
+        ))
+    }
+}
+
+fn parse_kind_and_name(args: &[String]) -> Result<(Kind, String), String> {
     let (kind, name) = match args {
         [one] => match one.split_once('/') {
             Some((k, n)) if !k.is_empty() && !n.is_empty() && !n.contains('/') => (k, n),
@@ -137,11 +166,7 @@ fn parse_target(args: &[String]) -> Result<String, String> {
         }
     };
     match Kind::from_cli(kind) {
-        Some(Kind::Deployment) => Ok(name.to_string()),
-        Some(other) => Err(format!(
-            "rollouts are tracked for deployments only, not {}",
-            other.plural()
-        )),
+        Some(k) => Ok((k, name.to_string())),
         None => Err(format!(
             "the server doesn't have a resource type \"{kind}\""
         )),
@@ -196,6 +221,89 @@ pub enum RolloutState {
     Failed(String),
 }
 
+/// kubectl's error for a workload whose updates are not rolled out.
+const NOT_ROLLING: &str = "rollout status is only available for RollingUpdate strategy type";
+
+/// A StatefulSet's rollout, in kubectl's words (`StatefulSetStatusViewer`).
+pub fn stateful_set_state(s: &StatefulSet) -> RolloutState {
+    let spec = s.spec.clone().unwrap_or_default();
+    let status = s.status.clone().unwrap_or_default();
+    let strategy = spec.update_strategy.unwrap_or_default();
+    if strategy.type_.as_deref().unwrap_or("RollingUpdate") != "RollingUpdate" {
+        return RolloutState::Failed(NOT_ROLLING.into());
+    }
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed == 0 || s.metadata.generation.unwrap_or(0) > observed {
+        return RolloutState::Waiting(
+            "Waiting for statefulset spec update to be observed...".into(),
+        );
+    }
+    let replicas = spec.replicas.unwrap_or(1);
+    let ready = status.ready_replicas.unwrap_or(0);
+    if ready < replicas {
+        return RolloutState::Waiting(format!(
+            "Waiting for {} pods to be ready...",
+            replicas - ready
+        ));
+    }
+    let updated = status.updated_replicas.unwrap_or(0);
+    let partition = strategy
+        .rolling_update
+        .and_then(|r| r.partition)
+        .unwrap_or(0);
+    if partition > 0 {
+        if updated < replicas - partition {
+            return RolloutState::Waiting(format!(
+                "Waiting for partitioned roll out to finish: {updated} out of {} new pods have been updated...",
+                replicas - partition
+            ));
+        }
+        return RolloutState::Done(format!(
+            "partitioned roll out complete: {updated} new pods have been updated..."
+        ));
+    }
+    let update_revision = status.update_revision.unwrap_or_default();
+    if status.current_revision.as_deref() != Some(update_revision.as_str()) {
+        return RolloutState::Waiting(format!(
+            "waiting for statefulset rolling update to complete {updated} pods at revision {update_revision}..."
+        ));
+    }
+    RolloutState::Done(format!(
+        "statefulset rolling update complete {} pods at revision {update_revision}...",
+        status.current_replicas.unwrap_or(0)
+    ))
+}
+
+/// A DaemonSet's rollout, in kubectl's words (`DaemonSetStatusViewer`).
+pub fn daemon_set_state(d: &DaemonSet) -> RolloutState {
+    let spec = d.spec.clone().unwrap_or_default();
+    let strategy = spec.update_strategy.unwrap_or_default();
+    if strategy.type_.as_deref().unwrap_or("RollingUpdate") != "RollingUpdate" {
+        return RolloutState::Failed(NOT_ROLLING.into());
+    }
+    let status = d.status.clone().unwrap_or_default();
+    if d.metadata.generation.unwrap_or(0) > status.observed_generation.unwrap_or(0) {
+        return RolloutState::Waiting(
+            "Waiting for daemon set spec update to be observed...".into(),
+        );
+    }
+    let name = meta::name(d);
+    let desired = status.desired_number_scheduled;
+    let updated = status.updated_number_scheduled.unwrap_or(0);
+    let available = status.number_available.unwrap_or(0);
+    if updated < desired {
+        return RolloutState::Waiting(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {updated} out of {desired} new pods have been updated..."
+        ));
+    }
+    if available < desired {
+        return RolloutState::Waiting(format!(
+            "Waiting for daemon set {name:?} rollout to finish: {available} of {desired} updated pods are available..."
+        ));
+    }
+    RolloutState::Done(format!("daemon set {name:?} successfully rolled out"))
+}
+
 /// The state of `d`'s rollout, in exactly kubectl's words (without the
 /// trailing newline), so output and scripts match `kubectl rollout status`.
 pub fn rollout_state(d: &Deployment) -> RolloutState {
@@ -243,18 +351,34 @@ fn say(line: &str) -> anyhow::Result<()> {
 /// when the progress deadline is exceeded, the time-out passes, or the
 /// Deployment does not exist.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let name = match parse_target(&args.resource) {
-        Ok(n) => n,
+    let (kind, name) = match parse_status_target(&args.resource) {
+        Ok(target) => target,
         Err(msg) => return Ok(fail(&msg)),
     };
-    let namespace = args.namespace.as_str();
     let store = args.cluster.connect().await?;
+    match kind {
+        Kind::StatefulSet => follow(store, &args, &name, stateful_set_state).await,
+        Kind::DaemonSet => follow(store, &args, &name, daemon_set_state).await,
+        _ => follow(store, &args, &name, rollout_state).await,
+    }
+}
+
+/// Follows one workload until `state` says it is done or failed.
+async fn follow<T: Object>(
+    store: Store,
+    args: &StatusArgs,
+    name: &str,
+    state: fn(&T) -> RolloutState,
+) -> anyhow::Result<ExitCode> {
+    let kind = T::STORE_KIND;
+    let singular = kind.name().to_ascii_lowercase();
+    let namespace = args.namespace.as_str();
     let cancel = CancellationToken::new();
     let _stop = cancel.clone().drop_guard();
-    let cache = reflector::reflect_prefix::<Deployment>(
+    let cache = reflector::reflect_prefix::<T>(
         store,
-        keys::namespace_prefix(Kind::Deployment, Some(namespace)),
-        |store, kv| store.decode::<Deployment>(kv).map_err(|e| e.to_string()),
+        keys::namespace_prefix(kind, Some(namespace)),
+        |store, kv| store.decode::<T>(kv).map_err(|e| e.to_string()),
         cancel.clone(),
     );
     let deadline = (!args.timeout.is_zero()).then(|| Instant::now() + args.timeout);
@@ -271,12 +395,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut last = String::new();
     loop {
         changes.borrow_and_update();
-        match cache.get(Some(namespace), &name) {
-            None if !seen => return Ok(not_found(&name)),
-            None => return Ok(fail(&format!("deployment {name:?} was deleted"))),
+        match cache.get(Some(namespace), name) {
+            None if !seen => return Ok(not_found(kind, name)),
+            None => return Ok(fail(&format!("{singular} {name:?} was deleted"))),
             Some(d) => {
                 seen = true;
-                match rollout_state(&d) {
+                match state(&d) {
                     RolloutState::Failed(msg) => return Ok(fail(&msg)),
                     RolloutState::Done(line) => {
                         say(&line)?;
@@ -300,7 +424,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         };
         match tokio::time::timeout_at(deadline.unwrap_or_else(far_future), changed).await {
             Ok(true) => {}
-            Ok(false) => anyhow::bail!("lost the watch on deployment {name:?}"),
+            Ok(false) => anyhow::bail!("lost the watch on {singular} {name:?}"),
             Err(_) => return Ok(timed_out()),
         }
     }
@@ -514,7 +638,7 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("reading deployment {namespace}/{name}"))?
     else {
-        return Ok(not_found(&name));
+        return Ok(not_found(Kind::Deployment, &name));
     };
     let replica_sets = super::list_objects::<ReplicaSet>(&store, Some(namespace)).await?;
     let commits = commits_by_sha(&store).await?;
@@ -644,15 +768,103 @@ mod tests {
             );
         }
         assert_eq!(parse_target(&args(&["deploy", "web"])), Ok("web".into()));
-        assert!(parse_target(&args(&["pods/web"]))
-            .expect_err("pods")
+        assert!(parse_target(&args(&["sts/web"]))
+            .expect_err("a stateful set")
             .contains("deployments only"));
+        assert_eq!(
+            parse_status_target(&args(&["sts/db"])),
+            Ok((Kind::StatefulSet, "db".into()))
+        );
+        assert_eq!(
+            parse_status_target(&args(&["daemonset", "agent"])),
+            Ok((Kind::DaemonSet, "agent".into()))
+        );
+        assert!(parse_status_target(&args(&["pods/web"]))
+            .expect_err("pods")
+            .contains("no status viewer"));
         assert!(parse_target(&args(&["nope/web"]))
             .expect_err("unknown")
             .contains("doesn't have a resource type \"nope\""));
         assert!(parse_target(&args(&["web"])).is_err());
         assert!(parse_target(&args(&["deploy/"])).is_err());
         assert!(parse_target(&args(&["deploy/a/b"])).is_err());
+    }
+
+    #[test]
+    fn stateful_set_and_daemon_set_rollouts_read_like_kubectl() {
+        let sts = |status: serde_json::Value, partition: i32| -> StatefulSet {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "db", "generation": 2},
+                "spec": {"replicas": 3, "serviceName": "db", "selector": {},
+                    "template": {},
+                    "updateStrategy": {"type": "RollingUpdate",
+                        "rollingUpdate": {"partition": partition}}},
+                "status": status
+            }))
+            .expect("a StatefulSet")
+        };
+        let waiting = |s: &str| RolloutState::Waiting(s.to_string());
+        assert_eq!(
+            stateful_set_state(&sts(
+                serde_json::json!({"replicas": 3, "observedGeneration": 1}),
+                0
+            )),
+            waiting("Waiting for statefulset spec update to be observed...")
+        );
+        assert_eq!(
+            stateful_set_state(&sts(
+                serde_json::json!({"replicas": 3, "observedGeneration": 2, "readyReplicas": 1}),
+                0
+            )),
+            waiting("Waiting for 2 pods to be ready...")
+        );
+        let rolling = serde_json::json!({"replicas": 3, "observedGeneration": 2,
+            "readyReplicas": 3, "updatedReplicas": 1, "currentReplicas": 2,
+            "currentRevision": "db-a", "updateRevision": "db-b"});
+        assert_eq!(
+            stateful_set_state(&sts(rolling.clone(), 0)),
+            waiting(
+                "waiting for statefulset rolling update to complete 1 pods at revision db-b..."
+            )
+        );
+        assert_eq!(
+            stateful_set_state(&sts(rolling, 2)),
+            RolloutState::Done(
+                "partitioned roll out complete: 1 new pods have been updated...".into()
+            )
+        );
+        let done = serde_json::json!({"replicas": 3, "observedGeneration": 2,
+            "readyReplicas": 3, "updatedReplicas": 3, "currentReplicas": 3,
+            "currentRevision": "db-b", "updateRevision": "db-b"});
+        assert_eq!(
+            stateful_set_state(&sts(done, 0)),
+            RolloutState::Done(
+                "statefulset rolling update complete 3 pods at revision db-b...".into()
+            )
+        );
+        let ds: DaemonSet = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "agent", "generation": 1},
+            "spec": {"selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "desiredNumberScheduled": 2,
+                "currentNumberScheduled": 2, "numberReady": 1, "numberMisscheduled": 0,
+                "updatedNumberScheduled": 2, "numberAvailable": 1}
+        }))
+        .expect("a DaemonSet");
+        assert_eq!(
+            daemon_set_state(&ds),
+            waiting("Waiting for daemon set \"agent\" rollout to finish: 1 of 2 updated pods are available...")
+        );
+        let mut on_delete = ds.clone();
+        if let Some(spec) = on_delete.spec.as_mut() {
+            spec.update_strategy = Some(Default::default());
+            if let Some(s) = spec.update_strategy.as_mut() {
+                s.type_ = Some("OnDelete".into());
+            }
+        }
+        assert_eq!(
+            daemon_set_state(&on_delete),
+            RolloutState::Failed(NOT_ROLLING.into())
+        );
     }
 
     #[test]
