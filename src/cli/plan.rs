@@ -406,7 +406,8 @@ pub struct Changed {
     pub fields: Vec<FieldChange>,
 }
 
-/// A Deployment whose pod template changes: its pods are replaced.
+/// A Deployment, StatefulSet or DaemonSet whose pod template changes: its
+/// pods are replaced.
 #[derive(Debug, Clone)]
 pub struct Rollout {
     /// The Deployment.
@@ -425,7 +426,8 @@ impl Rollout {
     pub fn summary(&self) -> String {
         let set = match &self.reuses {
             Some(rs) => format!("ReplicaSet {rs} scaled up again"),
-            None => "new ReplicaSet".to_string(),
+            None if self.object.kind == Kind::Deployment => "new ReplicaSet".to_string(),
+            None => "new revision".to_string(),
         };
         let paused = if self.paused {
             " (paused: starts when resumed)"
@@ -622,7 +624,10 @@ pub fn plan(base: &Objects, target: &[Manifest], mut errors: Vec<Diagnostic>) ->
         if m.kind == Kind::Secret {
             fields = diff::hide_values(fields, &SECRET_VALUE_FIELDS);
         }
-        if m.kind == Kind::Deployment {
+        if matches!(
+            m.kind,
+            Kind::Deployment | Kind::StatefulSet | Kind::DaemonSet
+        ) {
             plan.rollouts.extend(rollout(&id, cur, &old, &new, base));
         }
         plan.changed.push(Changed { object: id, fields });
@@ -653,6 +658,28 @@ fn rollout(
     let template = new.pointer("/spec/template");
     if old.pointer("/spec/template") == template {
         return None;
+    }
+    if id.kind != Kind::Deployment {
+        // A StatefulSet or DaemonSet: a new revision, rolled by its
+        // update strategy.
+        let mut strategy = new
+            .pointer("/spec/updateStrategy/type")
+            .and_then(Value::as_str)
+            .unwrap_or("RollingUpdate")
+            .to_string();
+        match new
+            .pointer("/spec/updateStrategy/rollingUpdate/partition")
+            .and_then(Value::as_i64)
+        {
+            Some(p) if p > 0 => strategy += &format!(", partition {p}"),
+            _ => {}
+        }
+        return Some(Rollout {
+            object: id.clone(),
+            strategy,
+            reuses: None,
+            paused: false,
+        });
     }
     let strategy = new
         .pointer("/spec/strategy/type")
@@ -1135,6 +1162,39 @@ spec:
             vec!["deployment/web (default): new ReplicaSet, strategy RollingUpdate"]
         );
         assert_eq!(p.exit_code(), 1);
+    }
+
+    #[test]
+    fn stateful_set_template_changes_are_rollouts_by_their_strategy() {
+        let sts = "apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: default}
+spec:
+  serviceName: db
+  replicas: 3
+  updateStrategy: {type: RollingUpdate, rollingUpdate: {partition: 2}}
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: db
+        image: postgres:16
+";
+        let new = sts.replace("postgres:16", "postgres:17");
+        let p = plan_of(&[("db.yaml", sts)], &[("db.yaml", &new)]);
+        let r: Vec<String> = p
+            .rollouts
+            .iter()
+            .map(|r| format!("{}: {}", r.object.label(), r.summary()))
+            .collect();
+        assert_eq!(
+            r,
+            vec!["statefulset/db (default): new revision, strategy RollingUpdate, partition 2"]
+        );
+        let scaled = sts.replace("replicas: 3", "replicas: 5");
+        let p = plan_of(&[("db.yaml", sts)], &[("db.yaml", &scaled)]);
+        assert!(p.rollouts.is_empty());
     }
 
     #[test]
