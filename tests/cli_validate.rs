@@ -361,3 +361,57 @@ fn the_workload_examples_validate_without_a_warning() {
         describe(&out)
     );
 }
+
+const CRON_JOBS: &str = "\
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report, namespace: demo}
+spec:
+  schedule: \"*/5 * * 13 *\"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: report, image: busybox}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: zoned, namespace: demo}
+spec:
+  schedule: \"TZ=UTC 0 9 * * MON-FRI\"
+  timeZone: Mars/Olympus
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: report, image: busybox}]
+";
+
+#[test]
+fn invalid_cron_schedules_and_time_zones_name_file_line_and_field() {
+    let dir = repo(&[("namespace.yaml", NAMESPACE), ("jobs/cron.yaml", CRON_JOBS)]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let lines = stdout_lines(&out);
+    for expected in [
+        "jobs/cron.yaml:5: error: spec.schedule: Invalid value: \"*/5 * * 13 *\": end of range (13) above maximum (12): 13",
+        "jobs/cron.yaml:17: error: spec.schedule: Invalid value: \"TZ=UTC 0 9 * * MON-FRI\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        "jobs/cron.yaml:18: error: spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus",
+    ] {
+        assert!(
+            lines.iter().any(|l| l == expected),
+            "missing {expected:?}\n{}",
+            describe(&out)
+        );
+    }
+    // Fixed, the same file passes.
+    let fixed = CRON_JOBS
+        .replace("*/5 * * 13 *", "*/5 * * 12 *")
+        .replace("TZ=UTC 0 9", "0 9")
+        .replace("Mars/Olympus", "Europe/Berlin");
+    let dir = repo(&[("namespace.yaml", NAMESPACE), ("jobs/cron.yaml", &fixed)]);
+    let out = validate(dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}

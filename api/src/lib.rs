@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod controller;
+pub mod cron_schedule;
 pub mod keys;
 pub mod kinds;
 pub mod meta;
@@ -28,6 +29,7 @@ pub mod schema;
 pub mod selector;
 pub mod service_checks;
 pub mod service_network;
+pub mod taints;
 pub mod unsupported;
 pub mod validation;
 pub mod waves;

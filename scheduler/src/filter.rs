@@ -192,26 +192,8 @@ fn tolerations(pod: &PodInfo) -> &[Toleration] {
         .unwrap_or_default()
 }
 
-/// Kubernetes' `Toleration.ToleratesTaint`: an empty effect or key matches
-/// any; `Exists` ignores the value; `Equal` (or no operator) compares it.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    let effect = toleration.effect.as_deref().unwrap_or_default();
-    if !effect.is_empty() && effect != taint.effect {
-        return false;
-    }
-    let key = toleration.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or_default() {
-        "" | "Equal" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        "Exists" => true,
-        _ => false,
-    }
-}
+/// Shared with the DaemonSet controller; see [`commitd_api::taints`].
+pub use commitd_api::taints::tolerates;
 
 /// `spec.nodeSelector` and required node affinity must match the node's
 /// labels (and, for `matchFields`, its name).

@@ -200,13 +200,12 @@ fn source(v: &Volume, p: &FieldPath, errs: &mut FieldErrors) {
                 }
             }
             "projected" => projected(v.projected.as_ref(), &sp, errs),
-            "persistentVolumeClaim" => {
+            "persistentVolumeClaim"
                 if v.persistent_volume_claim
                     .as_ref()
-                    .is_some_and(|c| c.claim_name.is_empty())
-                {
-                    errs.required(sp.key("claimName"));
-                }
+                    .is_some_and(|c| c.claim_name.is_empty()) =>
+            {
+                errs.required(sp.key("claimName"));
             }
             // Sources commitd cannot provide are only counted.
             _ => {}

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::storage::claim_spec;
 use super::{job_spec, object_meta, pod_spec, workload_selector, FieldErrors, Validate};
+use crate::cron_schedule::{self, CronSchedule};
 use crate::field_path::FieldPath;
 
 /// The longest CronJob name: its Jobs are named `<name>-<minutes>`, with
@@ -32,8 +33,27 @@ impl Validate for CronJob {
             errs.required(sp);
             return;
         };
-        if spec.schedule.trim().is_empty() {
+        if spec.schedule.is_empty() {
             errs.required(sp.key("schedule"));
+        } else {
+            // As Kubernetes: the parse error, then the TZ check, each an
+            // error of its own.
+            let quoted = format!("{:?}", spec.schedule);
+            if let Err(e) = CronSchedule::parse(&spec.schedule) {
+                errs.invalid(sp.key("schedule"), &quoted, &e.to_string());
+            }
+            if cron_schedule::names_time_zone(&spec.schedule) {
+                errs.invalid(
+                    sp.key("schedule"),
+                    &quoted,
+                    cron_schedule::TZ_IN_SCHEDULE_MESSAGE,
+                );
+            }
+        }
+        if let Some(tz) = spec.time_zone.as_deref() {
+            if let Err(e) = cron_schedule::parse_time_zone(tz) {
+                errs.invalid(sp.key("timeZone"), format!("{tz:?}"), &e.to_string());
+            }
         }
         if let Some(policy) = spec.concurrency_policy.as_deref() {
             if !["Allow", "Forbid", "Replace"].contains(&policy) {

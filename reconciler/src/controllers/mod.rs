@@ -12,6 +12,9 @@
 //! write only their `status`. Objects a controller creates carry a
 //! controller owner reference to the uid of what they derive from.
 
+pub mod cronjob;
+mod daemonset;
+mod daemonset_plan;
 mod deployment;
 mod endpoints;
 mod expectations;
@@ -146,7 +149,7 @@ pub async fn run_with(
         _ = cancel.cancelled() => return Ok(()),
         _ = caches.all_ready() => {}
     }
-    info!("controllers started: deployment, replicaset, job, statefulset, garbage-collector, endpoints, health");
+    info!("controllers started: deployment, replicaset, daemonset, job, cronjob, statefulset, garbage-collector, endpoints, health");
     // Each loop's future is boxed: joined inline, their states (large in
     // debug builds) would all be laid out on the polling thread's stack.
     controller::gated(gate, async {
@@ -162,6 +165,12 @@ pub async fn run_with(
                 cancel.clone()
             )),
             Box::pin(job::run(store.clone(), caches.clone(), cancel.clone())),
+            Box::pin(daemonset::run(
+                store.clone(),
+                caches.clone(),
+                cancel.clone()
+            )),
+            Box::pin(cronjob::run(store.clone(), caches.clone(), cancel.clone())),
             Box::pin(statefulset::run(
                 store.clone(),
                 caches.clone(),
