@@ -61,6 +61,7 @@ impl Agent {
             dns_listen: None,
             proxy: None,
             read_only_port: None,
+            local_path_capacity: None,
         };
         let handle = tokio::spawn(commitd_nodeagent::run(
             store.clone(),

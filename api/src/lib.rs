@@ -29,6 +29,7 @@ pub mod schema;
 pub mod selector;
 pub mod service_checks;
 pub mod service_network;
+pub mod storage;
 pub mod taints;
 pub mod unsupported;
 pub mod validation;

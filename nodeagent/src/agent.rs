@@ -26,7 +26,9 @@ use commitd_api::backoff::Backoff;
 use commitd_api::controller::ApplyGate;
 use commitd_api::reflector::{reflect, sleep_or_cancel, Cache};
 use commitd_api::Store;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::cri::Cri;
 use crate::dns;
+use crate::local_path;
 use crate::logs::{LogServer, LogSource};
 use crate::node::{self, NodeFacts};
 use crate::pod::service_links::ClusterDns;
@@ -74,6 +77,10 @@ pub struct NodeAgentConfig {
     /// 0: any free port), so `commitd logs` can read them from anywhere.
     /// The port bound is published on the Node. `None`: no logs served.
     pub read_only_port: Option<u16>,
+    /// Bytes of local-path volumes this node takes, published as the
+    /// `commitd.io/local-path` capacity; `None`: the size of the
+    /// filesystem holding the state dir.
+    pub local_path_capacity: Option<i64>,
 }
 
 /// Runs the node agent until `cancel` fires. Waits (with back-off) for
@@ -114,6 +121,11 @@ pub async fn run(
         };
         let mut facts = NodeFacts::gather(&config.node_name, node_ip, runtime_version);
         facts.read_only_port = log_server.as_ref().map(|s| s.local_addr().port());
+        facts.local_path = Some(
+            local_path::prepare(&state_dir, config.local_path_capacity)
+                .await
+                .context("preparing local-path storage")?,
+        );
         let capacity = (
             i64::try_from(facts.cpus)
                 .unwrap_or(i64::MAX)
@@ -140,15 +152,34 @@ pub async fn run(
         let services = reflect::<Service>(store.clone(), local.clone());
         let config_maps = reflect::<ConfigMap>(store.clone(), local.clone());
         let secrets = reflect::<Secret>(store.clone(), local.clone());
+        let claims = reflect::<PersistentVolumeClaim>(store.clone(), local.clone());
+        let volumes = reflect::<PersistentVolume>(store.clone(), local.clone());
         start_service_networking(&config, &services, &store, &local, &mut tasks).await?;
         // Pods are not picked up or dropped while a commit is half-applied.
         let gate = ApplyGate::watch(store.clone(), local.clone());
         // Containers read ConfigMaps and Secrets at start: an empty cache
         // would read as "not found".
         tokio::select! {
-            _ = async { pods.ready().await; config_maps.ready().await; secrets.ready().await } => {}
+            _ = async {
+                pods.ready().await;
+                config_maps.ready().await;
+                secrets.ready().await;
+                claims.ready().await;
+                volumes.ready().await;
+            } => {}
             _ = local.cancelled() => return Ok(()),
         }
+        tasks.spawn(
+            local_path::run(
+                store.clone(),
+                config.node_name.clone(),
+                local_path::root(&state_dir),
+                volumes.clone(),
+                pods.clone(),
+                local.clone(),
+            )
+            .instrument(info_span!("local_path")),
+        );
         info!("pod cache ready; running pods");
         if let Some(server) = log_server {
             let source = LogSource {
@@ -173,6 +204,8 @@ pub async fn run(
             services: services.clone(),
             config_maps,
             secrets,
+            claims,
+            volumes,
             node_cpu_millis: capacity.0,
             node_memory_bytes: capacity.1,
         });

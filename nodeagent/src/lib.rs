@@ -4,6 +4,7 @@ pub mod agent;
 pub mod cri;
 pub mod dns;
 pub mod drain;
+pub mod local_path;
 pub mod logs;
 pub mod node;
 pub mod pod;

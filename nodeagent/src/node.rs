@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use commitd_api::backoff::Backoff;
 use commitd_api::reflector::sleep_or_cancel;
-use commitd_api::{keys, Store, StoreError};
+use commitd_api::{keys, storage, Store, StoreError};
 use etcd_client::{GetOptions, PutOptions};
 use k8s_openapi::api::core::v1::{
     DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
@@ -65,6 +65,19 @@ pub struct NodeFacts {
     /// P, as Kubernetes spells it) so `commitd logs` finds it; `None` when
     /// it serves none.
     pub read_only_port: Option<u16>,
+    /// The node's local-path storage (where volumes go and how many bytes
+    /// of them it takes), published so the storage controller can place
+    /// volumes here; `None` when it offers none.
+    pub local_path: Option<LocalPath>,
+}
+
+/// A node's local-path storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPath {
+    /// The directory volumes are made in (`<state dir>/local-path`).
+    pub root: std::path::PathBuf,
+    /// Bytes of volumes the node takes (`commitd.io/local-path`).
+    pub capacity_bytes: i64,
 }
 
 impl NodeFacts {
@@ -93,6 +106,7 @@ impl NodeFacts {
             system_uuid: read("/sys/class/dmi/id/product_uuid"),
             container_runtime_version,
             read_only_port: None,
+            local_path: None,
         }
     }
 }
@@ -202,6 +216,33 @@ pub fn apply(node: &mut Node, facts: &NodeFacts, now: &Time) {
         for (k, v) in &resources {
             map.insert(k.to_string(), Quantity(v.clone()));
         }
+        // Ours alone: storage no longer offered is no longer published.
+        match &facts.local_path {
+            Some(lp) => {
+                map.insert(
+                    storage::CAPACITY_RESOURCE.to_string(),
+                    Quantity(storage::format_bytes(lp.capacity_bytes)),
+                );
+            }
+            None => {
+                map.remove(storage::CAPACITY_RESOURCE);
+            }
+        }
+    }
+    let annotations = node.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    match &facts.local_path {
+        Some(lp) => {
+            annotations.insert(
+                storage::ROOT_ANNOTATION.to_string(),
+                lp.root.display().to_string(),
+            );
+        }
+        None => {
+            annotations.remove(storage::ROOT_ANNOTATION);
+        }
+    }
+    if annotations.is_empty() {
+        node.metadata.annotations = None;
     }
     status.addresses = Some(vec![
         NodeAddress {
@@ -466,6 +507,7 @@ mod tests {
             system_uuid: String::new(),
             container_runtime_version: "containerd://1.6.20".into(),
             read_only_port: Some(10255),
+            local_path: None,
         }
     }
 
@@ -565,6 +607,39 @@ mod tests {
         };
         apply(&mut node, &no_port, &at(300));
         assert_eq!(node.status.unwrap().daemon_endpoints, None);
+    }
+
+    #[test]
+    fn local_path_storage_is_published_and_withdrawn() {
+        let mut node = Node::default();
+        let with = NodeFacts {
+            local_path: Some(LocalPath {
+                root: "/var/lib/commitd/agent/local-path".into(),
+                capacity_bytes: 10 << 30,
+            }),
+            ..facts()
+        };
+        apply(&mut node, &with, &at(100));
+        let status = node.status.clone().unwrap_or_default();
+        for map in [status.capacity, status.allocatable] {
+            let map = map.unwrap_or_default();
+            assert_eq!(
+                map.get(storage::CAPACITY_RESOURCE),
+                Some(&Quantity("10Gi".into()))
+            );
+        }
+        assert_eq!(
+            node.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(storage::ROOT_ANNOTATION))
+                .map(String::as_str),
+            Some("/var/lib/commitd/agent/local-path")
+        );
+        apply(&mut node, &facts(), &at(200));
+        let capacity = node.status.and_then(|s| s.capacity).unwrap_or_default();
+        assert!(!capacity.contains_key(storage::CAPACITY_RESOURCE));
+        assert_eq!(node.metadata.annotations, None);
     }
 
     #[test]

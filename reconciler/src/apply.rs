@@ -299,11 +299,24 @@ pub fn desired_view(obj: &Value) -> Value {
 
 /// Copies into `desired` the spec fields the cluster assigns when Git
 /// leaves them out, so they are neither drift nor a change: a Pod's
-/// `spec.nodeName`, set by the scheduler when it binds the pod. (Service
-/// addresses and ports are allocated into the manifests before the diff.)
+/// `spec.nodeName`, set by the scheduler when it binds the pod; a claim's
+/// `spec.volumeName` and default `spec.storageClassName`, and a volume's
+/// `spec.claimRef` (or, pre-bound by name in Git, the uid filled into it),
+/// set by the storage controller when it binds them. (Service addresses
+/// and ports are allocated into the manifests before the diff.)
 pub fn keep_assigned_fields(kind: Kind, desired: &mut Value, current: &Value) {
     if kind == Kind::Job {
         keep_job_identity(desired, current);
+        return;
+    }
+    if kind == Kind::PersistentVolumeClaim {
+        for field in ["volumeName", "storageClassName"] {
+            keep_spec_field(desired, current, field);
+        }
+        return;
+    }
+    if kind == Kind::PersistentVolume {
+        keep_claim_ref(desired, current);
         return;
     }
     if kind != Kind::Pod {
@@ -319,6 +332,44 @@ pub fn keep_assigned_fields(kind: Kind, desired: &mut Value, current: &Value) {
         desired.get_mut("spec").and_then(Value::as_object_mut),
     ) {
         spec.insert("nodeName".into(), node);
+    }
+}
+
+/// Copies `spec.<field>` from `current` when Git does not set it.
+fn keep_spec_field(desired: &mut Value, current: &Value, field: &str) {
+    let Some(assigned) = current.get("spec").and_then(|s| s.get(field)).cloned() else {
+        return;
+    };
+    if let Some(spec) = desired.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.entry(field).or_insert(assigned);
+    }
+}
+
+/// Keeps a volume's `claimRef` when Git sets none, and the stored one when
+/// Git pre-binds the volume to the same claim (the binder fills in its
+/// uid and kind).
+fn keep_claim_ref(desired: &mut Value, current: &Value) {
+    let Some(assigned) = current.pointer("/spec/claimRef").cloned() else {
+        return;
+    };
+    let Some(spec) = desired.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let same_claim = |wanted: &Value| {
+        let field = |v: &Value, f: &str| v.get(f).and_then(Value::as_str).map(str::to_owned);
+        field(wanted, "name") == field(&assigned, "name")
+            && field(wanted, "namespace").unwrap_or_else(|| "default".into())
+                == field(&assigned, "namespace").unwrap_or_else(|| "default".into())
+            && field(wanted, "uid").is_none_or(|u| Some(u) == field(&assigned, "uid"))
+    };
+    match spec.get("claimRef") {
+        None => {
+            spec.insert("claimRef".into(), assigned);
+        }
+        Some(wanted) if same_claim(wanted) => {
+            spec.insert("claimRef".into(), assigned);
+        }
+        Some(_) => {}
     }
 }
 
@@ -1606,5 +1657,46 @@ mod tests {
             json!({"metadata": {"name": "w", "labels": {"a": "b"}}, "spec": {"replicas": 2}});
         merge_server_fields(&mut same, &current);
         assert_eq!(same["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn bound_claims_and_volumes_are_not_drift() {
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "demo"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+                "resources": {"requests": {"storage": "1Gi"}}}});
+        let mut stored = claim.clone();
+        stored["spec"]["volumeName"] = json!("pvc-1");
+        stored["spec"]["storageClassName"] = json!("local-path");
+        stored["status"] = json!({"phase": "Bound"});
+        let mut desired = claim.clone();
+        keep_assigned_fields(Kind::PersistentVolumeClaim, &mut desired, &stored);
+        assert_eq!(desired_view(&desired), desired_view(&stored));
+        // What Git sets, Git keeps.
+        let mut explicit = claim.clone();
+        explicit["spec"]["storageClassName"] = json!("");
+        keep_assigned_fields(Kind::PersistentVolumeClaim, &mut explicit, &stored);
+        assert_eq!(explicit["spec"]["storageClassName"], json!(""));
+
+        let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "v"},
+            "spec": {"capacity": {"storage": "1Gi"}, "hostPath": {"path": "/data"}}});
+        let reference = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "namespace": "demo", "name": "data", "uid": "u-1"});
+        let mut stored = volume.clone();
+        stored["spec"]["claimRef"] = reference.clone();
+        let mut desired = volume.clone();
+        keep_assigned_fields(Kind::PersistentVolume, &mut desired, &stored);
+        assert_eq!(desired_view(&desired), desired_view(&stored));
+        // Pre-bound in Git by name: the uid the binder added is kept.
+        let mut prebound = volume.clone();
+        prebound["spec"]["claimRef"] = json!({"namespace": "demo", "name": "data"});
+        keep_assigned_fields(Kind::PersistentVolume, &mut prebound, &stored);
+        assert_eq!(prebound["spec"]["claimRef"], reference);
+        // Pre-bound to another claim: Git's word stands (a change).
+        let mut other = volume.clone();
+        other["spec"]["claimRef"] = json!({"namespace": "demo", "name": "logs"});
+        keep_assigned_fields(Kind::PersistentVolume, &mut other, &stored);
+        assert_eq!(other["spec"]["claimRef"]["name"], json!("logs"));
     }
 }

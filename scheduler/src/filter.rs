@@ -43,6 +43,7 @@ pub fn default_filters() -> Vec<Box<dyn Filter>> {
         Box::new(NodeAffinity),
         Box::new(NodePorts),
         Box::new(NodeResourcesFit),
+        Box::new(crate::volumes::VolumeBinding),
     ]
 }
 
@@ -241,7 +242,7 @@ impl Filter for NodeAffinity {
 
 /// A node selector term: every expression and field requirement must
 /// hold; an empty term selects nothing; an invalid one matches nothing.
-fn term_matches(
+pub(crate) fn term_matches(
     term: &NodeSelectorTerm,
     labels: &BTreeMap<String, String>,
     node_name: &str,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use commitd_api::meta;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, Pod};
 
 use crate::resources::{self, InvalidQuantity, ResourceList, Resources};
 
@@ -49,6 +49,9 @@ pub struct PodInfo {
     pub non_zero: NonZero,
     /// Host ports the pod binds.
     pub host_ports: Vec<HostPort>,
+    /// The volumes its claims are bound to (filled in by the pass that
+    /// schedules it; empty for pods already bound).
+    pub volumes: Vec<Arc<PersistentVolume>>,
 }
 
 /// CPU and memory with the scoring defaults applied.
@@ -76,6 +79,7 @@ impl PodInfo {
                 memory: non_zero.memory,
             },
             host_ports: host_ports(&pod),
+            volumes: Vec::new(),
             pod,
         })
     }
@@ -93,6 +97,7 @@ impl PodInfo {
                     requests: Resources::default(),
                     non_zero: NonZero::default(),
                     host_ports: host_ports(&pod),
+                    volumes: Vec::new(),
                     pod,
                 }
             }

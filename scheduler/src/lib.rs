@@ -27,6 +27,7 @@ pub mod resources;
 pub mod score;
 #[cfg(test)]
 mod testutil;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -36,7 +37,9 @@ use commitd_api::controller::{self, ApplyGate, Requeue};
 use commitd_api::meta;
 use commitd_api::reflector::{reflect, Cache};
 use commitd_api::{Store, StoreError};
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition, PodStatus,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, Instrument};
 
@@ -44,6 +47,7 @@ use crate::filter::{run_filters, unschedulable_message, Filter};
 use crate::heartbeats::Heartbeats;
 use crate::info::{NodeInfo, PodInfo};
 use crate::score::Scorer;
+use crate::volumes::StorageView;
 
 /// The `spec.schedulerName` this scheduler serves (and the one Kubernetes
 /// defaults to); pods naming another scheduler are left to it.
@@ -78,6 +82,8 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
     let _stop_watches = watches.clone().drop_guard();
     let pods = reflect::<Pod>(store.clone(), watches.clone());
     let nodes = reflect::<Node>(store.clone(), watches.clone());
+    let claims = reflect::<PersistentVolumeClaim>(store.clone(), watches.clone());
+    let volumes = reflect::<PersistentVolume>(store.clone(), watches.clone());
     let heartbeats = Heartbeats::watch(store.clone(), watches.clone());
     // No pod is placed while a commit is half-applied.
     let gate = ApplyGate::watch(store.clone(), watches.clone());
@@ -85,14 +91,22 @@ pub async fn run(store: Store, cancel: CancellationToken) -> anyhow::Result<()> 
         pods.ready().await;
         nodes.ready().await;
         heartbeats.ready().await;
+        claims.ready().await;
+        volumes.ready().await;
     };
     tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
         _ = synced => {}
     }
     info!("scheduler caches synced; scheduling");
-    let triggers = vec![pods.changes(), nodes.changes(), heartbeats.changes()];
-    let scheduler = Scheduler::new(store, pods, nodes, heartbeats);
+    let triggers = vec![
+        pods.changes(),
+        nodes.changes(),
+        heartbeats.changes(),
+        claims.changes(),
+        volumes.changes(),
+    ];
+    let scheduler = Scheduler::new(store, pods, nodes, heartbeats).with_storage(claims, volumes);
     let scheduler = &scheduler;
     controller::gated(
         gate,
@@ -125,6 +139,9 @@ pub struct Scheduler {
     filters: Vec<Box<dyn Filter>>,
     scorers: Vec<Box<dyn Scorer>>,
     assumed: Mutex<HashMap<String, Assumed>>,
+    /// Claims and volumes, for pods that mount claims ([`Scheduler::with_storage`];
+    /// `None`: no claim is known, so pods that mount one wait).
+    storage: Option<(Cache<PersistentVolumeClaim>, Cache<PersistentVolume>)>,
 }
 
 /// The nodes of one pass with what is bound to them, in name order.
@@ -133,6 +150,8 @@ pub struct Snapshot {
     /// Every node, sorted by name.
     pub nodes: Vec<NodeInfo>,
     by_name: HashMap<String, usize>,
+    /// The claims and volumes pods mount.
+    pub storage: StorageView,
 }
 
 impl Snapshot {
@@ -144,7 +163,11 @@ impl Snapshot {
             .enumerate()
             .map(|(i, n)| (n.name().to_string(), i))
             .collect();
-        Snapshot { nodes, by_name }
+        Snapshot {
+            nodes,
+            by_name,
+            storage: StorageView::default(),
+        }
     }
 
     /// Accounts for a pod bound to `node` (ignored if the node is unknown).
@@ -186,7 +209,19 @@ impl Scheduler {
             filters: filter::default_filters(),
             scorers: score::default_scorers(),
             assumed: Mutex::new(HashMap::new()),
+            storage: None,
         }
+    }
+
+    /// The same scheduler, reading claims and volumes from these caches
+    /// so pods wait for their claims and go where their volumes are.
+    pub fn with_storage(
+        mut self,
+        claims: Cache<PersistentVolumeClaim>,
+        volumes: Cache<PersistentVolume>,
+    ) -> Scheduler {
+        self.storage = Some((claims, volumes));
+        self
     }
 
     /// One pass: snapshot the caches and schedule every pending pod, in
@@ -202,6 +237,9 @@ impl Scheduler {
                 &mut assumed,
             )
         };
+        if let Some((claims, volumes)) = &self.storage {
+            snapshot.storage = StorageView::new(claims.list(), volumes.list());
+        }
         if !pending.is_empty() {
             debug!(
                 pending = pending.len(),
@@ -418,7 +456,7 @@ pub fn decide(
             message: MESSAGE_SCHEDULING_GATED.to_string(),
         };
     }
-    let info = match PodInfo::new(pod.clone()) {
+    let mut info = match PodInfo::new(pod.clone()) {
         Ok(info) => info,
         Err(e) => {
             return Decision::Pending {
@@ -427,6 +465,22 @@ pub fn decide(
             }
         }
     };
+    if snapshot.nodes.is_empty() {
+        return Decision::Pending {
+            reason: REASON_UNSCHEDULABLE,
+            message: filter::NO_NODES_AVAILABLE.to_string(),
+        };
+    }
+    // VolumeBinding's PreFilter: rejects the pod for every node at once.
+    match snapshot.storage.pod_volumes(pod) {
+        Ok(volumes) => info.volumes = volumes,
+        Err(message) => {
+            return Decision::Pending {
+                reason: REASON_UNSCHEDULABLE,
+                message: format!("0/{} nodes are available: {message}.", snapshot.nodes.len()),
+            }
+        }
+    }
     let mut feasible = Vec::new();
     let mut rejections = Vec::new();
     for node in &snapshot.nodes {
@@ -786,5 +840,66 @@ mod tests {
             "same status keeps its transition time"
         );
         assert!(update_condition(&mut status, cond("True", "b")));
+    }
+
+    #[test]
+    fn pods_wait_for_their_claims_and_follow_their_volumes() {
+        use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+        let claim = |name: &str, volume: Option<&str>| -> Arc<PersistentVolumeClaim> {
+            let phase = if volume.is_some() { "Bound" } else { "Pending" };
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"volumeName": volume},
+                    "status": {"phase": phase}
+                }))
+                .expect("claim"),
+            )
+        };
+        let pinned: Arc<PersistentVolume> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "pvc-1"},
+                "spec": {"hostPath": {"path": "/lp/pvc-1"},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}}
+            }))
+            .expect("volume"),
+        );
+        let mounting = |claim: &str| {
+            let mut p = pod("p", "100m", "64Mi");
+            if let Some(spec) = p.spec.as_mut() {
+                spec.volumes = Some(vec![serde_json::from_value(serde_json::json!(
+                    {"name": "data", "persistentVolumeClaim": {"claimName": claim}}
+                ))
+                .expect("volume")]);
+            }
+            p
+        };
+        let (mut snapshot, _) =
+            snapshot_of(vec![node("a", "4", "8Gi"), node("b", "4", "8Gi")], vec![]);
+        snapshot.storage = volumes::StorageView::new(
+            vec![claim("bound", Some("pvc-1")), claim("waiting", None)],
+            vec![pinned],
+        );
+        assert_eq!(
+            decide_for(&snapshot, mounting("missing")),
+            pending("0/2 nodes are available: persistentvolumeclaim \"missing\" not found.")
+        );
+        assert_eq!(
+            decide_for(&snapshot, mounting("waiting")),
+            pending("0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims.")
+        );
+        assert_eq!(
+            decide_for(&snapshot, mounting("bound")),
+            Decision::Bind("b".into())
+        );
+        // Node b is full: a's affinity conflict and b's shortage both show.
+        let (mut full, _) =
+            snapshot_of(vec![node("a", "4", "8Gi"), node("b", "50m", "8Gi")], vec![]);
+        full.storage = snapshot.storage.clone();
+        assert_eq!(
+            decide_for(&full, mounting("bound")),
+            pending("0/2 nodes are available: 1 Insufficient cpu, 1 node(s) had volume node affinity conflict.")
+        );
     }
 }

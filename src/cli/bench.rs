@@ -314,6 +314,7 @@ impl Lab {
             dns_listen: None,
             proxy: None,
             read_only_port: None,
+            local_path_capacity: None,
         };
         let tasks = vec![
             tokio::spawn(commitd_reconciler::run(

@@ -272,6 +272,21 @@ pub struct NodeArgs {
     /// `commitd logs` reads them from any machine. 0: no logs served.
     #[arg(long, default_value_t = commitd_nodeagent::logs::DEFAULT_READ_ONLY_PORT)]
     pub read_only_port: u16,
+    /// How much local-path storage (a quantity: `10Gi`, `500Mi`) this node
+    /// offers for volumes the built-in `local-path` StorageClass
+    /// provisions in the agent's state dir (`<state dir>/agent/local-path`
+    /// under `commitd up`). Default: the size of the filesystem holding it.
+    #[arg(long, value_parser = parse_capacity)]
+    pub local_path_capacity: Option<i64>,
+}
+
+/// A `--local-path-capacity` quantity, in bytes.
+fn parse_capacity(s: &str) -> Result<i64, String> {
+    let q = commitd_api::quantity::parse(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if q.is_negative() || q.is_zero() {
+        return Err(format!("{s:?}: the capacity must be positive"));
+    }
+    Ok(q.value())
 }
 
 impl NodeArgs {
@@ -324,6 +339,7 @@ impl NodeArgs {
                 resync_interval: Duration::from_secs(self.proxy_resync.max(1)),
             }),
             read_only_port: (self.read_only_port != 0).then_some(self.read_only_port),
+            local_path_capacity: self.local_path_capacity,
         }
     }
 }

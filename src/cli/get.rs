@@ -381,7 +381,10 @@ fn tables(results: &[Fetched], all_namespaces: bool) -> String {
             let mut own = item.cells.clone();
             if with_kind {
                 if let Some(name) = own.first_mut() {
-                    *name = item.reference();
+                    // What a kind adds after the name stays (a default
+                    // StorageClass's ` (default)`, as kubectl prints it).
+                    let suffix = name.strip_prefix(item.name.as_str()).unwrap_or_default();
+                    *name = format!("{}{suffix}", item.reference());
                 }
             }
             cells.extend(own);

@@ -5,6 +5,10 @@
 //! - `emptyDir`: an empty directory for the pod's life; `medium: Memory`
 //!   is a tmpfs (of `sizeLimit`, when given).
 //! - `hostPath`: the node's path itself, checked (or created) by `type`.
+//! - `persistentVolumeClaim`: the directory of the claim's bound volume
+//!   (hostPath or local) on this node, bind-mounted like a hostPath
+//!   (`readOnly` honoured). While the claim is missing or not bound the
+//!   pod waits in `ContainerCreating` with the reason, retried each pass.
 //! - `configMap`, `secret`, `downwardAPI` and `projected`: files written
 //!   from the objects, kept current while the pod runs. They are written
 //!   the kubelet's way, so a change is atomic for readers: the files go to
@@ -27,8 +31,10 @@ use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
+use commitd_api::{meta, storage};
 use k8s_openapi::api::core::v1::{
-    Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume, VolumeProjection,
+    Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
+    Volume, VolumeProjection,
 };
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
@@ -58,13 +64,106 @@ pub fn pod_dir(root: &Path, uid: &str) -> PathBuf {
 
 /// The contents volumes are projected from: ConfigMaps (`data` and
 /// `binaryData`) and Secrets of the pod's namespace, by name, as far as
-/// they exist.
+/// they exist; and where each claim the pod mounts is on this node.
 #[derive(Debug, Clone, Default)]
 pub struct VolumeObjects {
     /// ConfigMap name → key → bytes.
     pub config_maps: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
     /// Secret name → key → bytes.
     pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    /// Claim name → its bound volume's directory here, or why it cannot be
+    /// mounted yet ([`resolve_claim`]).
+    pub claims: BTreeMap<String, Result<ClaimVolume, String>>,
+}
+
+/// Where a claim's bound volume is on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimVolume {
+    /// The volume's name.
+    pub volume: String,
+    /// Its hostPath or local path.
+    pub path: PathBuf,
+    /// The hostPath `type` to check (`None` for a local volume, whose
+    /// directory must exist).
+    pub host_path_type: Option<String>,
+    /// Made by the local-path provisioner: its directory is created
+    /// writable by all when missing.
+    pub local_path: bool,
+}
+
+/// The names of the claims a pod's volumes mount.
+pub fn referenced_claims(pod: &Pod) -> BTreeSet<String> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.clone())
+        .collect()
+}
+
+/// Resolves a claim to the directory of its bound volume on `node`, as
+/// the kubelet does before mounting; the error is the message the pod
+/// waits with (it is retried on every pass).
+pub fn resolve_claim(
+    namespace: &str,
+    name: &str,
+    claim: Option<&PersistentVolumeClaim>,
+    volume: impl FnOnce(&str) -> Option<std::sync::Arc<PersistentVolume>>,
+    node: &str,
+) -> Result<ClaimVolume, String> {
+    let Some(claim) = claim else {
+        return Err(format!("persistentvolumeclaim {name:?} not found"));
+    };
+    if meta::is_terminating(&claim.metadata) {
+        return Err(format!("persistentvolumeclaim {name:?} is being deleted"));
+    }
+    let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+    let volume_name = claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .filter(|v| !v.is_empty());
+    let (true, Some(volume_name)) = (bound, volume_name) else {
+        return Err(format!(
+            "error processing PVC {namespace}/{name}: PVC is not bound"
+        ));
+    };
+    let Some(pv) = volume(volume_name) else {
+        return Err(format!(
+            "error processing PVC {namespace}/{name}: PersistentVolume {volume_name:?} not found"
+        ));
+    };
+    let bound_to_claim = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.claim_ref.as_ref())
+        .is_some_and(|r| r.uid.is_none() || r.uid == claim.metadata.uid);
+    if !bound_to_claim {
+        return Err(format!(
+            "error processing PVC {namespace}/{name}: PersistentVolume {volume_name:?} is not bound to it"
+        ));
+    }
+    if let Some(pinned) = storage::pinned_node(&pv).filter(|n| *n != node) {
+        return Err(format!(
+            "volume {volume_name:?} is on node {pinned:?}, not on this node ({node:?})"
+        ));
+    }
+    let spec = pv.spec.as_ref();
+    let (path, host_path_type) = if let Some(h) = spec.and_then(|s| s.host_path.as_ref()) {
+        (h.path.clone(), Some(h.type_.clone().unwrap_or_default()))
+    } else if let Some(l) = spec.and_then(|s| s.local.as_ref()) {
+        (l.path.clone(), None)
+    } else {
+        return Err(format!(
+            "volume {volume_name:?} is neither a hostPath nor a local volume"
+        ));
+    };
+    Ok(ClaimVolume {
+        volume: volume_name.to_string(),
+        path: PathBuf::from(path),
+        host_path_type,
+        local_path: storage::is_local_path_volume(&pv),
+    })
 }
 
 /// The names of the ConfigMaps and Secrets a pod's volumes project.
@@ -130,6 +229,20 @@ pub fn set_up(
         let path = if let Some(host) = &v.host_path {
             host_path(&host.path, host.type_.as_deref().unwrap_or_default()).map_err(fail)?;
             PathBuf::from(&host.path)
+        } else if let Some(pvc) = &v.persistent_volume_claim {
+            let resolved = objects
+                .claims
+                .get(&pvc.claim_name)
+                .cloned()
+                .unwrap_or_else(|| {
+                    Err(format!(
+                        "persistentvolumeclaim {:?} not found",
+                        pvc.claim_name
+                    ))
+                })
+                .map_err(fail)?;
+            claim_directory(&resolved).map_err(fail)?;
+            resolved.path
         } else if let Some(empty) = &v.empty_dir {
             let created = fs::symlink_metadata(&own).is_err();
             fs::create_dir_all(&own).map_err(|e| fail(io_reason(&own, &e)))?;
@@ -168,6 +281,24 @@ pub fn set_up(
         out.insert(v.name.clone(), path);
     }
     Ok(out)
+}
+
+/// Checks (or makes) a claim's volume directory: a local-path one is made
+/// writable by all, a hostPath one as its `type` says, a local one must
+/// be a directory already.
+fn claim_directory(v: &ClaimVolume) -> Result<(), String> {
+    if v.local_path {
+        crate::local_path::ensure_directory(&v.path).map_err(|e| io_reason(&v.path, &e))?;
+    }
+    match &v.host_path_type {
+        Some(kind) => host_path(&v.path.to_string_lossy(), kind),
+        None if v.path.is_dir() => Ok(()),
+        None => Err(format!(
+            "local volume {:?}: {} is not a directory",
+            v.volume,
+            v.path.display()
+        )),
+    }
 }
 
 fn io_reason(path: &Path, e: &io::Error) -> String {
@@ -610,8 +741,9 @@ fn collect_files(
 }
 
 /// The CRI mounts of `container`'s `volumeMounts`, given where each volume
-/// is on the host. A `subPath` of an emptyDir is created as the kubelet
-/// does. Projected volumes are always mounted read-only.
+/// is on the host. A `subPath` of an emptyDir or a claim's volume is
+/// created as the kubelet does. Projected volumes are always mounted
+/// read-only, a claim's when the pod's volume says `readOnly`.
 pub fn container_mounts(
     pod: &Pod,
     container: &Container,
@@ -635,14 +767,21 @@ pub fn container_mounts(
         let mut host_path = host.clone();
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             host_path = host.join(relative(sub)?);
-            if spec.empty_dir.is_some() && fs::symlink_metadata(&host_path).is_err() {
+            // The kubelet makes a missing subPath in the volumes it owns
+            // the contents of: emptyDirs and claims' volumes.
+            let owned = spec.empty_dir.is_some() || spec.persistent_volume_claim.is_some();
+            if owned && fs::symlink_metadata(&host_path).is_err() {
                 create_sub_path(host, &host_path).map_err(|e| io_reason(&host_path, &e))?;
             }
         }
+        let claim_read_only = spec
+            .persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.read_only == Some(true));
         mounts.push(Mount {
             container_path: m.mount_path.clone(),
             host_path: host_path.to_string_lossy().into_owned(),
-            readonly: projected || m.read_only == Some(true),
+            readonly: projected || claim_read_only || m.read_only == Some(true),
             ..Default::default()
         });
     }
@@ -868,6 +1007,48 @@ mod tests {
         host_path(&f, "FileOrCreate").expect("created");
         host_path(&f, "File").expect("exists");
         host_path("/nonexistent/anything", "").expect("no check");
+    }
+
+    #[test]
+    fn claims_resolve_to_their_bound_volume_on_this_node() {
+        let claim = |phase: &str, volume: Option<&str>| -> PersistentVolumeClaim {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "data", "namespace": "demo", "uid": "u1"},
+                "spec": {"volumeName": volume},
+                "status": {"phase": phase}
+            }))
+            .expect("claim")
+        };
+        let pv: std::sync::Arc<PersistentVolume> = std::sync::Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "pvc-u1", "annotations": {
+                    storage::PROVISIONED_BY_ANNOTATION: storage::LOCAL_PATH_PROVISIONER}},
+                "spec": {"hostPath": {"path": "/lp/pvc-u1_demo_data", "type": "DirectoryOrCreate"},
+                    "claimRef": {"namespace": "demo", "name": "data", "uid": "u1"},
+                    "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": storage::HOSTNAME_LABEL, "operator": "In", "values": ["n1"]}]}]}}}
+            }))
+            .expect("volume"),
+        );
+        let find = |name: &str| (name == "pvc-u1").then(|| pv.clone());
+        let bound = claim("Bound", Some("pvc-u1"));
+        let resolved = resolve_claim("demo", "data", Some(&bound), find, "n1").expect("resolves");
+        assert_eq!(resolved.path, PathBuf::from("/lp/pvc-u1_demo_data"));
+        assert!(resolved.local_path);
+        assert_eq!(
+            resolve_claim("demo", "data", None, find, "n1"),
+            Err("persistentvolumeclaim \"data\" not found".to_string())
+        );
+        let pending = claim("Pending", None);
+        assert_eq!(
+            resolve_claim("demo", "data", Some(&pending), find, "n1"),
+            Err("error processing PVC demo/data: PVC is not bound".to_string())
+        );
+        let elsewhere = resolve_claim("demo", "data", Some(&bound), find, "n2");
+        assert!(elsewhere.is_err_and(|e| e.contains("not on this node")));
+        let mut other = bound.clone();
+        other.metadata.uid = Some("u2".into());
+        assert!(resolve_claim("demo", "data", Some(&other), find, "n1").is_err());
     }
 
     #[test]

@@ -12,7 +12,9 @@ use anyhow::{anyhow, Context};
 use commitd_api::backoff::Backoff;
 use commitd_api::reflector::Cache;
 use commitd_api::Store;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -63,6 +65,10 @@ pub struct WorkerContext {
     pub config_maps: Cache<ConfigMap>,
     /// See [`WorkerContext::config_maps`].
     pub secrets: Cache<Secret>,
+    /// Claims and volumes, for `persistentVolumeClaim` volumes.
+    pub claims: Cache<PersistentVolumeClaim>,
+    /// See [`WorkerContext::claims`].
+    pub volumes: Cache<PersistentVolume>,
     /// The node's CPU in millicores, for `resourceFieldRef` without a limit.
     pub node_cpu_millis: i64,
     /// The node's memory in bytes, likewise.
@@ -725,9 +731,24 @@ impl Worker {
                 Some((name, values))
             })
             .collect();
+        let claims = volumes::referenced_claims(pod)
+            .into_iter()
+            .map(|name| {
+                let claim = self.ctx.claims.get(Some(namespace), &name);
+                let resolved = volumes::resolve_claim(
+                    namespace,
+                    &name,
+                    claim.as_deref(),
+                    |v| self.ctx.volumes.get(None, v),
+                    &self.ctx.node_name,
+                );
+                (name, resolved)
+            })
+            .collect();
         volumes::VolumeObjects {
             config_maps,
             secrets,
+            claims,
         }
     }
 

@@ -24,7 +24,9 @@ mod job;
 mod replicaset;
 mod statefulset;
 mod statefulset_plan;
+mod storage;
 mod strategy;
+mod volume_binder;
 
 use std::time::Duration;
 
@@ -149,7 +151,7 @@ pub async fn run_with(
         _ = cancel.cancelled() => return Ok(()),
         _ = caches.all_ready() => {}
     }
-    info!("controllers started: deployment, replicaset, daemonset, job, cronjob, statefulset, garbage-collector, endpoints, health");
+    info!("controllers started: deployment, replicaset, daemonset, job, cronjob, statefulset, garbage-collector, endpoints, health, storage");
     // Each loop's future is boxed: joined inline, their states (large in
     // debug builds) would all be laid out on the polling thread's stack.
     controller::gated(gate, async {
@@ -192,6 +194,7 @@ pub async fn run_with(
                 missing,
                 cancel.clone()
             )),
+            Box::pin(storage::run(store.clone(), caches.clone(), cancel.clone())),
         )
     })
     .await;

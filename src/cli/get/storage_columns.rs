@@ -10,7 +10,7 @@ use super::Columns;
 use crate::cli::output::age;
 
 /// The annotation that makes a StorageClass the default one.
-pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+pub use commitd_api::storage::DEFAULT_CLASS_ANNOTATION;
 
 /// Access modes as kubectl abbreviates them (`RWO,ROX`).
 fn access_modes(modes: Option<&Vec<String>>) -> String {
