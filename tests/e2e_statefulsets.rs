@@ -206,16 +206,18 @@ async fn stateful_sets_start_in_order_and_keep_names_dns_and_data() {
         .await;
     assert_eq!(code, 0, "{err}");
     assert!(
-        table
-            .lines()
-            .any(|l| l.split_whitespace().take(2).eq(["db", "3/3"])),
+        table.lines().any(|l| l
+            .split_whitespace()
+            .take(2)
+            .eq(["statefulset.apps/db", "3/3"])),
         "{table}"
     );
     for claim in ["data-db-0", "data-db-1", "data-db-2"] {
+        let name = format!("persistentvolumeclaim/{claim}");
         assert!(
             table.lines().any(|l| {
                 let cells: Vec<&str> = l.split_whitespace().collect();
-                cells.first() == Some(&claim) && cells.get(1) == Some(&"Bound")
+                cells.first() == Some(&name.as_str()) && cells.get(1) == Some(&"Bound")
             }),
             "{table}"
         );
