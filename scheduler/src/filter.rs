@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
+use commitd_api::node_affinity;
+use k8s_openapi::api::core::v1::{Taint, Toleration};
 
 use crate::info::{NodeInfo, PodInfo};
 
@@ -206,97 +207,14 @@ impl Filter for NodeAffinity {
     }
 
     fn filter(&self, pod: &PodInfo, node: &NodeInfo) -> Result<(), Vec<String>> {
-        let empty = BTreeMap::new();
-        let labels = node.node.metadata.labels.as_ref().unwrap_or(&empty);
         let Some(spec) = pod.pod.spec.as_ref() else {
             return Ok(());
         };
-        let selector_ok = spec
-            .node_selector
-            .iter()
-            .flatten()
-            .all(|(k, v)| labels.get(k) == Some(v));
-        let required = spec
-            .affinity
-            .as_ref()
-            .and_then(|a| a.node_affinity.as_ref())
-            .and_then(|a| {
-                a.required_during_scheduling_ignored_during_execution
-                    .as_ref()
-            });
-        let affinity_ok = match required {
-            // Terms are ORed.
-            Some(selector) => selector
-                .node_selector_terms
-                .iter()
-                .any(|term| term_matches(term, labels, node.name())),
-            None => true,
-        };
-        if selector_ok && affinity_ok {
+        if node_affinity::matches_node(spec, &node.node) {
             Ok(())
         } else {
             Err(vec![REASON_NODE_AFFINITY.to_string()])
         }
-    }
-}
-
-/// A node selector term: every expression and field requirement must
-/// hold; an empty term selects nothing; an invalid one matches nothing.
-pub(crate) fn term_matches(
-    term: &NodeSelectorTerm,
-    labels: &BTreeMap<String, String>,
-    node_name: &str,
-) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| label_requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields
-            .iter()
-            .all(|r| field_requirement_matches(r, node_name))
-}
-
-/// One `matchExpressions` requirement against the label's value (if the
-/// node has the label), with Kubernetes' label selector semantics.
-fn label_requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => !values.is_empty() && value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => !values.is_empty() && value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => values.is_empty() && value.is_some(),
-        "DoesNotExist" => values.is_empty() && value.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let [bound] = values else { return false };
-            let (Ok(bound), Some(Ok(v))) = (bound.parse::<i64>(), value.map(str::parse::<i64>))
-            else {
-                return false;
-            };
-            if op == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// One `matchFields` requirement: only `metadata.name` with `In` or
-/// `NotIn` and exactly one value, as Kubernetes allows.
-fn field_requirement_matches(r: &NodeSelectorRequirement, node_name: &str) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    let [value] = values else { return false };
-    if r.key != "metadata.name" {
-        return false;
-    }
-    match r.operator.as_str() {
-        "In" => value == node_name,
-        "NotIn" => value != node_name,
-        _ => false,
     }
 }
 
@@ -375,6 +293,7 @@ impl Filter for NodeResourcesFit {
 mod tests {
     use super::*;
     use crate::testutil::*;
+    use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
 
     fn reject(filter: &dyn Filter, pod: &PodInfo, node: &NodeInfo) -> Vec<String> {
         filter.filter(pod, node).err().unwrap_or_default()

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use commitd_api::meta;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 
-use crate::filter::{term_matches, Filter};
+use commitd_api::node_affinity::term_matches;
+
+use crate::filter::Filter;
 use crate::info::{NodeInfo, PodInfo};
 
 /// `VolumeBinding`'s reason when a bound volume's node affinity excludes

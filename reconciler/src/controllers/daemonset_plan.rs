@@ -22,12 +22,11 @@ use std::time::Duration;
 
 use commitd_api::controller::Requeue;
 use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
-use commitd_api::k8s_openapi::api::core::v1::{
-    Node, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Toleration,
-};
+use commitd_api::k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
 use commitd_api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
 use commitd_api::meta;
+use commitd_api::node_affinity;
 use commitd_api::taints::tolerates;
 
 use super::earliest;
@@ -89,7 +88,7 @@ pub(super) fn placement(node: &Node, spec: &PodSpec) -> Placement {
         should_run: false,
         should_continue_running: false,
     };
-    if !node_matches(node, spec) {
+    if !node_affinity::matches_node(spec, node) {
         return never;
     }
     let tolerations = daemon_tolerations(spec);
@@ -112,79 +111,6 @@ pub(super) fn placement(node: &Node, spec: &PodSpec) -> Placement {
     Placement {
         should_run,
         should_continue_running: true,
-    }
-}
-
-/// `nodeSelector` and required node affinity against the node's labels
-/// (and name, for `matchFields`).
-fn node_matches(node: &Node, spec: &PodSpec) -> bool {
-    let empty = BTreeMap::new();
-    let labels = node.metadata.labels.as_ref().unwrap_or(&empty);
-    let selector_ok = spec
-        .node_selector
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| {
-            a.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    let affinity_ok = required.is_none_or(|r| {
-        r.node_selector_terms
-            .iter()
-            .any(|t| term_matches(t, labels, meta::name(node)))
-    });
-    selector_ok && affinity_ok
-}
-
-/// One node selector term (terms are ORed, requirements ANDed); an empty
-/// term selects nothing.
-fn term_matches(
-    term: &NodeSelectorTerm,
-    labels: &BTreeMap<String, String>,
-    node_name: &str,
-) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            r.key == "metadata.name"
-                && matches!(r.operator.as_str(), "In" | "NotIn")
-                && requirement_matches(r, Some(node_name))
-        })
-}
-
-/// One requirement against a value (the node's label, or its name), with
-/// Kubernetes' node selector operators.
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = r.values.as_deref().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        op @ ("Gt" | "Lt") => {
-            let [bound] = values else { return false };
-            let (Ok(bound), Some(Ok(v))) = (bound.parse::<i64>(), value.map(str::parse::<i64>))
-            else {
-                return false;
-            };
-            if op == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
     }
 }
 
