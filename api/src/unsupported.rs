@@ -365,7 +365,16 @@ pub fn fields(kind: Kind, obj: &Value) -> Vec<(FieldPath, String)> {
                 check_keys(s, &spec, VOLUME_SPEC, &mut out);
             }
         }
-        Kind::StorageClass => check_keys(obj, &FieldPath::root(), STORAGE_CLASS, &mut out),
+        Kind::StorageClass => {
+            check_keys(obj, &FieldPath::root(), STORAGE_CLASS, &mut out);
+            if obj.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+            {
+                out.push((
+                    FieldPath::root().key("volumeBindingMode"),
+                    "WaitForFirstConsumer is treated as Immediate by commitd: a claim is bound (or its volume made) before a pod uses it".into(),
+                ));
+            }
+        }
         _ => {}
     }
     out
@@ -457,5 +466,17 @@ mod tests {
                 "spec.template.spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution",
             ]
         );
+    }
+
+    #[test]
+    fn waiting_for_the_first_consumer_is_named() {
+        let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "slow"}, "provisioner": "commitd.io/local-path",
+            "volumeBindingMode": "WaitForFirstConsumer", "allowVolumeExpansion": true});
+        let got: Vec<String> = fields(Kind::StorageClass, &class)
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(got, vec!["allowVolumeExpansion", "volumeBindingMode"]);
     }
 }
