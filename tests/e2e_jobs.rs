@@ -1,8 +1,8 @@
 //! Jobs end to end, with real containers under `commitd up`: a Job of
 //! three completions, two at a time, finishes with three succeeded pods
 //! (never more than two running, sampled); a Job whose pod always fails
-//! with `backoffLimit: 1` fails after two attempts with
-//! `BackoffLimitExceeded`; an Indexed Job's pods each print their
+//! with `backoffLimit: 1` fails after two attempts, 10 s of back-off
+//! apart, with `BackoffLimitExceeded`; an Indexed Job's pods each print their
 //! `JOB_COMPLETION_INDEX` and hostname; `commitd get jobs` shows kubectl's
 //! columns. One test: tests in one binary would share the network.
 
@@ -207,6 +207,17 @@ async fn jobs_run_to_completion_fail_and_index() {
     let failed_pods = pods_of(&pods, &fails);
     assert_eq!(failed_pods.len(), 2, "two attempts");
     assert!(failed_pods.iter().all(|p| phase(p) == "Failed"));
+    // The retry came after Kubernetes' 10 s back-off, not at once.
+    let mut created: Vec<_> = failed_pods
+        .iter()
+        .filter_map(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .collect();
+    created.sort();
+    let gap = created[1].duration_since(created[0]);
+    assert!(
+        gap.as_secs() >= 10,
+        "the second attempt started {gap:?} after the first"
+    );
 
     // Indexed: each pod prints its own index and hostname.
     let indexed_json = finished(&cluster, "indexed", "Complete").await;

@@ -16,10 +16,13 @@
 //! it as missing; a changed manifest runs again. A Job declared in Git
 //! thus runs once per distinct manifest, not once per commit.
 //!
-//! What is simpler than Kubernetes: failed pods are replaced at once (no
-//! exponential back-off between retries); `succeeded` and `failed` are
-//! counted from the pods that exist and never go down (Kubernetes tracks
-//! pods with a finalizer so that a deleted pod is still counted).
+//! A failed pod is replaced after Kubernetes' back-off: 10 s after the
+//! first failure since the last success, doubled for each further one, at
+//! most 10 minutes. What is simpler than Kubernetes: `succeeded` and
+//! `failed` are counted from the pods that exist and never go down
+//! (Kubernetes tracks pods with a finalizer so that a deleted pod is still
+//! counted), and the back-off is one for the whole Job, also when it is
+//! Indexed.
 //! With `restartPolicy: OnFailure` the containers' restarts of the active
 //! pods count toward `backoffLimit` as in Kubernetes.
 
@@ -62,6 +65,12 @@ pub const COMPLETION_INDEX_ANNOTATION: &str = "batch.kubernetes.io/job-completio
 pub const COMPLETION_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
 
 /// Kubernetes' condition reasons and messages.
+/// Kubernetes' back-off before a failed pod is replaced: 10 s after the
+/// first failure since the last success, doubling with each further one.
+const POD_FAILURE_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest the back-off grows (Kubernetes' `MaxJobPodFailureBackOff`).
+const MAX_POD_FAILURE_BACKOFF: Duration = Duration::from_secs(600);
+
 const REASON_COMPLETIONS_REACHED: &str = "CompletionsReached";
 const MESSAGE_COMPLETIONS_REACHED: &str = "Reached expected number of succeeded pods";
 const REASON_BACKOFF_LIMIT: &str = "BackoffLimitExceeded";
@@ -688,9 +697,53 @@ fn decide<'a>(job: &Job, pods: &[&'a Pod], now: Timestamp) -> Decision<'a> {
         }
     };
     decision.status.active = Some(as_i32(active.len())).filter(|n| *n != 0);
-    decision.create = create;
     decision.delete = delete;
+    match retry_at(pods).filter(|at| *at > now) {
+        // Failed pods are replaced only once the back-off has passed.
+        Some(at) if !create.is_empty() => {
+            decision.requeue =
+                crate::controllers::earliest(decision.requeue, Some(wait_until(now, at)));
+        }
+        _ => decision.create = create,
+    }
     decision
+}
+
+/// When a failed pod may be replaced: its failure time plus the back-off
+/// for the failures since the last success (`None` without such failures).
+fn retry_at(pods: &[&Pod]) -> Option<Timestamp> {
+    let finished = |ph: &'static str| {
+        pods.iter()
+            .filter(move |p| phase(p) == Some(ph))
+            .map(|p| finished_at(p))
+    };
+    let last_success = finished("Succeeded").max();
+    let failures: Vec<Timestamp> = finished("Failed")
+        .filter(|t| last_success.is_none_or(|s| *t > s))
+        .collect();
+    let last_failure = failures.iter().max()?;
+    let doublings = u32::try_from(failures.len() - 1)
+        .unwrap_or(u32::MAX)
+        .min(16);
+    let backoff = POD_FAILURE_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_POD_FAILURE_BACKOFF);
+    let backoff = SignedDuration::try_from(backoff).unwrap_or(SignedDuration::MAX);
+    last_failure.checked_add(backoff).ok()
+}
+
+/// When a finished pod finished: its containers' latest end, else when
+/// it was created.
+fn finished_at(pod: &Pod) -> Timestamp {
+    let status = pod.status.as_ref();
+    status
+        .into_iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0)
+        .max()
+        .or_else(|| pod.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// An Indexed Job's pods to create (the lowest indexes neither done nor
@@ -845,10 +898,13 @@ mod tests {
     fn backoff_limit_counts_failed_pods() {
         let j = job(json!({"completions": 1, "backoffLimit": 1}), json!({}));
         let f1 = pod("f1", "Failed", None, 0);
-        // One failure within the limit: a retry.
+        // One failure within the limit: a retry, after 10 s of back-off.
         let d = decide(&j, &[&f1], t(1));
-        assert_eq!(d.create, vec![None]);
+        assert!(d.create.is_empty());
+        assert_eq!(d.requeue, Some(Duration::from_millis(9_100)));
         assert!(types(&d).is_empty());
+        let d = decide(&j, &[&f1], t(10));
+        assert_eq!(d.create, vec![None]);
         // The second failure exceeds it.
         let f2 = pod("f2", "Failed", None, 1);
         let d = decide(&j, &[&f1, &f2], t(2));
@@ -862,6 +918,39 @@ mod tests {
         assert_eq!(d.status.failed, Some(2));
         assert!(d.create.is_empty());
         assert_eq!(d.status.completion_time, None);
+    }
+
+    #[test]
+    fn failed_pods_are_replaced_after_a_doubling_back_off_reset_by_success() {
+        let j = job(json!({"completions": 3, "parallelism": 1}), json!({}));
+        let f1 = pod("f1", "Failed", None, 0);
+        let f2 = pod("f2", "Failed", None, 20);
+        let f3 = pod("f3", "Failed", None, 50);
+        // Three failures: 10 s × 2² = 40 s after the last one.
+        let d = decide(&j, &[&f1, &f2, &f3], t(89));
+        assert!(d.create.is_empty());
+        assert_eq!(d.requeue, Some(Duration::from_millis(1_100)));
+        assert_eq!(decide(&j, &[&f1, &f2, &f3], t(90)).create, vec![None]);
+        // A success since: the next failure waits 10 s again.
+        let s1 = pod("s1", "Succeeded", None, 60);
+        let f4 = pod("f4", "Failed", None, 70);
+        let d = decide(&j, &[&f1, &f2, &f3, &s1, &f4], t(75));
+        assert_eq!(d.requeue, Some(Duration::from_millis(5_100)));
+        assert_eq!(
+            decide(&j, &[&f1, &f2, &f3, &s1, &f4], t(80)).create,
+            vec![None]
+        );
+        // The back-off stops growing at 10 minutes.
+        let many: Vec<Pod> = (0..12)
+            .map(|i| pod(&format!("f{i}"), "Failed", None, i))
+            .collect();
+        let refs: Vec<&Pod> = many.iter().collect();
+        let d = decide(
+            &job(json!({"completions": 1, "backoffLimit": 20}), json!({})),
+            &refs,
+            t(11),
+        );
+        assert_eq!(d.requeue, Some(Duration::from_millis(600_100)));
     }
 
     #[test]
