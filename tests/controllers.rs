@@ -951,5 +951,42 @@ async fn job_scenario(store: &Store) -> Result<()> {
         let left = owned_by(&pods, &batch_uid).len();
         (left == 0).then_some(()).ok_or(format!("{left} pods left"))
     })
-    .await
+    .await?;
+
+    // A suspended Job runs no pod until it is resumed.
+    let s = store
+        .create(job("later", serde_json::json!({"suspend": true}))?)
+        .await?;
+    let s_uid = uid(&s);
+    eventually("the job to be suspended", DEADLINE, || async {
+        let j = store
+            .get::<Job>(Some(NS), "later")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("gone")?;
+        job_condition(&j, "Suspended")
+            .filter(|r| r == "JobSuspended")
+            .ok_or(format!("{:?}", j.status))
+    })
+    .await?;
+    let pods = store.list::<Pod>(Some(NS)).await?.items;
+    anyhow::ensure!(
+        owned_by(&pods, &s_uid).is_empty(),
+        "a suspended job made pods"
+    );
+    store
+        .modify::<Job, _>(Some(NS), "later", |j| {
+            if let Some(spec) = j.spec.as_mut() {
+                spec.suspend = Some(false);
+            }
+            true
+        })
+        .await?;
+    let (resumed, _) = run_job(store, &s, "Succeeded", "Complete").await?;
+    anyhow::ensure!(
+        job_condition(&resumed, "Suspended").is_none(),
+        "still suspended: {:?}",
+        resumed.status
+    );
+    Ok(())
 }

@@ -183,8 +183,9 @@ pub fn deployment(d: &Deployment) -> Health {
 }
 
 /// A Job's health: `Complete` is healthy, `Failed` degraded with the
-/// condition's reason (`BackoffLimitExceeded`, `DeadlineExceeded`), and
-/// anything else still on its way (with the active and succeeded counts).
+/// condition's reason (`BackoffLimitExceeded`, `DeadlineExceeded`),
+/// `Suspended` suspended, and anything else still on its way (with the
+/// active and succeeded counts).
 pub fn job(j: &Job) -> Health {
     let status = j.status.clone().unwrap_or_default();
     let holds = |t: &str| {
@@ -202,6 +203,13 @@ pub fn job(j: &Job) -> Health {
             HealthStatus::Degraded,
             c.reason.as_deref().unwrap_or("JobFailed"),
             c.message.clone().unwrap_or_else(|| "the job failed".into()),
+        );
+    }
+    if holds("Suspended").is_some() {
+        return Health::new(
+            HealthStatus::Suspended,
+            "JobSuspended",
+            "Job is suspended".into(),
         );
     }
     let wanted = j

@@ -59,9 +59,10 @@ const DEPLOYMENT_SPEC: &[&str] = &[
     "revisionHistoryLimit",
 ];
 const REPLICASET_SPEC: &[&str] = &["replicas", "selector", "template", "minReadySeconds"];
-/// Job spec fields commitd acts on; `suspend` only as `false` and
-/// `podReplacementPolicy` only as `TerminatingOrFailed` (checked apart).
+/// Job spec fields commitd acts on; `podReplacementPolicy` only as
+/// `TerminatingOrFailed` (checked apart).
 const JOB_SPEC: &[&str] = &[
+    "suspend",
     "parallelism",
     "completions",
     "backoffLimit",
@@ -276,18 +277,15 @@ fn pod_spec(spec: &Value, path: &FieldPath, out: &mut Vec<(FieldPath, String)>) 
     }
 }
 
-/// A Job's spec (or a CronJob's `jobTemplate.spec`): `suspend` only as
-/// `false` and `podReplacementPolicy` only as `TerminatingOrFailed`.
+/// A Job's spec (or a CronJob's `jobTemplate.spec`): `podReplacementPolicy`
+/// only as `TerminatingOrFailed`.
 fn job_spec(s: &Value, spec: &FieldPath, out: &mut Vec<(FieldPath, String)>) {
     let rest: serde_json::Map<String, Value> = s
         .as_object()
         .into_iter()
         .flatten()
         .filter(|(k, v)| {
-            !matches!(
-                (k.as_str(), v),
-                ("suspend", Value::Bool(false)) | ("podReplacementPolicy", Value::String(_))
-            ) || (k.as_str() == "podReplacementPolicy" && v.as_str() != Some("TerminatingOrFailed"))
+            k.as_str() != "podReplacementPolicy" || v.as_str() != Some("TerminatingOrFailed")
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
@@ -417,7 +415,7 @@ mod tests {
             .into_iter()
             .map(|(p, _)| p.to_string())
             .collect();
-        assert_eq!(got, vec!["spec.podReplacementPolicy", "spec.suspend"]);
+        assert_eq!(got, vec!["spec.podReplacementPolicy"]);
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //! it as missing; a changed manifest runs again. A Job declared in Git
 //! thus runs once per distinct manifest, not once per commit.
 //!
+//! A suspended Job (`suspend: true`) stops its active pods and starts none,
+//! with the condition `Suspended`; resumed, it starts anew.
+//!
 //! A failed pod is replaced after Kubernetes' back-off: 10 s after the
 //! first failure since the last success, doubled for each further one, at
 //! most 10 minutes. What is simpler than Kubernetes: `succeeded` and
@@ -76,6 +79,7 @@ const MESSAGE_COMPLETIONS_REACHED: &str = "Reached expected number of succeeded 
 const REASON_BACKOFF_LIMIT: &str = "BackoffLimitExceeded";
 const MESSAGE_BACKOFF_LIMIT: &str = "Job has reached the specified backoff limit";
 const REASON_DEADLINE: &str = "DeadlineExceeded";
+const REASON_SUSPENDED: &str = "JobSuspended";
 const MESSAGE_DEADLINE: &str = "Job was active longer than specified deadline";
 
 /// Runs the Job loop until `cancel` fires.
@@ -589,6 +593,34 @@ fn decide<'a>(job: &Job, pods: &[&'a Pod], now: Timestamp) -> Decision<'a> {
         return decision;
     }
 
+    // Suspended: no pod runs; the active ones are stopped. Resumed: the
+    // Job starts anew (`startTime`, and so `activeDeadlineSeconds`).
+    let was_suspended = condition(&prev, "Suspended").is_some();
+    if spec.suspend == Some(true) {
+        let conditions = decision.status.conditions.get_or_insert_with(Vec::new);
+        if !was_suspended {
+            conditions.retain(|c| c.type_ != "Suspended");
+            conditions.push(new_condition(
+                "Suspended",
+                REASON_SUSPENDED,
+                "Job suspended",
+                now,
+            ));
+        }
+        decision.status.start_time = None;
+        decision.status.active = Some(as_i32(active.len())).filter(|n| *n != 0);
+        decision.delete = active;
+        return decision;
+    }
+    if was_suspended {
+        let conditions = decision.status.conditions.get_or_insert_with(Vec::new);
+        conditions.retain(|c| c.type_ != "Suspended");
+        let mut resumed = new_condition("Suspended", "JobResumed", "Job resumed", now);
+        resumed.status = "False".into();
+        conditions.push(resumed);
+        decision.status.start_time = Some(Time(now));
+    }
+
     // The outcome, if one is decided: kept once decided, failure first.
     let decided = if let Some(c) = condition(&prev, "FailureTarget") {
         Some(if c.reason.as_deref() == Some(REASON_DEADLINE) {
@@ -951,6 +983,36 @@ mod tests {
             t(11),
         );
         assert_eq!(d.requeue, Some(Duration::from_millis(600_100)));
+    }
+
+    #[test]
+    fn suspended_jobs_stop_their_pods_and_start_anew_when_resumed() {
+        let j = job(json!({"completions": 2, "suspend": true}), json!({}));
+        let d = decide(&j, &[], t(0));
+        assert!(d.create.is_empty());
+        assert_eq!(types(&d), vec!["Suspended:JobSuspended"]);
+        assert_eq!(d.status.start_time, None);
+        // Suspended while running: the active pod is stopped.
+        let running = pod("r", "Running", None, 0);
+        let d = decide(&j, &[&running], t(1));
+        assert_eq!(d.delete.len(), 1);
+        assert!(d.create.is_empty());
+        // Resumed: the condition turns False, the clock starts now, pods run.
+        let resumed = job(
+            json!({"completions": 2, "parallelism": 2}),
+            json!({"conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended"}]}),
+        );
+        let d = decide(&resumed, &[], t(5));
+        assert_eq!(d.create, vec![None, None]);
+        assert_eq!(d.status.start_time, Some(Time(t(5))));
+        let suspended = d
+            .status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Suspended")
+            .map(|c| (c.status.as_str(), c.reason.as_deref()));
+        assert_eq!(suspended, Some(("False", Some("JobResumed"))));
     }
 
     #[test]
