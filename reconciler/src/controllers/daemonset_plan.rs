@@ -18,18 +18,18 @@
 //!   stay within `maxUnavailable`; OnDelete never deletes an old pod.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use commitd_api::controller::Requeue;
 use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use commitd_api::k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
 use commitd_api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
+use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta;
 use commitd_api::node_affinity;
 use commitd_api::taints::tolerates;
 
 use super::earliest;
+use super::pod_readiness::{availability, is_available, ready_since};
 
 /// The label naming the revision (template hash) a daemon pod was made from.
 pub(super) const REVISION_HASH_LABEL: &str = "controller-revision-hash";
@@ -271,42 +271,6 @@ pub(super) fn max_unavailable(ds: &DaemonSet, desired: i32) -> i32 {
         .and_then(|r| r.max_unavailable.clone())
         .unwrap_or(IntOrString::Int(1));
     scaled_up(&v, desired).max(1)
-}
-
-/// The time the pod's `Ready` condition became `True`, if it is ready.
-fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
-        .map(|c| c.last_transition_time.as_ref().map(|t| t.0))
-}
-
-/// Availability of a pod: `Ok(true)` available, `Ok(false)` not ready,
-/// `Err(wait)` ready but available only after `wait` (`minReadySeconds`).
-fn availability(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> Result<bool, Duration> {
-    let Some(since) = ready_since(pod) else {
-        return Ok(false);
-    };
-    if min_ready_seconds <= 0 {
-        return Ok(true);
-    }
-    let at = since.and_then(|t| {
-        t.checked_add(SignedDuration::from_secs(i64::from(min_ready_seconds)))
-            .ok()
-    });
-    match at {
-        Some(at) if at > now => {
-            Err(now.duration_until(at).unsigned_abs() + Duration::from_millis(100))
-        }
-        _ => Ok(true),
-    }
-}
-
-fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
-    availability(pod, min_ready_seconds, now) == Ok(true)
 }
 
 /// One node's live pods after the per-node clean-up, as the rolling
@@ -581,6 +545,7 @@ mod tests {
     use super::*;
     use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
+    use std::time::Duration;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).expect("valid time")

@@ -50,6 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::expectations::{sync_each, Expectations};
+use super::pod_readiness::is_ready;
 use super::{controlled_by, delete_pod, Caches};
 
 /// How long the loop sleeps when nothing changes.
@@ -383,14 +384,6 @@ fn is_active(pod: &Pod) -> bool {
     !meta::is_terminating(&pod.metadata) && !matches!(phase(pod), Some("Succeeded" | "Failed"))
 }
 
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// An Indexed Job pod's completion index, if it has a valid one.
 fn index_of(pod: &Pod, completions: i32) -> Option<i32> {
     meta::annotation(&pod.metadata, COMPLETION_INDEX_ANNOTATION)
         .and_then(|v| v.parse::<i32>().ok())

@@ -21,6 +21,7 @@ mod expectations;
 mod garbage_collector;
 mod health;
 mod job;
+mod pod_readiness;
 mod replicaset;
 mod statefulset;
 mod statefulset_plan;

@@ -13,7 +13,7 @@ use commitd_api::controller::{self, Requeue};
 use commitd_api::k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use commitd_api::k8s_openapi::api::core::v1::{Pod, PodStatus, PodTemplateSpec};
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
+use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::{defaults, selector, Store, StoreError};
 use futures::future::join_all;
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::expectations::{sync_each, Expectations};
+use super::pod_readiness::{availability, is_ready, ready_since};
 use super::{controlled_by, delete_pod, earliest, Caches};
 
 /// How long the loop sleeps when nothing changes.
@@ -248,34 +249,6 @@ fn is_active(pod: &Pod) -> bool {
     !meta::is_terminating(&pod.metadata) && !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
-/// The time the pod's `Ready` condition became `True`, if it is ready.
-fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
-        .map(|c| c.last_transition_time.as_ref().map(|t| t.0))
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    ready_since(pod).is_some()
-}
-
-/// When a ready pod counts as available (`minReadySeconds` after it became
-/// ready); `None` if it is not ready.
-fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<Option<Timestamp>> {
-    let since = ready_since(pod)?;
-    if min_ready_seconds <= 0 {
-        return Some(None);
-    }
-    Some(since.and_then(|t| {
-        t.checked_add(SignedDuration::from_secs(i64::from(min_ready_seconds)))
-            .ok()
-    }))
-}
-
 fn nonzero(n: usize) -> Option<i32> {
     (n != 0).then(|| i32::try_from(n).unwrap_or(i32::MAX))
 }
@@ -303,14 +276,10 @@ fn compute_status(rs: &ReplicaSet, active: &[&Pod], now: Timestamp) -> (ReplicaS
     let mut available = 0;
     let mut requeue = None;
     for pod in active {
-        match available_at(pod, min_ready) {
-            Some(None) => available += 1,
-            Some(Some(at)) if at < now => available += 1,
-            Some(Some(at)) => {
-                let wait = now.duration_until(at).unsigned_abs() + Duration::from_millis(100);
-                requeue = earliest(requeue, Some(wait));
-            }
-            None => {}
+        match availability(pod, min_ready, now) {
+            Ok(true) => available += 1,
+            Ok(false) => {}
+            Err(wait) => requeue = earliest(requeue, Some(wait)),
         }
     }
     let mut status = rs.status.clone().unwrap_or_default();

@@ -20,7 +20,7 @@ use commitd_api::k8s_openapi::api::core::v1::{
 };
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use commitd_api::k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use commitd_api::k8s_openapi::jiff::{SignedDuration, Timestamp};
+use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::{defaults, Store, StoreError};
 use serde_json::json;
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::expectations::{sync_each, Expectations};
+use super::pod_readiness::{availability, is_ready};
 use super::statefulset_plan::{plan, Action, Member, PodHealth, SetState};
 use super::{controlled_by, delete_pod, earliest, pod_template_hash, Caches};
 
@@ -83,20 +84,9 @@ fn health(pod: &Pod) -> PodHealth {
     }
     match pod.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Failed" | "Succeeded") => PodHealth::Finished,
-        Some("Running") if ready_since(pod).is_some() => PodHealth::Ready,
+        Some("Running") if is_ready(pod) => PodHealth::Ready,
         _ => PodHealth::NotReady,
     }
-}
-
-/// When the pod's `Ready` condition turned true, if it is ready.
-fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
-        .map(|c| c.last_transition_time.as_ref().map(|t| t.0))
 }
 
 fn pod_revision(pod: &Pod) -> String {
@@ -571,7 +561,7 @@ fn compute_status(
     current_revision: &str,
 ) -> (StatefulSetStatus, Requeue) {
     let spec = set.spec.clone().unwrap_or_default();
-    let min_ready = i64::from(spec.min_ready_seconds.unwrap_or(0));
+    let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let now = Timestamp::now();
     let mut status = StatefulSetStatus {
         observed_generation: set.metadata.generation,
@@ -584,20 +574,10 @@ fn compute_status(
         status.replicas += 1;
         if health(pod) == PodHealth::Ready {
             ready += 1;
-            match ready_since(pod).flatten() {
-                Some(since) if min_ready > 0 => {
-                    let at = since
-                        .checked_add(SignedDuration::from_secs(min_ready))
-                        .unwrap_or(since);
-                    if at <= now {
-                        available += 1;
-                    } else {
-                        let wait =
-                            now.duration_until(at).unsigned_abs() + Duration::from_millis(100);
-                        requeue = earliest(requeue, Some(wait));
-                    }
-                }
-                _ => available += 1,
+            match availability(pod, min_ready, now) {
+                Ok(true) => available += 1,
+                Ok(false) => {}
+                Err(wait) => requeue = earliest(requeue, Some(wait)),
             }
         }
         if meta::is_terminating(&pod.metadata) {
