@@ -31,8 +31,8 @@ use tracing::{debug, info, warn};
 use super::daemonset_plan::{
     self, daemon_tolerations, Revision, REVISION_HASH_LABEL, TEMPLATE_GENERATION_LABEL,
 };
-use super::expectations::{sync_each, Expectations};
-use super::{controlled_by, delete_pod, earliest, pod_template_hash, resource_version, Caches};
+use super::expectations::{delete_pods, sync_each, Expectations};
+use super::{controlled_by, earliest, pod_template_hash, resource_version, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -138,7 +138,8 @@ impl DaemonSetController {
         create_on.truncate(BURST_REPLICAS);
         delete.truncate(BURST_REPLICAS);
 
-        let deleted = self.delete_pods(&uid, delete).await;
+        let deleted =
+            delete_pods(&self.store, &self.expectations, &uid, delete, "daemon pods").await;
         let created = self.create_pods(ds, &uid, &revision, &create_on).await;
 
         let (status, status_requeue) =
@@ -227,26 +228,6 @@ impl DaemonSetController {
             }
         }
         bail!("no free pod name after {NAME_ATTEMPTS} attempts with prefix {prefix}")
-    }
-
-    async fn delete_pods(&self, uid: &str, pods: Vec<&Pod>) -> Result<()> {
-        if pods.is_empty() {
-            return Ok(());
-        }
-        let count = pods.len();
-        let results = join_all(pods.into_iter().map(|pod| async move {
-            let outcome = delete_pod(&self.store, pod)
-                .await
-                .with_context(|| format!("deleting pod {}", meta::display_key(pod)))?;
-            if let Some(revision) = outcome.revision() {
-                self.expectations.expect(uid, revision);
-            }
-            debug!(pod = %meta::display_key(pod), ?outcome, "deleted daemon pod");
-            anyhow::Ok(())
-        }))
-        .await;
-        info!(count, "deleting daemon pods");
-        results.into_iter().collect()
     }
 }
 

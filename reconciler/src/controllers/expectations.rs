@@ -9,12 +9,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use commitd_api::controller::Requeue;
-use commitd_api::{meta, Object};
-use tracing::{debug, info_span, warn, Instrument};
+use commitd_api::k8s_openapi::api::core::v1::Pod;
+use commitd_api::{meta, Object, Store};
+use futures::future::join_all;
+use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::{earliest, pass_result};
+use super::{delete_pod, earliest, pass_result};
 
 /// How soon to look again at an object whose writes the cache has not
 /// caught up with (a cache change wakes the loop sooner).
@@ -50,6 +52,35 @@ impl Expectations {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.retain(|_, rev| *rev > cache_revision);
     }
+}
+
+/// Deletes `pods` of the owner `uid` gracefully (see [`delete_pod`]), all
+/// at once, and expects the revision of each write, so the owner's next
+/// pass waits until its cache shows them. `what` names them in the log.
+pub(crate) async fn delete_pods(
+    store: &Store,
+    expectations: &Expectations,
+    uid: &str,
+    pods: Vec<&Pod>,
+    what: &str,
+) -> Result<()> {
+    if pods.is_empty() {
+        return Ok(());
+    }
+    let count = pods.len();
+    let results = join_all(pods.into_iter().map(|pod| async move {
+        let outcome = delete_pod(store, pod)
+            .await
+            .with_context(|| format!("deleting pod {}", meta::display_key(pod)))?;
+        if let Some(revision) = outcome.revision() {
+            expectations.expect(uid, revision);
+        }
+        debug!(pod = %meta::display_key(pod), ?outcome, "deleted pod");
+        anyhow::Ok(())
+    }))
+    .await;
+    info!(count, "deleting {what}");
+    results.into_iter().collect()
 }
 
 /// One pass of a control loop over `objects`: each is synced, except those

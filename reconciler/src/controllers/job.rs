@@ -49,9 +49,9 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::expectations::{sync_each, Expectations};
+use super::expectations::{delete_pods, sync_each, Expectations};
 use super::pod_readiness::is_ready;
-use super::{controlled_by, delete_pod, Caches};
+use super::{controlled_by, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -141,7 +141,14 @@ impl JobController {
         }
         let mut result = Ok(());
         if !decision.delete.is_empty() {
-            result = self.delete_pods(&uid, decision.delete).await;
+            result = delete_pods(
+                &self.store,
+                &self.expectations,
+                &uid,
+                decision.delete,
+                "active pods",
+            )
+            .await;
         }
         if result.is_ok() && !decision.create.is_empty() {
             result = self.create_pods(job, &uid, &decision.create).await;
@@ -263,23 +270,6 @@ impl JobController {
             }
         }
         bail!("no free pod name after {NAME_ATTEMPTS} attempts with prefix {prefix}")
-    }
-
-    async fn delete_pods(&self, uid: &str, pods: Vec<&Pod>) -> Result<()> {
-        let count = pods.len();
-        let results = join_all(pods.into_iter().map(|pod| async move {
-            let outcome = delete_pod(&self.store, pod)
-                .await
-                .with_context(|| format!("deleting pod {}", meta::display_key(pod)))?;
-            if let Some(revision) = outcome.revision() {
-                self.expectations.expect(uid, revision);
-            }
-            debug!(pod = %meta::display_key(pod), ?outcome, "deleted pod");
-            anyhow::Ok(())
-        }))
-        .await;
-        info!(count, "deleting active pods");
-        results.into_iter().collect()
     }
 }
 

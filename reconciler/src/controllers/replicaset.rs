@@ -20,9 +20,9 @@ use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::expectations::{sync_each, Expectations};
+use super::expectations::{delete_pods, sync_each, Expectations};
 use super::pod_readiness::{availability, is_ready, ready_since};
-use super::{controlled_by, delete_pod, earliest, Caches};
+use super::{controlled_by, earliest, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -99,9 +99,8 @@ impl ReplicaSetController {
             result = self.create_pods(rs, &uid, missing).await;
         } else if active.len() > desired {
             let extra = (active.len() - desired).min(BURST_REPLICAS);
-            result = self
-                .delete_pods(&uid, select_for_deletion(&active, extra))
-                .await;
+            let pods = select_for_deletion(&active, extra);
+            result = delete_pods(&self.store, &self.expectations, &uid, pods, "extra pods").await;
         }
 
         if rs.status.as_ref() != Some(&status) {
@@ -177,23 +176,6 @@ impl ReplicaSetController {
             }
         }
         bail!("no free pod name after {NAME_ATTEMPTS} attempts with prefix {prefix}")
-    }
-
-    async fn delete_pods(&self, uid: &str, pods: Vec<&Pod>) -> Result<()> {
-        let count = pods.len();
-        let results = join_all(pods.into_iter().map(|pod| async move {
-            let outcome = delete_pod(&self.store, pod)
-                .await
-                .with_context(|| format!("deleting pod {}", meta::display_key(pod)))?;
-            if let Some(revision) = outcome.revision() {
-                self.expectations.expect(uid, revision);
-            }
-            debug!(pod = %meta::display_key(pod), ?outcome, "deleted pod");
-            anyhow::Ok(())
-        }))
-        .await;
-        info!(count, "deleting extra pods");
-        results.into_iter().collect()
     }
 }
 

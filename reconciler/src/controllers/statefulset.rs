@@ -27,10 +27,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::expectations::{sync_each, Expectations};
+use super::expectations::{delete_pods, sync_each, Expectations};
 use super::pod_readiness::{availability, is_ready};
 use super::statefulset_plan::{plan, Action, Member, PodHealth, SetState};
-use super::{controlled_by, delete_pod, earliest, pod_template_hash, Caches};
+use super::{controlled_by, earliest, pod_template_hash, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -194,7 +194,10 @@ impl StatefulSetController {
                     self.create_member(set, &uid, ordinal, revision).await
                 }
                 Action::Delete { ordinal } => match members.get(&ordinal) {
-                    Some(pod) => self.delete_member(&uid, pod).await,
+                    Some(pod) => {
+                        delete_pods(&self.store, &self.expectations, &uid, vec![pod], "a member")
+                            .await
+                    }
                     None => Ok(()),
                 },
             };
@@ -345,17 +348,6 @@ impl StatefulSetController {
             }
             Err(e) => Err(e).with_context(|| format!("creating pod {pod_name}")),
         }
-    }
-
-    async fn delete_member(&self, uid: &str, pod: &Pod) -> Result<()> {
-        let outcome = delete_pod(&self.store, pod)
-            .await
-            .with_context(|| format!("deleting pod {}", meta::display_key(pod)))?;
-        if let Some(rv) = outcome.revision() {
-            self.expectations.expect(uid, rv);
-        }
-        info!(pod = %meta::display_key(pod), ?outcome, "deleting pod");
-        Ok(())
     }
 
     /// Deletes the oldest revisions beyond `revisionHistoryLimit`, never
