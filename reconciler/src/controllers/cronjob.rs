@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::expectations::{sync_each, Expectations};
-use super::{controlled_by, guarded_delete, resource_version, Caches};
+use super::{controlled_by, controlled_in, guarded_delete, resource_version, Caches};
 
 /// How long the loop sleeps when nothing changes and no schedule time is
 /// near (a safety net; schedule times and cache changes wake it sooner).
@@ -219,30 +219,20 @@ impl CronJobController {
             cron_jobs,
             &self.job_writes,
             self.jobs.revision(),
-            |cj| async move {
-                let uid = cj.metadata.uid.as_deref().unwrap_or_default();
-                if !self.status_writes.satisfied(uid, status_revision) {
+            |cj, uid| async move {
+                if !self.status_writes.satisfied(&uid, status_revision) {
                     debug!("waiting for the cache to see the status written");
                     return Ok(Some(STATUS_REQUEUE));
                 }
-                self.reconcile(&cj).await
+                self.reconcile(&cj, uid).await
             },
         )
         .await
     }
 
-    async fn reconcile(&self, cj: &CronJob) -> Result<Requeue> {
-        let Some(uid) = cj.metadata.uid.clone() else {
-            warn!("cronjob has no uid; skipping it");
-            return Ok(None);
-        };
+    async fn reconcile(&self, cj: &CronJob, uid: String) -> Result<Requeue> {
         let namespace = meta::namespace(cj);
-        let owned: Vec<Arc<Job>> = self
-            .jobs
-            .list()
-            .into_iter()
-            .filter(|j| meta::namespace(&**j) == namespace && controlled_by(&j.metadata, &uid))
-            .collect();
+        let owned = controlled_in(&self.jobs, namespace, &uid);
         let jobs: Vec<&Job> = owned.iter().map(|j| &**j).collect();
         let now = self.clock.now();
         let plan = decide(cj, &jobs, now);

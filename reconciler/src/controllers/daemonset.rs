@@ -26,13 +26,13 @@ use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::{defaults, Store, StoreError};
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::daemonset_plan::{
     self, daemon_tolerations, Revision, REVISION_HASH_LABEL, TEMPLATE_GENERATION_LABEL,
 };
 use super::expectations::{delete_pods, sync_each, Expectations};
-use super::{controlled_by, earliest, pod_template_hash, resource_version, Caches};
+use super::{controlled_in, earliest, pod_template_hash, resource_version, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -86,29 +86,16 @@ impl DaemonSetController {
             self.caches.daemon_sets.list(),
             &self.expectations,
             self.caches.pods.revision(),
-            |ds| async move { self.reconcile(&ds).await },
+            |ds, uid| async move { self.reconcile(&ds, uid).await },
         )
         .await
     }
 
-    async fn reconcile(&self, ds: &DaemonSet) -> Result<Requeue> {
-        let Some(uid) = ds.metadata.uid.clone() else {
-            warn!("daemon set has no uid; skipping it");
-            return Ok(None);
-        };
-        if meta::is_terminating(&ds.metadata) {
-            return Ok(None);
-        }
+    async fn reconcile(&self, ds: &DaemonSet, uid: String) -> Result<Requeue> {
         let namespace = meta::namespace(ds);
         let nodes: Vec<Arc<Node>> = self.caches.nodes.list();
         let node_refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
-        let owned: Vec<Arc<Pod>> = self
-            .caches
-            .pods
-            .list()
-            .into_iter()
-            .filter(|p| meta::namespace(&**p) == namespace && controlled_by(&p.metadata, &uid))
-            .collect();
+        let owned: Vec<Arc<Pod>> = controlled_in(&self.caches.pods, namespace, &uid);
         let pods: Vec<&Pod> = owned.iter().map(|p| &**p).collect();
         let revision = revision_of(ds);
         let now = Timestamp::now();

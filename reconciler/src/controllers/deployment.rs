@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::expectations::{sync_each, Expectations};
 use super::strategy::{self, max_unavailable, SetCounts};
-use super::{controlled_by, resource_version, Caches};
+use super::{controlled_by, controlled_in, resource_version, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -202,9 +202,9 @@ impl DeploymentController {
             self.caches.deployments.list(),
             &self.expectations,
             self.caches.replica_sets.revision(),
-            |d| {
+            |d, uid| {
                 let pods = &pods;
-                async move { self.reconcile(&d, pods).await }
+                async move { self.reconcile(&d, uid, pods).await }
             },
         )
         .await
@@ -212,24 +212,13 @@ impl DeploymentController {
 
     /// One Deployment: make sure the ReplicaSet of its template exists with
     /// the right revision, scale every ReplicaSet, prune history, report.
-    async fn reconcile(&self, d: &Deployment, pods: &PodCounts) -> Result<Requeue> {
-        let Some(uid) = d.metadata.uid.clone() else {
-            warn!("deployment has no uid; skipping it");
-            return Ok(None);
-        };
+    async fn reconcile(&self, d: &Deployment, uid: String, pods: &PodCounts) -> Result<Requeue> {
         let Some(spec) = d.spec.as_ref() else {
             return Ok(None);
         };
-        if meta::is_terminating(&d.metadata) {
-            return Ok(None);
-        }
         let namespace = meta::namespace(d);
-        let owned: Vec<ReplicaSet> = self
-            .caches
-            .replica_sets
-            .list()
+        let owned: Vec<ReplicaSet> = controlled_in(&self.caches.replica_sets, namespace, &uid)
             .into_iter()
-            .filter(|rs| meta::namespace(&**rs) == namespace && controlled_by(&rs.metadata, &uid))
             .map(|rs| (*rs).clone())
             .collect();
         let mut rollout = Rollout::split(&spec.template, owned);

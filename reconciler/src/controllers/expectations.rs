@@ -83,10 +83,11 @@ pub(crate) async fn delete_pods(
     results.into_iter().collect()
 }
 
-/// One pass of a control loop over `objects`: each is synced, except those
-/// whose last write the cache (at `cache_revision`) has not seen yet,
-/// which are looked at again shortly. A failure is logged and reported
-/// without stopping the others.
+/// One pass of a control loop over `objects`: each is synced with its uid,
+/// except those whose last write the cache (at `cache_revision`) has not
+/// seen yet, which are looked at again shortly, and those being deleted
+/// (or without a uid), whose dependents the garbage collector handles. A
+/// failure is logged and reported without stopping the others.
 pub(crate) async fn sync_each<T, F, Fut>(
     controller: &'static str,
     objects: Vec<Arc<T>>,
@@ -96,7 +97,7 @@ pub(crate) async fn sync_each<T, F, Fut>(
 ) -> Result<Requeue>
 where
     T: Object,
-    F: FnMut(Arc<T>) -> Fut,
+    F: FnMut(Arc<T>, String) -> Fut,
     Fut: Future<Output = Result<Requeue>>,
 {
     expectations.forget_satisfied(cache_revision);
@@ -104,18 +105,21 @@ where
     let mut failed = Vec::new();
     for object in objects {
         let key = meta::display_key(&*object);
-        let uid = commitd_api::k8s_openapi::Metadata::metadata(&*object)
-            .uid
-            .clone();
-        if let Some(uid) = uid {
-            if !expectations.satisfied(&uid, cache_revision) {
-                debug!(controller, key = %key, "waiting for the cache to catch up");
-                requeue = earliest(requeue, Some(EXPECTATION_REQUEUE));
-                continue;
-            }
+        let m = object.metadata();
+        let Some(uid) = m.uid.clone() else {
+            warn!(controller, key = %key, "object has no uid; skipping it");
+            continue;
+        };
+        if meta::is_terminating(m) {
+            continue;
+        }
+        if !expectations.satisfied(&uid, cache_revision) {
+            debug!(controller, key = %key, "waiting for the cache to catch up");
+            requeue = earliest(requeue, Some(EXPECTATION_REQUEUE));
+            continue;
         }
         let span = info_span!("sync", controller, key = %key);
-        match sync(object).instrument(span).await {
+        match sync(object, uid).instrument(span).await {
             Ok(r) => requeue = earliest(requeue, r),
             Err(e) => {
                 warn!(controller, key = %key, error = format!("{e:#}"), "sync failed");

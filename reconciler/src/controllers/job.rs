@@ -47,11 +47,11 @@ use commitd_api::{defaults, keys, Kind, Store, StoreError};
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::expectations::{delete_pods, sync_each, Expectations};
 use super::pod_readiness::is_ready;
-use super::{controlled_by, Caches};
+use super::{controlled_in, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -112,27 +112,14 @@ impl JobController {
             self.caches.jobs.list(),
             &self.expectations,
             self.caches.pods.revision(),
-            |job| async move { self.reconcile(&job).await },
+            |job, uid| async move { self.reconcile(&job, uid).await },
         )
         .await
     }
 
-    async fn reconcile(&self, job: &Job) -> Result<Requeue> {
-        let Some(uid) = job.metadata.uid.clone() else {
-            warn!("job has no uid; skipping it");
-            return Ok(None);
-        };
-        if meta::is_terminating(&job.metadata) {
-            return Ok(None);
-        }
+    async fn reconcile(&self, job: &Job, uid: String) -> Result<Requeue> {
         let namespace = meta::namespace(job);
-        let owned: Vec<Arc<Pod>> = self
-            .caches
-            .pods
-            .list()
-            .into_iter()
-            .filter(|p| meta::namespace(&**p) == namespace && controlled_by(&p.metadata, &uid))
-            .collect();
+        let owned: Vec<Arc<Pod>> = controlled_in(&self.caches.pods, namespace, &uid);
         let pods: Vec<&Pod> = owned.iter().map(|p| &**p).collect();
         let decision = decide(job, &pods, Timestamp::now());
 

@@ -29,6 +29,7 @@ mod storage;
 mod strategy;
 mod volume_binder;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -331,6 +332,19 @@ pub(crate) fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Durat
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The objects of `cache` in `namespace` that `owner_uid` controls.
+pub(crate) fn controlled_in<T: Object>(
+    cache: &Cache<T>,
+    namespace: Option<&str>,
+    owner_uid: &str,
+) -> Vec<Arc<T>> {
+    cache
+        .list()
+        .into_iter()
+        .filter(|o| meta::namespace(&**o) == namespace && controlled_by(o.metadata(), owner_uid))
+        .collect()
 }
 
 /// Whether `obj` names `owner_uid` as its controller.

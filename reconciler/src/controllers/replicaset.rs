@@ -18,11 +18,11 @@ use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::{defaults, selector, Store, StoreError};
 use futures::future::join_all;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::expectations::{delete_pods, sync_each, Expectations};
 use super::pod_readiness::{availability, is_ready, ready_since};
-use super::{controlled_by, earliest, Caches};
+use super::{controlled_in, earliest, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -63,29 +63,16 @@ impl ReplicaSetController {
             self.caches.replica_sets.list(),
             &self.expectations,
             self.caches.pods.revision(),
-            |rs| async move { self.reconcile(&rs).await },
+            |rs, uid| async move { self.reconcile(&rs, uid).await },
         )
         .await
     }
 
-    async fn reconcile(&self, rs: &ReplicaSet) -> Result<Requeue> {
-        let Some(uid) = rs.metadata.uid.clone() else {
-            warn!("replica set has no uid; skipping it");
-            return Ok(None);
-        };
-        if meta::is_terminating(&rs.metadata) {
-            return Ok(None);
-        }
+    async fn reconcile(&self, rs: &ReplicaSet, uid: String) -> Result<Requeue> {
         let namespace = meta::namespace(rs);
         let desired =
             usize::try_from(rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)).unwrap_or(0);
-        let owned: Vec<Arc<Pod>> = self
-            .caches
-            .pods
-            .list()
-            .into_iter()
-            .filter(|p| meta::namespace(&**p) == namespace && controlled_by(&p.metadata, &uid))
-            .collect();
+        let owned: Vec<Arc<Pod>> = controlled_in(&self.caches.pods, namespace, &uid);
         let active: Vec<&Pod> = owned
             .iter()
             .map(|p| &**p)

@@ -25,12 +25,12 @@ use commitd_api::meta::{self, COMMIT_ANNOTATION, SOURCE_ANNOTATION};
 use commitd_api::{defaults, Store, StoreError};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::expectations::{delete_pods, sync_each, Expectations};
 use super::pod_readiness::{availability, is_ready};
 use super::statefulset_plan::{plan, Action, Member, PodHealth, SetState};
-use super::{controlled_by, earliest, pod_template_hash, Caches};
+use super::{controlled_by, controlled_in, earliest, pod_template_hash, Caches};
 
 /// How long the loop sleeps when nothing changes.
 const RESYNC: Duration = Duration::from_secs(30);
@@ -110,19 +110,12 @@ impl StatefulSetController {
             self.caches.stateful_sets.list(),
             &self.expectations,
             self.caches.pods.revision(),
-            |set| async move { self.reconcile(&set).await },
+            |set, uid| async move { self.reconcile(&set, uid).await },
         )
         .await
     }
 
-    async fn reconcile(&self, set: &StatefulSet) -> Result<Requeue> {
-        let Some(uid) = set.metadata.uid.clone() else {
-            warn!("stateful set has no uid; skipping it");
-            return Ok(None);
-        };
-        if meta::is_terminating(&set.metadata) {
-            return Ok(None);
-        }
+    async fn reconcile(&self, set: &StatefulSet, uid: String) -> Result<Requeue> {
         let name = meta::name(set);
         let namespace = meta::namespace(set);
         let spec = set.spec.clone().unwrap_or_default();
@@ -138,13 +131,7 @@ impl StatefulSetController {
             .revision_template(namespace, &current_name, &uid)
             .unwrap_or_else(|| update.clone());
 
-        let pods: Vec<Arc<Pod>> = self
-            .caches
-            .pods
-            .list()
-            .into_iter()
-            .filter(|p| meta::namespace(&**p) == namespace && controlled_by(&p.metadata, &uid))
-            .collect();
+        let pods: Vec<Arc<Pod>> = controlled_in(&self.caches.pods, namespace, &uid);
         let mut members: BTreeMap<i32, &Pod> = BTreeMap::new();
         for pod in &pods {
             match ordinal_of(name, meta::name(&**pod)) {
@@ -245,12 +232,8 @@ impl StatefulSetController {
         if let Some(found) = self.revision_template(namespace, &name, uid) {
             return Ok(found);
         }
-        let newest = self
-            .caches
-            .controller_revisions
-            .list()
-            .into_iter()
-            .filter(|r| meta::namespace(&**r) == namespace && controlled_by(&r.metadata, uid))
+        let newest = controlled_in(&self.caches.controller_revisions, namespace, uid)
+            .iter()
             .map(|r| r.revision)
             .max()
             .unwrap_or(0);
@@ -367,17 +350,14 @@ impl StatefulSetController {
             .unwrap_or(10);
         let limit = usize::try_from(limit).unwrap_or(0);
         let used: Vec<String> = members.values().map(|p| pod_revision(p)).collect();
-        let mut old: Vec<Arc<ControllerRevision>> = self
-            .caches
-            .controller_revisions
-            .list()
-            .into_iter()
-            .filter(|r| meta::namespace(&**r) == namespace && controlled_by(&r.metadata, uid))
-            .filter(|r| {
-                let name = meta::name(&**r);
-                !in_use.contains(&name) && !used.iter().any(|u| u == name)
-            })
-            .collect();
+        let mut old: Vec<Arc<ControllerRevision>> =
+            controlled_in(&self.caches.controller_revisions, namespace, uid)
+                .into_iter()
+                .filter(|r| {
+                    let name = meta::name(&**r);
+                    !in_use.contains(&name) && !used.iter().any(|u| u == name)
+                })
+                .collect();
         if old.len() <= limit {
             return Ok(());
         }
