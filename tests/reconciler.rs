@@ -846,15 +846,33 @@ async fn job_templates_are_immutable_and_expired_jobs_stay_deleted() {
         .repo
         .commit("Config", &[("manifests/cm.yaml", Some(CONFIG))]);
     assert_eq!(h.wait_for_record(&c4).await.outcome, Outcome::Applied);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Real drift (the ConfigMap deleted) makes the reconciler compare every
+    // declared object with etcd, tombstone present: once the ConfigMap is
+    // back, that pass is over, and it must not have brought the Job back.
+    h.store
+        .delete::<ConfigMap>(Some("demo"), "settings", None)
+        .await
+        .expect("delete the ConfigMap");
+    until("the deleted ConfigMap to come back", WAIT, || async {
+        let cm: Option<ConfigMap> = h
+            .store
+            .get(Some("demo"), "settings")
+            .await
+            .map_err(|e| e.to_string())?;
+        cm.map(|_| ()).ok_or_else(|| "absent".to_string())
+    })
+    .await;
     assert!(job(&h.store).await.is_none(), "an expired Job came back");
-    let drift = h
+    let drift: Vec<String> = h
         .history()
         .await
         .into_iter()
         .filter(|r| r.outcome == Outcome::DriftCorrected)
-        .count();
-    assert_eq!(drift, 0, "{:?}", h.history().await);
+        .map(|r| r.note.unwrap_or_default())
+        .collect();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert!(drift[0].contains("ConfigMap demo/settings"), "{drift:?}");
+    assert!(!drift[0].contains("Job"), "{drift:?}");
 
     // A changed manifest runs again; the tombstone goes.
     let again = replace.replace(
