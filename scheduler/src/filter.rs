@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use commitd_api::node_affinity;
+use commitd_api::taints::tolerates;
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 
 use crate::info::{NodeInfo, PodInfo};
@@ -194,9 +195,6 @@ fn tolerations(pod: &PodInfo) -> &[Toleration] {
         .unwrap_or_default()
 }
 
-/// Shared with the DaemonSet controller; see [`commitd_api::taints`].
-pub use commitd_api::taints::tolerates;
-
 /// `spec.nodeSelector` and required node affinity must match the node's
 /// labels (and, for `matchFields`, its name).
 pub struct NodeAffinity;
@@ -342,41 +340,6 @@ mod tests {
             s.conditions = None;
         }
         assert!(NodeHealthy.filter(&p, &info(unknown)).is_err());
-    }
-
-    #[test]
-    fn tolerations_follow_kubernetes_rules() {
-        let taint = Taint {
-            key: "dedicated".into(),
-            value: Some("gpu".into()),
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        };
-        let table = [
-            (
-                toleration(Some("dedicated"), "Equal", Some("gpu"), Some("NoSchedule")),
-                true,
-            ),
-            (toleration(Some("dedicated"), "", Some("gpu"), None), true),
-            (
-                toleration(Some("dedicated"), "Equal", Some("cpu"), Some("NoSchedule")),
-                false,
-            ),
-            (toleration(Some("dedicated"), "Exists", None, None), true),
-            (
-                toleration(Some("dedicated"), "Exists", None, Some("NoExecute")),
-                false,
-            ),
-            (toleration(None, "Exists", None, None), true),
-            (toleration(Some("other"), "Exists", None, None), false),
-            (
-                toleration(Some("dedicated"), "Gt", Some("gpu"), None),
-                false,
-            ),
-        ];
-        for (t, want) in table {
-            assert_eq!(tolerates(&t, &taint), want, "{t:?}");
-        }
     }
 
     #[test]
