@@ -8,7 +8,7 @@ pub mod cron_schedule;
 pub mod keys;
 pub mod kinds;
 pub mod meta;
-pub mod node_affinity;
+pub mod nodes;
 pub mod quantity;
 pub mod reflector;
 pub mod store;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use commitd_api::node_affinity;
+use commitd_api::nodes;
 use commitd_api::taints::tolerates;
 use k8s_openapi::api::core::v1::{Taint, Toleration};
 
@@ -150,12 +150,7 @@ impl Filter for NodeHealthy {
 
 /// Whether the node's `Ready` condition is `True`.
 pub fn is_ready(node: &NodeInfo) -> bool {
-    node.node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
+    nodes::is_ready(&node.node)
 }
 
 /// `NoSchedule` and `NoExecute` taints repel pods that do not tolerate
@@ -208,7 +203,7 @@ impl Filter for NodeAffinity {
         let Some(spec) = pod.pod.spec.as_ref() else {
             return Ok(());
         };
-        if node_affinity::matches_node(spec, &node.node) {
+        if nodes::matches_node(spec, &node.node) {
             Ok(())
         } else {
             Err(vec![REASON_NODE_AFFINITY.to_string()])

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use commitd_api::meta;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 
-use commitd_api::node_affinity::term_matches;
+use commitd_api::nodes::term_matches;
 
 use crate::filter::Filter;
 use crate::info::{NodeInfo, PodInfo};

@@ -25,7 +25,7 @@ use commitd_api::k8s_openapi::api::core::v1::{Node, Pod, PodSpec, Toleration};
 use commitd_api::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use commitd_api::k8s_openapi::jiff::Timestamp;
 use commitd_api::meta;
-use commitd_api::node_affinity;
+use commitd_api::nodes;
 use commitd_api::taints::tolerates;
 
 use super::earliest;
@@ -88,7 +88,7 @@ pub(super) fn placement(node: &Node, spec: &PodSpec) -> Placement {
         should_run: false,
         should_continue_running: false,
     };
-    if !node_affinity::matches_node(spec, node) {
+    if !nodes::matches_node(spec, node) {
         return never;
     }
     let tolerations = daemon_tolerations(spec);

@@ -15,6 +15,7 @@ use commitd_api::k8s_openapi::api::core::v1::{
 use commitd_api::k8s_openapi::api::storage::v1::StorageClass;
 use commitd_api::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use commitd_api::meta;
+use commitd_api::nodes;
 use commitd_api::storage::{
     self, format_bytes, CAPACITY_RESOURCE, HOSTNAME_LABEL, LOCAL_PATH_PROVISIONER,
     PROVISIONED_BY_ANNOTATION, ROOT_ANNOTATION, SUPPORTED_ACCESS_MODES,
@@ -279,14 +280,6 @@ fn used_per_node<'a>(volumes: impl Iterator<Item = &'a PersistentVolume>) -> Has
     used
 }
 
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True")
-}
-
 /// The local-path volume for a claim on the Ready node with the most room
 /// that fits it, or why there is none.
 pub fn provision(
@@ -332,7 +325,7 @@ pub fn provision(
             .as_ref()
             .and_then(|s| s.unschedulable)
             .unwrap_or(false);
-        if !is_ready(node) || unschedulable || meta::is_terminating(&node.metadata) {
+        if !nodes::is_ready(node) || unschedulable || meta::is_terminating(&node.metadata) {
             continue;
         }
         let (Some(capacity), Some(root)) = (

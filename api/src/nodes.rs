@@ -1,12 +1,22 @@
-//! Which nodes a pod may run on by its `nodeSelector` and required node
-//! affinity, and which nodes a volume's node affinity names, evaluated as
-//! Kubernetes does. Shared by the scheduler (which places pods), the
-//! DaemonSet controller (which places daemon pods itself) and the volume
-//! filter, so all agree on what a selector term selects.
+//! What placement decisions need to know about nodes, evaluated as
+//! Kubernetes does: whether a node is Ready, which nodes a pod may run on
+//! by its `nodeSelector` and required node affinity, and which nodes a
+//! volume's node affinity names. Shared by the scheduler, the DaemonSet
+//! controller (which places daemon pods itself) and the storage
+//! controller, so all agree.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm, PodSpec};
+
+/// Whether the node's `Ready` condition is `True`.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
 
 /// Whether `node` satisfies the pod's `nodeSelector` (every label equal)
 /// and its required node affinity (any term, terms ORed).
