@@ -50,8 +50,7 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::job_templates::{
-    assign_job_identity, changed_template_field, check_job_templates, keep_job_identity,
-    replace_on_change, tombstone_view,
+    assign_job_identity, keep_job_identity, replace_on_change, tombstone_view,
 };
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -621,12 +620,7 @@ async fn plan(
         }
         let replaced = replace_on_change(&desired)
             && existing.as_ref().is_some_and(|cur| {
-                if m.kind == Kind::Job {
-                    changed_template_field(&desired, &cur.value).is_some()
-                } else {
-                    crate::immutable_fields::immutable_change(m.kind, &desired, &cur.value)
-                        .is_some()
-                }
+                crate::immutable_fields::immutable_change(m.kind, &desired, &cur.value).is_some()
             });
         match existing {
             None => {
@@ -835,10 +829,7 @@ pub async fn apply_commit(
             with_addresses.diagnostics.extend(errors);
         }
         if loaded.is_valid() {
-            let mut errors = crate::immutable_fields::check(store, &loaded.manifests).await?;
-            if loaded.manifests.iter().any(|m| m.kind == Kind::Job) {
-                errors.extend(check_job_templates(store, &loaded.manifests).await?);
-            }
+            let errors = crate::immutable_fields::check(store, &loaded.manifests).await?;
             if !errors.is_empty() {
                 loaded.to_mut().diagnostics.extend(errors);
             }
@@ -1466,7 +1457,7 @@ pub async fn correct_drift(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job_templates::REPLACE_ON_CHANGE_ANNOTATION;
+    use crate::job_templates::{changed_template_field, REPLACE_ON_CHANGE_ANNOTATION};
     use serde_json::json;
 
     fn job_manifest() -> Value {

@@ -6,19 +6,22 @@
 //! [`REPLACE_ON_CHANGE_ANNOTATION`]: then the old object is deleted (its
 //! pods go with it) and the new one created, as Argo CD's `Replace=true`.
 //!
-//! A Job's pod template is the same rule, kept with the Job's identity in
-//! [`crate::job_templates`].
+//! A Job's pod template is immutable the same way; rather than recreated
+//! in place, a changed Job is best renamed.
 
 use anyhow::Context;
 use commitd_api::diagnostic::Diagnostic;
 use commitd_api::field_path::FieldPath;
 use commitd_api::k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use commitd_api::k8s_openapi::api::batch::v1::Job;
 use commitd_api::k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use commitd_api::manifest::Manifest;
 use commitd_api::{Kind, Object, Store};
 use serde_json::Value;
 
-use crate::job_templates::{replace_on_change, REPLACE_ON_CHANGE_ANNOTATION};
+use crate::job_templates::{
+    changed_template_field, keep_job_identity, replace_on_change, REPLACE_ON_CHANGE_ANNOTATION,
+};
 
 /// The StatefulSet spec fields an update may change, as Kubernetes lists
 /// them (`revisionHistoryLimit` too, which it allows).
@@ -51,6 +54,17 @@ pub fn immutable_change(kind: Kind, desired: &Value, current: &Value) -> Option<
         }
     };
     match kind {
+        Kind::Job => {
+            // The selector and labels made from the Job's uid are not Git's.
+            let mut desired = desired.clone();
+            keep_job_identity(&mut desired, current);
+            changed_template_field(&desired, current).map(|field| ImmutableChange {
+                field,
+                message:
+                    "Invalid value: field is immutable: the pod template of a Job cannot change"
+                        .into(),
+            })
+        }
         Kind::Deployment | Kind::ReplicaSet | Kind::DaemonSet => {
             let selector = spec.key("selector");
             (selector.lookup(desired) != selector.lookup(current))
@@ -97,7 +111,9 @@ pub fn immutable_change(kind: Kind, desired: &Value, current: &Value) -> Option<
 }
 
 /// The errors of every manifest that changes an immutable field of the
-/// object in etcd without asking for replacement.
+/// object in etcd without asking for replacement. One read per object of
+/// a kind with such fields; a commit is applied rarely, never on a hot
+/// path.
 pub async fn check(store: &Store, manifests: &[Manifest]) -> anyhow::Result<Vec<Diagnostic>> {
     let mut out = Vec::new();
     for m in manifests {
@@ -110,17 +126,23 @@ pub async fn check(store: &Store, manifests: &[Manifest]) -> anyhow::Result<Vec<
             Kind::DaemonSet => current::<DaemonSet>(store, m).await?,
             Kind::StatefulSet => current::<StatefulSet>(store, m).await?,
             Kind::PersistentVolumeClaim => current::<PersistentVolumeClaim>(store, m).await?,
+            Kind::Job => current::<Job>(store, m).await?,
             _ => None,
         };
         let Some(current) = current else { continue };
         if let Some(change) = immutable_change(m.kind, &m.object, &current) {
-            out.push(m.error(
-                &change.field,
+            let remedy = if m.kind == Kind::Job {
                 format!(
-                    "{}; annotate the {} {REPLACE_ON_CHANGE_ANNOTATION}: \"true\" to delete and recreate it",
-                    change.message, m.kind
-                ),
-            ));
+                    "rename the Job to run the new template, or annotate it \
+                     {REPLACE_ON_CHANGE_ANNOTATION}: \"true\" to delete the old Job and its pods and run the new one"
+                )
+            } else {
+                format!(
+                    "annotate the {} {REPLACE_ON_CHANGE_ANNOTATION}: \"true\" to delete and recreate it",
+                    m.kind
+                )
+            };
+            out.push(m.error(&change.field, format!("{}; {remedy}", change.message)));
         }
     }
     Ok(out)

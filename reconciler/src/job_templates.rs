@@ -1,18 +1,15 @@
 //! What the cluster assigns to a Job and what it never lets change: the
 //! selector and template labels Kubernetes generates from a Job's uid
-//! (neither drift nor a change, as Git cannot know the uid), the rule that
-//! a Job's pod template is immutable (a commit changing it is rejected
-//! unless the Job asks to be replaced), and the view a Job deleted by its
-//! TTL is remembered by (see [`commitd_api::records::Tombstone`]).
+//! (neither drift nor a change, as Git cannot know the uid), where a Job's
+//! pod template changed (the rule that it may not is applied with the other
+//! immutable fields, [`crate::immutable_fields`]), and the view a Job
+//! deleted by its TTL is remembered by (see
+//! [`commitd_api::records::Tombstone`]).
 
-use anyhow::Context;
 use commitd_api::defaults;
-use commitd_api::diagnostic::Diagnostic;
 use commitd_api::field_path::FieldPath;
-use commitd_api::k8s_openapi::api::batch::v1::Job;
-use commitd_api::manifest::Manifest;
 use commitd_api::meta::SOURCE_ANNOTATION;
-use commitd_api::{Kind, Store};
+use commitd_api::Kind;
 use serde_json::Value;
 
 use crate::apply::desired_view;
@@ -147,44 +144,6 @@ fn first_difference(d: &Value, c: &Value, at: FieldPath) -> FieldPath {
         }
         _ => at,
     }
-}
-
-/// Kubernetes' rule that a Job's pod template is immutable, checked
-/// against the Jobs in etcd: a commit that changes the template of an
-/// existing Job is rejected, naming the file, line and field, unless the
-/// Job carries [`REPLACE_ON_CHANGE_ANNOTATION`] (then the plan replaces it).
-pub async fn check_job_templates(
-    store: &Store,
-    manifests: &[Manifest],
-) -> anyhow::Result<Vec<Diagnostic>> {
-    let mut out = Vec::new();
-    for m in manifests.iter().filter(|m| m.kind == Kind::Job) {
-        if replace_on_change(&m.object) {
-            continue;
-        }
-        let Some(current) = store
-            .get::<Job>(m.namespace.as_deref(), &m.name)
-            .await
-            .with_context(|| format!("reading {}", m.display_name()))?
-        else {
-            continue;
-        };
-        let current = serde_json::to_value(&current).context("encoding a Job")?;
-        let mut desired = m.object.clone();
-        keep_job_identity(&mut desired, &current);
-        if let Some(field) = changed_template_field(&desired, &current) {
-            out.push(m.error(
-                &field,
-                format!(
-                    "Invalid value: field is immutable: the pod template of Job \"{}\" cannot change; \
-                     rename the Job to run the new template, or annotate it \
-                     {REPLACE_ON_CHANGE_ANNOTATION}: \"true\" to delete the old Job and its pods and run the new one",
-                    m.name
-                ),
-            ));
-        }
-    }
-    Ok(out)
 }
 
 /// What a Git-owned object is compared with after the cluster deleted it
